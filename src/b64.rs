@@ -1,0 +1,99 @@
+//! URL-safe base64 without padding (RFC 4648 §5), strict: the only encoding of a value decodes.
+
+const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+/// Appends the encoding of `bytes` to `out`.
+pub(crate) fn encode_into(bytes: &[u8], out: &mut String) {
+    out.reserve(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let n = match *chunk {
+            [a, b, c] => u32::from_be_bytes([0, a, b, c]),
+            [a, b] => u32::from_be_bytes([0, a, b, 0]),
+            [a] => u32::from_be_bytes([0, a, 0, 0]),
+            _ => unreachable!("chunks(3) yields one to three bytes"),
+        };
+        let digits = chunk.len() + 1;
+        for i in 0..digits {
+            let sextet = (n >> (18 - 6 * i)) & 0x3f;
+            out.push(ALPHABET[sextet as usize] as char);
+        }
+    }
+}
+
+/// The encoding of `bytes`.
+pub(crate) fn encode(bytes: &[u8]) -> String {
+    let mut s = String::new();
+    encode_into(bytes, &mut s);
+    s
+}
+
+fn sextet(c: u8) -> Option<u32> {
+    let v = match c {
+        b'A'..=b'Z' => c - b'A',
+        b'a'..=b'z' => c - b'a' + 26,
+        b'0'..=b'9' => c - b'0' + 52,
+        b'-' => 62,
+        b'_' => 63,
+        _ => return None,
+    };
+    Some(v as u32)
+}
+
+/// Decodes `text` into exactly `N` bytes, or `None` for anything else: a wrong length, a
+/// character outside the alphabet, or non-zero trailing bits (a second spelling of a value).
+pub(crate) fn decode_exact<const N: usize>(text: &[u8]) -> Option<[u8; N]> {
+    if text.len() != (N * 4).div_ceil(3) {
+        return None;
+    }
+    let mut out = [0u8; N];
+    let mut written = 0;
+    for chunk in text.chunks(4) {
+        let mut n = 0u32;
+        for (i, &c) in chunk.iter().enumerate() {
+            n |= sextet(c)? << (18 - 6 * i);
+        }
+        let bytes = n.to_be_bytes();
+        let len = chunk.len() - 1;
+        // The bits below the last whole byte must be zero.
+        let spare = match len {
+            3 => 0,
+            2 => n & 0xff,
+            1 => n & 0xffff,
+            _ => return None,
+        };
+        if spare != 0 {
+            return None;
+        }
+        out[written..written + len].copy_from_slice(&bytes[1..1 + len]);
+        written += len;
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_every_length_class() {
+        let one: [u8; 1] = [0xfb];
+        assert_eq!(decode_exact::<1>(encode(&one).as_bytes()), Some(one));
+        let two: [u8; 2] = [0xfb, 0xff];
+        assert_eq!(decode_exact::<2>(encode(&two).as_bytes()), Some(two));
+        let three: [u8; 3] = [1, 2, 3];
+        assert_eq!(encode(&three), "AQID");
+        assert_eq!(decode_exact::<3>(b"AQID"), Some(three));
+        let long: [u8; 32] = std::array::from_fn(|i| (i * 37) as u8);
+        assert_eq!(decode_exact::<32>(encode(&long).as_bytes()), Some(long));
+    }
+
+    #[test]
+    fn refuses_other_spellings_lengths_and_characters() {
+        assert_eq!(encode(&[0xff]), "_w");
+        assert_eq!(decode_exact::<1>(b"_x"), None, "non-zero trailing bits");
+        assert_eq!(decode_exact::<1>(b"_w="), None, "padding");
+        assert_eq!(decode_exact::<3>(b"AQI+"), None, "standard alphabet");
+        assert_eq!(decode_exact::<3>(b"AQI"), None, "short");
+        assert_eq!(decode_exact::<2>(b"\xff\xfe\xfd"), None, "non-ASCII");
+    }
+}

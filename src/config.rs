@@ -1,0 +1,541 @@
+//! `[<profile>.session]` in Rocket.toml → validated settings.
+//!
+//! Reading is layered the way Rocket layers its own configuration: `[default.session]`, then
+//! the selected profile's `[<profile>.session]` (tables merge key by key), then
+//! `ROCKET_SESSION={...}` and finally `ROCKET_SESSION_<KEY>=...` from the environment (a double
+//! underscore reaches into the store table: `ROCKET_SESSION_STORE__TTL=60`).
+
+use std::path::{Path, PathBuf};
+
+use rocket::figment::providers::Env;
+use rocket::figment::{self, Figment};
+use serde::Deserialize;
+
+use crate::error::ConfigError;
+
+/// The `SameSite` attribute of the session cookie.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SameSite {
+    /// `SameSite=Strict`, koyo's default: the cookie is never sent on cross-site requests.
+    Strict,
+    /// `SameSite=Lax`: sent on top-level cross-site navigations.
+    Lax,
+    /// `SameSite=None`: sent everywhere; only allowed together with `cookie_secure = true`.
+    None,
+}
+
+/// Validated session settings, read from `[<profile>.session]`.
+///
+/// | key | type | default | meaning | koyo |
+/// |---|---|---|---|---|
+/// | `cookie_name` | string | `"session"` | name of the session cookie | `#:cookie-name` |
+/// | `cookie_path` | string | `"/"` | `Path` attribute | `#:cookie-path` |
+/// | `cookie_domain` | string | none | `Domain` attribute | — |
+/// | `cookie_secure` | bool | `true` | `Secure` attribute | `#:cookie-secure?` |
+/// | `cookie_http_only` | bool | `true` | `HttpOnly` attribute | `#:cookie-http-only?` |
+/// | `cookie_same_site` | `"strict"`, `"lax"`, `"none"` | `"strict"` | `SameSite` attribute | `#:cookie-same-site` |
+/// | `shelf_life` | seconds | 604800 | cookie lifetime (`Max-Age`) | `#:shelf-life` |
+/// | `refresh_interval` | seconds | 0 | re-issue the cookie and touch the store at most this often (0: every response) | — |
+/// | `max_lifetime` | seconds | none | absolute lifetime from creation, whatever the activity | — |
+/// | `secret_key` | string, ≥ 32 bytes | none (see below) | signs the cookie | `#:secret-key` |
+/// | `previous_secret_keys` | list of strings | `[]` | still verify, for key rotation | — |
+/// | `secret_key_file` | path | `"session_secret.key"` | where the debug profile keeps a generated key | — |
+/// | `max_session_size` | bytes | 65536 | cap on a session's encoded size | — |
+/// | `store` | table | `{ kind = "memory" }` | the store, see [`StoreConfig`] | `#:store` |
+///
+/// Without a `secret_key`, the `debug` profile reads the key from `secret_key_file`, generating
+/// it there (mode 0600) on first use, and logs a warning; every other profile refuses to launch.
+#[derive(Clone)]
+pub struct SessionConfig {
+    /// The profile this was read from.
+    pub profile: String,
+    /// Name of the session cookie.
+    pub cookie_name: String,
+    /// `Path` attribute of the cookie.
+    pub cookie_path: String,
+    /// `Domain` attribute of the cookie, if any.
+    pub cookie_domain: Option<String>,
+    /// `Secure` attribute.
+    pub cookie_secure: bool,
+    /// `HttpOnly` attribute.
+    pub cookie_http_only: bool,
+    /// `SameSite` attribute.
+    pub cookie_same_site: SameSite,
+    /// Cookie lifetime in seconds: its `Max-Age`, and how old a cookie's issue time may be.
+    pub shelf_life: u64,
+    /// Re-issue the cookie and touch the store at most every this many seconds (0: always).
+    pub refresh_interval: u64,
+    /// Absolute session lifetime in seconds, counted from creation, if any.
+    pub max_lifetime: Option<u64>,
+    /// The key that signs cookies.
+    pub secret_key: Vec<u8>,
+    /// Older keys that still verify cookies (which are then re-issued under `secret_key`).
+    pub previous_secret_keys: Vec<Vec<u8>>,
+    /// Cap on a session's encoded size, in bytes.
+    pub max_session_size: usize,
+    /// The store to build.
+    pub store: StoreConfig,
+}
+
+impl std::fmt::Debug for SessionConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionConfig")
+            .field("profile", &self.profile)
+            .field("cookie_name", &self.cookie_name)
+            .field("cookie_path", &self.cookie_path)
+            .field("cookie_domain", &self.cookie_domain)
+            .field("cookie_secure", &self.cookie_secure)
+            .field("cookie_http_only", &self.cookie_http_only)
+            .field("cookie_same_site", &self.cookie_same_site)
+            .field("shelf_life", &self.shelf_life)
+            .field("refresh_interval", &self.refresh_interval)
+            .field("max_lifetime", &self.max_lifetime)
+            .field("secret_key", &"<redacted>")
+            .field("previous_secret_keys", &self.previous_secret_keys.len())
+            .field("max_session_size", &self.max_session_size)
+            .field("store", &self.store)
+            .finish()
+    }
+}
+
+/// Which store runs, from the `store` table; `kind` picks the variant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreConfig {
+    /// `kind = "memory"`: the embedded default.
+    Memory(MemoryStoreConfig),
+    /// `kind = "postgres"`.
+    Postgres(PostgresStoreConfig),
+}
+
+/// Settings of the memory store (`store = { kind = "memory", ... }`).
+///
+/// | key | type | default | meaning |
+/// |---|---|---|---|
+/// | `ttl` | seconds | 604800 | a session untouched this long expires (koyo `#:ttl`) |
+/// | `file_path` | path or `""` | `"sessions.snapshot"` | snapshot file (koyo `#:file-path`); `""` keeps nothing on disk |
+/// | `snapshot_interval` | seconds | 30 | write the snapshot this often when something changed (0: only at shutdown) |
+/// | `sweep_interval` | seconds | 60 | remove expired sessions this often |
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemoryStoreConfig {
+    /// Idle lifetime of a session in the store, in seconds.
+    pub ttl: u64,
+    /// The snapshot file, if any.
+    pub file_path: Option<PathBuf>,
+    /// Seconds between periodic snapshots; 0 writes only at shutdown.
+    pub snapshot_interval: u64,
+    /// Seconds between sweeps of expired sessions.
+    pub sweep_interval: u64,
+}
+
+/// Settings of the PostgreSQL store (`store = { kind = "postgres", ... }`).
+///
+/// | key | type | default | meaning |
+/// |---|---|---|---|
+/// | `database` | string | `"sessions"` | name under `[<profile>.databases]` of the pool to use |
+/// | `ttl` | seconds | 604800 | a session untouched this long expires (koyo `#:ttl`) |
+/// | `migrate` | bool | `true` | apply the schema at ignite |
+/// | `unlogged` | bool | `false` | create the tables UNLOGGED (faster, emptied after a crash) |
+/// | `sweep_interval` | seconds | 60 | delete expired sessions this often |
+/// | `sweep_batch` | rows | 1000 | at most this many sessions deleted per statement |
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PostgresStoreConfig {
+    /// Name of the database under `[<profile>.databases]`.
+    pub database: String,
+    /// Idle lifetime of a session in the store, in seconds.
+    pub ttl: u64,
+    /// Whether to apply the schema at ignite.
+    pub migrate: bool,
+    /// Whether new tables are created UNLOGGED.
+    pub unlogged: bool,
+    /// Seconds between sweeps of expired sessions.
+    pub sweep_interval: u64,
+    /// Most sessions deleted by one sweep statement.
+    pub sweep_batch: u32,
+}
+
+const WEEK: u64 = 7 * 86_400;
+/// Durations above this are refused: they overflow nothing, and mean nothing either.
+const MAX_SECONDS: u64 = 100 * 365 * 86_400;
+/// The shortest secret key we accept, in bytes.
+pub const MIN_KEY_LEN: usize = 32;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    #[serde(default = "default_cookie_name")]
+    cookie_name: String,
+    #[serde(default = "default_path")]
+    cookie_path: String,
+    #[serde(default)]
+    cookie_domain: Option<String>,
+    #[serde(default = "yes")]
+    cookie_secure: bool,
+    #[serde(default = "yes")]
+    cookie_http_only: bool,
+    #[serde(default = "default_same_site")]
+    cookie_same_site: SameSite,
+    #[serde(default = "week")]
+    shelf_life: u64,
+    #[serde(default)]
+    refresh_interval: u64,
+    #[serde(default)]
+    max_lifetime: Option<u64>,
+    #[serde(default)]
+    secret_key: Option<String>,
+    #[serde(default)]
+    previous_secret_keys: Vec<String>,
+    #[serde(default = "default_key_file")]
+    secret_key_file: PathBuf,
+    #[serde(default = "default_max_size")]
+    max_session_size: usize,
+    #[serde(default)]
+    store: RawStore,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    kind: Option<String>,
+    ttl: Option<u64>,
+    file_path: Option<PathBuf>,
+    snapshot_interval: Option<u64>,
+    sweep_interval: Option<u64>,
+    database: Option<String>,
+    migrate: Option<bool>,
+    unlogged: Option<bool>,
+    sweep_batch: Option<u32>,
+}
+
+fn default_cookie_name() -> String {
+    "session".into()
+}
+fn default_path() -> String {
+    "/".into()
+}
+fn yes() -> bool {
+    true
+}
+fn default_same_site() -> SameSite {
+    SameSite::Strict
+}
+fn week() -> u64 {
+    WEEK
+}
+fn default_key_file() -> PathBuf {
+    "session_secret.key".into()
+}
+fn default_max_size() -> usize {
+    64 * 1024
+}
+
+impl SessionConfig {
+    /// Reads and validates the `session` table of `figment` for its selected profile, with the
+    /// `ROCKET_SESSION_*` environment variables on top.
+    ///
+    /// In the `debug` profile a missing `secret_key` is read from (or generated into)
+    /// `secret_key_file`; that is the only I/O here.
+    pub fn from_figment(figment: &Figment) -> Result<SessionConfig, ConfigError> {
+        let profile = figment.profile().to_string();
+        let figment = figment
+            .focus("session")
+            .merge(Env::prefixed("ROCKET_SESSION_").split("__").global());
+        let raw: Raw = figment
+            .extract()
+            .map_err(|e| from_figment_error(&profile, e))?;
+        raw.validate(profile)
+    }
+}
+
+fn from_figment_error(profile: &str, e: figment::Error) -> ConfigError {
+    use figment::error::Kind;
+    let mut path = e.path.clone();
+    match &e.kind {
+        Kind::UnknownField(field, _) | Kind::MissingField(std::borrow::Cow::Owned(field)) => {
+            path.push(field.clone())
+        }
+        Kind::MissingField(std::borrow::Cow::Borrowed(field)) => path.push(field.to_string()),
+        _ => {}
+    }
+    let profile = e
+        .profile
+        .as_ref()
+        .map(|p| p.to_string())
+        .filter(|p| p != "global" && p != "default")
+        .unwrap_or_else(|| profile.to_string());
+    let mut reason = e.kind.to_string();
+    if let Some(source) = e.metadata.as_ref().map(|m| m.name.to_string()) {
+        reason.push_str(&format!(" (from {source})"));
+    }
+    ConfigError {
+        profile,
+        key: if path.is_empty() {
+            "<table>".into()
+        } else {
+            path.join(".")
+        },
+        reason,
+    }
+}
+
+impl Raw {
+    fn validate(self, profile: String) -> Result<SessionConfig, ConfigError> {
+        let err = |key: &str, reason: String| ConfigError {
+            profile: profile.clone(),
+            key: key.into(),
+            reason,
+        };
+        check_cookie_name(&self.cookie_name).map_err(|r| err("cookie_name", r))?;
+        check_path(&self.cookie_path).map_err(|r| err("cookie_path", r))?;
+        if let Some(domain) = &self.cookie_domain {
+            check_domain(domain).map_err(|r| err("cookie_domain", r))?;
+        }
+        if self.cookie_same_site == SameSite::None && !self.cookie_secure {
+            return Err(err(
+                "cookie_same_site",
+                "\"none\" requires cookie_secure = true".into(),
+            ));
+        }
+        if self.cookie_name.starts_with("__Secure-") && !self.cookie_secure {
+            return Err(err(
+                "cookie_name",
+                "a `__Secure-` cookie requires cookie_secure = true".into(),
+            ));
+        }
+        if self.cookie_name.starts_with("__Host-") {
+            if !self.cookie_secure {
+                return Err(err(
+                    "cookie_name",
+                    "a `__Host-` cookie requires cookie_secure = true".into(),
+                ));
+            }
+            if self.cookie_path != "/" {
+                return Err(err(
+                    "cookie_name",
+                    "a `__Host-` cookie requires cookie_path = \"/\"".into(),
+                ));
+            }
+            if self.cookie_domain.is_some() {
+                return Err(err(
+                    "cookie_name",
+                    "a `__Host-` cookie must not have a cookie_domain".into(),
+                ));
+            }
+        }
+        check_seconds(self.shelf_life).map_err(|r| err("shelf_life", r))?;
+        if self.refresh_interval >= self.shelf_life {
+            return Err(err(
+                "refresh_interval",
+                format!(
+                    "must be shorter than shelf_life ({}), or cookies expire before they are refreshed",
+                    self.shelf_life
+                ),
+            ));
+        }
+        if let Some(max) = self.max_lifetime {
+            check_seconds(max).map_err(|r| err("max_lifetime", r))?;
+        }
+        if self.max_session_size == 0 {
+            return Err(err("max_session_size", "must be at least 1".into()));
+        }
+        let secret_key = match self.secret_key {
+            Some(key) => {
+                check_key(&key).map_err(|r| err("secret_key", r))?;
+                key.into_bytes()
+            }
+            None if profile == "debug" => debug_key(&self.secret_key_file)
+                .map_err(|r| err("secret_key_file", r))?,
+            None => {
+                return Err(err(
+                    "secret_key",
+                    "missing: every profile but `debug` needs a secret key of at least 32 bytes \
+                     (e.g. the output of `openssl rand -base64 32`)"
+                        .into(),
+                ))
+            }
+        };
+        let mut previous_secret_keys = Vec::new();
+        for (i, key) in self.previous_secret_keys.into_iter().enumerate() {
+            check_key(&key).map_err(|r| err(&format!("previous_secret_keys[{i}]"), r))?;
+            previous_secret_keys.push(key.into_bytes());
+        }
+        let store = self.store.validate(&err)?;
+        Ok(SessionConfig {
+            profile: profile.clone(),
+            cookie_name: self.cookie_name,
+            cookie_path: self.cookie_path,
+            cookie_domain: self.cookie_domain,
+            cookie_secure: self.cookie_secure,
+            cookie_http_only: self.cookie_http_only,
+            cookie_same_site: self.cookie_same_site,
+            shelf_life: self.shelf_life,
+            refresh_interval: self.refresh_interval,
+            max_lifetime: self.max_lifetime,
+            secret_key,
+            previous_secret_keys,
+            max_session_size: self.max_session_size,
+            store,
+        })
+    }
+}
+
+impl RawStore {
+    fn validate(
+        self,
+        err: &dyn Fn(&str, String) -> ConfigError,
+    ) -> Result<StoreConfig, ConfigError> {
+        let ttl = self.ttl.unwrap_or(WEEK);
+        check_seconds(ttl).map_err(|r| err("store.ttl", r))?;
+        let sweep_interval = self.sweep_interval.unwrap_or(60);
+        check_seconds(sweep_interval).map_err(|r| err("store.sweep_interval", r))?;
+        let kind = self.kind.as_deref().unwrap_or("memory");
+        let refuse = |key: &str, present: bool| match present {
+            true => Err(err(
+                &format!("store.{key}"),
+                format!("not a setting of the `{kind}` store"),
+            )),
+            false => Ok(()),
+        };
+        match kind {
+            "memory" => {
+                refuse("database", self.database.is_some())?;
+                refuse("migrate", self.migrate.is_some())?;
+                refuse("unlogged", self.unlogged.is_some())?;
+                refuse("sweep_batch", self.sweep_batch.is_some())?;
+                let snapshot_interval = self.snapshot_interval.unwrap_or(30);
+                if snapshot_interval > MAX_SECONDS {
+                    return Err(err("store.snapshot_interval", "too large".into()));
+                }
+                let file_path = match self.file_path {
+                    None => Some(PathBuf::from("sessions.snapshot")),
+                    Some(p) if p.as_os_str().is_empty() => None,
+                    Some(p) => Some(p),
+                };
+                Ok(StoreConfig::Memory(MemoryStoreConfig {
+                    ttl,
+                    file_path,
+                    snapshot_interval,
+                    sweep_interval,
+                }))
+            }
+            "postgres" => {
+                refuse("file_path", self.file_path.is_some())?;
+                refuse("snapshot_interval", self.snapshot_interval.is_some())?;
+                let database = self.database.unwrap_or_else(|| "sessions".into());
+                if database.is_empty() {
+                    return Err(err("store.database", "must not be empty".into()));
+                }
+                let sweep_batch = self.sweep_batch.unwrap_or(1000);
+                if sweep_batch == 0 {
+                    return Err(err("store.sweep_batch", "must be at least 1".into()));
+                }
+                Ok(StoreConfig::Postgres(PostgresStoreConfig {
+                    database,
+                    ttl,
+                    migrate: self.migrate.unwrap_or(true),
+                    unlogged: self.unlogged.unwrap_or(false),
+                    sweep_interval,
+                    sweep_batch,
+                }))
+            }
+            other => Err(err(
+                "store.kind",
+                format!("unknown store `{other}`: expected \"memory\" or \"postgres\""),
+            )),
+        }
+    }
+}
+
+fn check_seconds(s: u64) -> Result<(), String> {
+    match s {
+        0 => Err("must be at least 1 second".into()),
+        s if s > MAX_SECONDS => Err(format!("must be at most {MAX_SECONDS} seconds")),
+        _ => Ok(()),
+    }
+}
+
+fn check_key(key: &str) -> Result<(), String> {
+    if key.len() < MIN_KEY_LEN {
+        return Err(format!(
+            "is {} bytes long; at least {MIN_KEY_LEN} are required",
+            key.len()
+        ));
+    }
+    Ok(())
+}
+
+/// RFC 6265 `cookie-name` is an RFC 2616 token.
+fn check_cookie_name(name: &str) -> Result<(), String> {
+    const SEPARATORS: &[u8] = b"()<>@,;:\\\"/[]?={} \t";
+    if name.is_empty() {
+        return Err("must not be empty".into());
+    }
+    match name
+        .bytes()
+        .find(|b| !b.is_ascii_graphic() || SEPARATORS.contains(b))
+    {
+        Some(b) => Err(format!("contains {:?}, which a cookie name cannot", b as char)),
+        None => Ok(()),
+    }
+}
+
+fn check_path(path: &str) -> Result<(), String> {
+    if !path.starts_with('/') {
+        return Err("must start with `/`".into());
+    }
+    if path.bytes().any(|b| b == b';' || b.is_ascii_control()) {
+        return Err("must not contain `;` or control characters".into());
+    }
+    Ok(())
+}
+
+fn check_domain(domain: &str) -> Result<(), String> {
+    let bare = domain.strip_prefix('.').unwrap_or(domain);
+    if bare.is_empty()
+        || !bare
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+    {
+        return Err("must be a host name such as `example.com`".into());
+    }
+    Ok(())
+}
+
+/// The debug profile's key: read from `path`, or generated there with mode 0600.
+fn debug_key(path: &Path) -> Result<Vec<u8>, String> {
+    match std::fs::read(path) {
+        Ok(bytes) => {
+            let key = String::from_utf8(bytes)
+                .map_err(|_| format!("{} is not a text key", path.display()))?;
+            let key = key.trim();
+            check_key(key).map_err(|r| format!("key in {}: {r}", path.display()))?;
+            Ok(key.as_bytes().to_vec())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = crate::id::random_hex(32).map_err(|e| e.to_string())?;
+            write_private(path, key.as_bytes())
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+            rocket::warn!(
+                "session: no `secret_key` configured; generated one for the debug profile in {}. \
+                 Set `secret_key` for any other profile.",
+                path.display()
+            );
+            Ok(key.into_bytes())
+        }
+        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+    }
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
+}

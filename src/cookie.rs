@@ -1,0 +1,201 @@
+//! The session cookie's value: signing and verifying, no I/O and no clock of its own.
+//!
+//! A value is the URL-safe base64 (no padding) of 72 bytes: the 32-byte session id, the issue
+//! time as 8 big-endian bytes of Unix seconds, and an HMAC-SHA256 tag over the cookie name, the
+//! id and the issue time. Binding the name means a value cannot be moved to another cookie.
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+use crate::b64;
+use crate::id::{SessionId, ID_LEN};
+
+type HmacSha256 = Hmac<Sha256>;
+
+const RAW_LEN: usize = ID_LEN + 8 + 32;
+#[cfg(test)]
+/// Length of every valid cookie value, in characters.
+pub(crate) const VALUE_LEN: usize = (RAW_LEN * 4).div_ceil(3);
+
+/// A cookie value that verified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Verified {
+    pub id: SessionId,
+    /// Unix seconds at which the value was issued.
+    pub issued: u64,
+    /// Whether the current key signed it (else a previous key did: re-issue it).
+    pub current_key: bool,
+}
+
+/// Why a cookie value was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Rejected {
+    /// Not the shape of a value this crate writes.
+    Malformed,
+    /// No configured key made this tag.
+    BadSignature,
+    /// Issued longer than `shelf_life` ago.
+    Expired,
+}
+
+/// Signs and verifies session cookie values for one cookie name.
+#[derive(Clone)]
+pub(crate) struct CookieCodec {
+    name: Vec<u8>,
+    /// Keyed MACs, the current key first; cloned per use so the key schedule runs once.
+    macs: Vec<HmacSha256>,
+    shelf_life: u64,
+}
+
+impl CookieCodec {
+    pub fn new(name: &str, current: &[u8], previous: &[Vec<u8>], shelf_life: u64) -> Self {
+        let macs = std::iter::once(current)
+            .chain(previous.iter().map(Vec::as_slice))
+            .map(|k| HmacSha256::new_from_slice(k).expect("HMAC takes keys of any length"))
+            .collect();
+        CookieCodec {
+            name: name.as_bytes().to_vec(),
+            macs,
+            shelf_life,
+        }
+    }
+
+    fn mac(&self, key: &HmacSha256, id: &[u8], issued: &[u8; 8]) -> HmacSha256 {
+        let mut mac = key.clone();
+        mac.update(&(self.name.len() as u64).to_be_bytes());
+        mac.update(&self.name);
+        mac.update(id);
+        mac.update(issued);
+        mac
+    }
+
+    /// The cookie value for `id`, issued at `issued`, signed with the current key.
+    pub fn sign(&self, id: &SessionId, issued: u64) -> String {
+        let issued = issued.to_be_bytes();
+        let tag = self
+            .mac(&self.macs[0], id.as_bytes(), &issued)
+            .finalize()
+            .into_bytes();
+        let mut raw = [0u8; RAW_LEN];
+        raw[..ID_LEN].copy_from_slice(id.as_bytes());
+        raw[ID_LEN..ID_LEN + 8].copy_from_slice(&issued);
+        raw[ID_LEN + 8..].copy_from_slice(&tag);
+        b64::encode(&raw)
+    }
+
+    /// Verifies `value` at time `now`. Any byte string gives an answer; none panics.
+    pub fn verify(&self, value: &[u8], now: u64) -> Result<Verified, Rejected> {
+        let raw: [u8; RAW_LEN] = b64::decode_exact(value).ok_or(Rejected::Malformed)?;
+        let (id, rest) = raw.split_at(ID_LEN);
+        let (issued, tag) = rest.split_at(8);
+        let issued: [u8; 8] = issued.try_into().expect("split at 8");
+        let signer = self
+            .macs
+            .iter()
+            // `verify_slice` compares in constant time.
+            .position(|key| self.mac(key, id, &issued).verify_slice(tag).is_ok())
+            .ok_or(Rejected::BadSignature)?;
+        let issued = u64::from_be_bytes(issued);
+        if now.saturating_sub(issued) >= self.shelf_life {
+            return Err(Rejected::Expired);
+        }
+        Ok(Verified {
+            id: SessionId::from_bytes(id.try_into().expect("split at ID_LEN")),
+            issued,
+            current_key: signer == 0,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &[u8] = b"0123456789abcdef0123456789abcdef";
+    const OLD: &[u8] = b"an older key, also 32 bytes long";
+
+    fn codec() -> CookieCodec {
+        CookieCodec::new("session", KEY, &[OLD.to_vec()], 100)
+    }
+
+    #[test]
+    fn a_signed_value_verifies_until_its_shelf_life_ends() {
+        let id = SessionId::generate();
+        let value = codec().sign(&id, 1000);
+        assert_eq!(value.len(), VALUE_LEN);
+        let ok = Verified {
+            id,
+            issued: 1000,
+            current_key: true,
+        };
+        assert_eq!(codec().verify(value.as_bytes(), 1000), Ok(ok));
+        assert_eq!(codec().verify(value.as_bytes(), 1099), Ok(ok));
+        assert_eq!(
+            codec().verify(value.as_bytes(), 1100),
+            Err(Rejected::Expired)
+        );
+    }
+
+    #[test]
+    fn every_flipped_bit_is_refused() {
+        let value = codec().sign(&SessionId::generate(), 1000).into_bytes();
+        for i in 0..value.len() {
+            for bit in 0..8 {
+                let mut bad = value.clone();
+                bad[i] ^= 1 << bit;
+                assert!(codec().verify(&bad, 1000).is_err(), "byte {i} bit {bit}");
+            }
+        }
+    }
+
+    #[test]
+    fn truncated_extended_and_garbage_values_are_malformed() {
+        let value = codec().sign(&SessionId::generate(), 1000);
+        for len in 0..value.len() {
+            assert_eq!(
+                codec().verify(&value.as_bytes()[..len], 1000),
+                Err(Rejected::Malformed)
+            );
+        }
+        let longer = format!("{value}A");
+        assert_eq!(
+            codec().verify(longer.as_bytes(), 1000),
+            Err(Rejected::Malformed)
+        );
+        assert_eq!(
+            codec().verify(&[0xff; VALUE_LEN], 1000),
+            Err(Rejected::Malformed)
+        );
+        assert_eq!(
+            codec().verify(&vec![b'A'; 10_000], 1000),
+            Err(Rejected::Malformed)
+        );
+    }
+
+    #[test]
+    fn other_keys_and_cookie_names_do_not_verify() {
+        let id = SessionId::generate();
+        let stranger = CookieCodec::new("session", &[9; 32], &[], 100);
+        let value = stranger.sign(&id, 1000);
+        assert_eq!(
+            codec().verify(value.as_bytes(), 1000),
+            Err(Rejected::BadSignature)
+        );
+        let renamed = CookieCodec::new("other", KEY, &[], 100);
+        let value = renamed.sign(&id, 1000);
+        assert_eq!(
+            codec().verify(value.as_bytes(), 1000),
+            Err(Rejected::BadSignature)
+        );
+    }
+
+    #[test]
+    fn a_previous_key_verifies_but_asks_for_reissue() {
+        let id = SessionId::generate();
+        let old = CookieCodec::new("session", OLD, &[], 100);
+        let value = old.sign(&id, 1000);
+        let verified = codec().verify(value.as_bytes(), 1000).unwrap();
+        assert_eq!(verified.id, id);
+        assert!(!verified.current_key);
+    }
+}

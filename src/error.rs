@@ -1,0 +1,141 @@
+//! The crate's errors: one enum for handlers, one for stores, one for configuration.
+
+use std::fmt;
+
+use rocket::http::Status;
+use rocket::request::Request;
+use rocket::response::{self, Responder};
+
+/// What went wrong with a session operation.
+///
+/// Handlers can return it with `?`: as a [`Responder`] it answers `500 Internal Server Error`
+/// (or `503 Service Unavailable` when the store cannot be reached) with an empty body, and logs
+/// the cause without the session id.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum SessionError {
+    /// The key is not in the session and no default was given (koyo raises a user error here).
+    MissingKey(String),
+    /// A value could not be encoded as MessagePack.
+    Encode(String),
+    /// The stored bytes of this key do not decode to the requested type.
+    Decode {
+        /// The key whose value did not decode.
+        key: String,
+        /// Why it did not decode.
+        reason: String,
+    },
+    /// A `set` or `update` would make the session larger than `max_session_size`.
+    TooLarge {
+        /// The session's encoded size had the change been made, in bytes.
+        size: usize,
+        /// The configured limit, in bytes.
+        limit: usize,
+    },
+    /// No live session has this id (for the [`SessionManager`](crate::SessionManager)'s
+    /// calls on an explicit id).
+    UnknownSession,
+    /// The store failed.
+    Store(StoreError),
+    /// The [`Sessions`](crate::Sessions) fairing is not attached to this Rocket instance.
+    NotAttached,
+}
+
+impl fmt::Display for SessionError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SessionError::MissingKey(key) => write!(f, "session key `{key}` is not set"),
+            SessionError::Encode(reason) => write!(f, "session value does not encode: {reason}"),
+            SessionError::Decode { key, reason } => {
+                write!(f, "session value of `{key}` does not decode: {reason}")
+            }
+            SessionError::TooLarge { size, limit } => {
+                write!(f, "session would be {size} bytes, over the limit of {limit}")
+            }
+            SessionError::UnknownSession => write!(f, "no live session has this id"),
+            SessionError::Store(e) => write!(f, "session store: {e}"),
+            SessionError::NotAttached => write!(f, "the Sessions fairing is not attached"),
+        }
+    }
+}
+
+impl std::error::Error for SessionError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            SessionError::Store(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<StoreError> for SessionError {
+    fn from(e: StoreError) -> Self {
+        SessionError::Store(e)
+    }
+}
+
+impl SessionError {
+    /// The HTTP status this error answers with: 503 when the store is unavailable, else 500.
+    pub fn status(&self) -> Status {
+        match self {
+            SessionError::Store(StoreError::Unavailable(_)) => Status::ServiceUnavailable,
+            _ => Status::InternalServerError,
+        }
+    }
+}
+
+impl<'r> Responder<'r, 'static> for SessionError {
+    fn respond_to(self, _: &'r Request<'_>) -> response::Result<'static> {
+        rocket::error!("session error: {self}");
+        Err(self.status())
+    }
+}
+
+/// What went wrong inside a [`SessionStore`](crate::store::SessionStore).
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The store cannot be reached now (a database that is down); worth retrying later.
+    Unavailable(String),
+    /// Stored bytes are not what the store wrote (a corrupt file or row).
+    Corrupt(String),
+    /// Any other failure.
+    Other(String),
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreError::Unavailable(m) => write!(f, "unavailable: {m}"),
+            StoreError::Corrupt(m) => write!(f, "corrupt data: {m}"),
+            StoreError::Other(m) => f.write_str(m),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+/// An invalid `session` configuration: it names the key and the profile.
+///
+/// The fairing logs it and Rocket refuses to launch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The profile that was being read, e.g. `release`.
+    pub profile: String,
+    /// The offending key, relative to the `session` table, e.g. `store.ttl`.
+    pub key: String,
+    /// Why it was refused.
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "invalid session configuration: key `session.{}` in profile `{}`: {}",
+            self.key, self.profile, self.reason
+        )
+    }
+}
+
+impl std::error::Error for ConfigError {}

@@ -1,0 +1,231 @@
+//! The `Sessions` fairing: builds the manager at ignite, flushes every response, persists at
+//! shutdown.
+
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use rocket::fairing::{self, Fairing, Info, Kind};
+use rocket::http::{Cookie, Header};
+use rocket::{Build, Orbit, Request, Response, Rocket};
+
+use crate::clock::{Clock, SystemClock};
+use crate::config::{SameSite, SessionConfig, StoreConfig};
+use crate::error::StoreError;
+use crate::manager::{CookieAction, RequestSession, SessionManager};
+use crate::store::{MemoryStore, SessionStore};
+
+/// The fairing that gives a Rocket application sessions.
+///
+/// ```no_run
+/// # use rocket::launch;
+/// #[launch]
+/// fn rocket() -> _ {
+///     rocket::build().attach(rocket_server_sessions::Sessions::fairing())
+/// }
+/// ```
+///
+/// At ignite it reads `[<profile>.session]` (see [`SessionConfig`]), opens the store and puts a
+/// [`SessionManager`] in managed state; Rocket refuses to launch on an invalid configuration
+/// or a store that cannot be opened. After liftoff it sweeps expired sessions and, for the
+/// memory store, writes snapshots periodically. On every response it flushes the request's
+/// session changes and sets the cookie. At shutdown it waits for requests in flight (up to
+/// Rocket's grace and mercy periods) and persists the store.
+pub struct Sessions {
+    clock: Arc<dyn Clock>,
+    store: Mutex<Option<Arc<dyn SessionStore>>>,
+    manager: OnceLock<SessionManager>,
+}
+
+impl Sessions {
+    /// The fairing, with the store chosen by configuration and the system clock.
+    pub fn fairing() -> Sessions {
+        Sessions {
+            clock: Arc::new(SystemClock),
+            store: Mutex::new(None),
+            manager: OnceLock::new(),
+        }
+    }
+
+    /// Takes time from `clock` instead of the system clock (tests move a
+    /// [`ManualClock`](crate::ManualClock) instead of sleeping).
+    pub fn with_clock(mut self, clock: impl Clock) -> Sessions {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// Uses `store` instead of building the configured one; the `store` table's `kind` is then
+    /// ignored, and its intervals still apply.
+    pub fn with_store(self, store: impl SessionStore) -> Sessions {
+        *self.store.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(store));
+        self
+    }
+
+    async fn open_store(
+        &self,
+        config: &SessionConfig,
+    ) -> Result<Arc<dyn SessionStore>, StoreError> {
+        if let Some(store) = self.store.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            return Ok(store);
+        }
+        match &config.store {
+            StoreConfig::Memory(memory) => {
+                let memory = memory.clone();
+                let store = rocket::tokio::task::spawn_blocking(move || MemoryStore::open(&memory))
+                    .await
+                    .map_err(|e| StoreError::Other(e.to_string()))??;
+                Ok(Arc::new(store))
+            }
+            StoreConfig::Postgres(_) => Err(StoreError::Other(
+                "the postgres store is not available in this build".into(),
+            )),
+        }
+    }
+}
+
+fn cookie_header(config: &SessionConfig, value: String, max_age: u64) -> Header<'static> {
+    let mut cookie = Cookie::build((config.cookie_name.clone(), value))
+        .path(config.cookie_path.clone())
+        .secure(config.cookie_secure)
+        .http_only(config.cookie_http_only)
+        .same_site(match config.cookie_same_site {
+            SameSite::Strict => rocket::http::SameSite::Strict,
+            SameSite::Lax => rocket::http::SameSite::Lax,
+            SameSite::None => rocket::http::SameSite::None,
+        })
+        .max_age(time::Duration::seconds(max_age as i64));
+    if let Some(domain) = &config.cookie_domain {
+        cookie = cookie.domain(domain.clone());
+    }
+    Header::from(cookie.build())
+}
+
+/// Spawns `task` every `interval` seconds until Rocket shuts down.
+fn every<F, Fut>(rocket: &Rocket<Orbit>, interval: u64, task: F)
+where
+    F: Fn() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let mut shutdown = rocket.shutdown();
+    rocket::tokio::spawn(async move {
+        loop {
+            rocket::tokio::select! {
+                _ = rocket::tokio::time::sleep(Duration::from_secs(interval)) => task().await,
+                _ = &mut shutdown => break,
+            }
+        }
+    });
+}
+
+#[rocket::async_trait]
+impl Fairing for Sessions {
+    fn info(&self) -> Info {
+        Info {
+            name: "Sessions",
+            kind: Kind::Ignite | Kind::Liftoff | Kind::Request | Kind::Response | Kind::Shutdown,
+        }
+    }
+
+    async fn on_ignite(&self, rocket: Rocket<Build>) -> fairing::Result {
+        let config = match SessionConfig::from_figment(rocket.figment()) {
+            Ok(config) => config,
+            Err(e) => {
+                rocket::error!("{e}");
+                return Err(rocket);
+            }
+        };
+        let store = match self.open_store(&config).await {
+            Ok(store) => store,
+            Err(e) => {
+                rocket::error!(
+                    "session store of profile `{}` cannot be opened: {e}",
+                    config.profile
+                );
+                return Err(rocket);
+            }
+        };
+        let manager = SessionManager::new(config, store, self.clock.clone());
+        if self.manager.set(manager.clone()).is_err() {
+            rocket::error!("the Sessions fairing was ignited twice; attach it once");
+            return Err(rocket);
+        }
+        Ok(rocket.manage(manager))
+    }
+
+    async fn on_liftoff(&self, rocket: &Rocket<Orbit>) {
+        let Some(manager) = self.manager.get() else {
+            return;
+        };
+        let (sweep, snapshot) = match &manager.config().store {
+            StoreConfig::Memory(m) => (m.sweep_interval, m.snapshot_interval),
+            StoreConfig::Postgres(p) => (p.sweep_interval, 0),
+        };
+        let m = manager.clone();
+        every(rocket, sweep, move || {
+            let m = m.clone();
+            async move {
+                match m.sweep().await {
+                    Ok(0) => {}
+                    Ok(n) => rocket::info!("session store: swept {n} expired sessions"),
+                    Err(e) => rocket::error!("session store: sweep failed: {e}"),
+                }
+            }
+        });
+        if snapshot > 0 {
+            let m = manager.clone();
+            every(rocket, snapshot, move || {
+                let m = m.clone();
+                async move {
+                    if let Err(e) = m.persist().await {
+                        rocket::error!("session store: snapshot failed: {e}");
+                    }
+                }
+            });
+        }
+    }
+
+    async fn on_request(&self, _: &mut Request<'_>, _: &mut rocket::Data<'_>) {
+        if let Some(manager) = self.manager.get() {
+            manager.request_started();
+        }
+    }
+
+    async fn on_response<'r>(&self, req: &'r Request<'_>, res: &mut Response<'r>) {
+        let Some(manager) = self.manager.get() else {
+            return;
+        };
+        let config = manager.config();
+        let working = req.local_cache(RequestSession::default).lock().take();
+        let cookie = req.cookies().get(&config.cookie_name);
+        let action = manager.flush(working, cookie.map(|c| c.value())).await;
+        let header = match action {
+            Ok(CookieAction::Keep) => None,
+            Ok(CookieAction::Set(value)) => Some(cookie_header(config, value, config.shelf_life)),
+            Ok(CookieAction::Remove) => Some(cookie_header(config, String::new(), 0)),
+            Err(e) => {
+                rocket::error!("session: the session's changes were not saved: {e}");
+                *res = Response::build().status(e.status()).finalize();
+                None
+            }
+        };
+        if let Some(header) = header {
+            res.adjoin_header(header);
+            // A shared cache must never hand one visitor's session cookie to another.
+            res.set_raw_header("Cache-Control", "no-store");
+            res.adjoin_raw_header("Vary", "Cookie");
+        }
+        manager.request_finished().await;
+    }
+
+    async fn on_shutdown(&self, rocket: &Rocket<Orbit>) {
+        let Some(manager) = self.manager.get() else {
+            return;
+        };
+        let shutdown = &rocket.config().shutdown;
+        let limit = Duration::from_secs(u64::from(shutdown.grace) + u64::from(shutdown.mercy));
+        manager.drain(limit).await;
+        match manager.persist().await {
+            Ok(()) => rocket::info!("session store: persisted at shutdown"),
+            Err(e) => rocket::error!("session store: persisting at shutdown failed: {e}"),
+        }
+    }
+}

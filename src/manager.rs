@@ -1,0 +1,518 @@
+//! The session manager: loads a request's session, keeps its changes, and flushes them.
+//!
+//! The data path of a request is: the cookie is verified ([`CookieCodec`]) → its id's session
+//! is loaded from the store (only when a handler asks for the [`Session`](crate::Session)) →
+//! the handler's edits are buffered in [`Working`] → [`SessionManager::flush`] writes them in
+//! one store call and says which cookie the response carries.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use rocket::tokio::sync::Notify;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::clock::Clock;
+use crate::config::SessionConfig;
+use crate::cookie::{CookieCodec, Verified};
+use crate::error::SessionError;
+use crate::id::{SessionId, StoreKey};
+use crate::store::{ChangeSet, SessionRecord, SessionStore};
+
+/// Longest cookie value looked at; longer ones are treated as absent (RFC 6265 asks browsers
+/// for 4096 bytes per cookie, and ours are 96).
+pub(crate) const MAX_COOKIE_VALUE: usize = 4096;
+
+/// Creates the session manager's state and reaches sessions by explicit id, like koyo's
+/// `session-manager-*` functions.
+///
+/// The [`Sessions`](crate::Sessions) fairing builds one at ignite and puts it in managed state,
+/// so handlers, background jobs and other fairings can reach it with `&State<SessionManager>`
+/// or `rocket.state::<SessionManager>()`. Cloning is cheap and clones share everything.
+///
+/// Unlike the [`Session`](crate::Session) guard, whose changes wait for the end of the request,
+/// each call here goes to the store at once.
+#[derive(Clone)]
+pub struct SessionManager {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: SessionConfig,
+    codec: CookieCodec,
+    store: Arc<dyn SessionStore>,
+    clock: Arc<dyn Clock>,
+    in_flight: AtomicUsize,
+    idle: Notify,
+    shutting_down: AtomicBool,
+}
+
+/// Where the request's session came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Origin {
+    /// Made in this request. `stale_cookie` is set when the request carried a session cookie
+    /// that led nowhere (invalid, expired or its session gone): the response then removes it.
+    New { stale_cookie: bool },
+    /// Loaded from the store.
+    Stored {
+        key: StoreKey,
+        issued: u64,
+        current_key: bool,
+    },
+}
+
+/// A request's session: what was loaded and what the handler changed.
+pub(crate) struct Working {
+    pub id: SessionId,
+    pub origin: Origin,
+    pub created: u64,
+    pub data: HashMap<String, Vec<u8>>,
+    pub changes: ChangeSet,
+    /// The id this session had in the store before `cycle_id`, if it was cycled.
+    pub cycled_from: Option<StoreKey>,
+    /// A stored session destroyed in this request.
+    pub destroyed: Option<StoreKey>,
+    pub size: usize,
+}
+
+/// The per-request slot, in `Request::local_cache` under this private type.
+#[derive(Default)]
+pub(crate) struct RequestSession {
+    working: Mutex<Option<Working>>,
+}
+
+impl RequestSession {
+    pub fn lock(&self) -> MutexGuard<'_, Option<Working>> {
+        self.working.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// What the response does with the session cookie.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum CookieAction {
+    Keep,
+    Set(String),
+    Remove,
+}
+
+pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, SessionError> {
+    rmp_serde::to_vec_named(value).map_err(|e| SessionError::Encode(e.to_string()))
+}
+
+pub(crate) fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, SessionError> {
+    rmp_serde::from_slice(bytes).map_err(|e| {
+        rocket::warn!("session: the stored value of `{key}` does not decode: {e}");
+        SessionError::Decode {
+            key: key.to_string(),
+            reason: e.to_string(),
+        }
+    })
+}
+
+fn size_of(data: &HashMap<String, Vec<u8>>) -> usize {
+    data.iter().map(|(k, v)| k.len() + v.len()).sum()
+}
+
+impl Working {
+    fn new(stale_cookie: bool, now: u64) -> Working {
+        Working {
+            id: SessionId::generate(),
+            origin: Origin::New { stale_cookie },
+            created: now,
+            data: HashMap::new(),
+            changes: ChangeSet::new(),
+            cycled_from: None,
+            destroyed: None,
+            size: 0,
+        }
+    }
+
+    fn stored(verified: Verified, key: StoreKey, record: SessionRecord) -> Working {
+        let data: HashMap<_, _> = record.data.into_iter().collect();
+        Working {
+            id: verified.id,
+            origin: Origin::Stored {
+                key,
+                issued: verified.issued,
+                current_key: verified.current_key,
+            },
+            created: record.created,
+            size: size_of(&data),
+            data,
+            changes: ChangeSet::new(),
+            cycled_from: None,
+            destroyed: None,
+        }
+    }
+
+    pub fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, SessionError> {
+        self.data.get(key).map(|b| decode(key, b)).transpose()
+    }
+
+    pub fn set_encoded(&mut self, key: &str, bytes: Vec<u8>, limit: usize) -> Result<(), SessionError> {
+        let old = self.data.get(key).map_or(0, |v| key.len() + v.len());
+        let size = self.size - old + key.len() + bytes.len();
+        if size > limit {
+            return Err(SessionError::TooLarge { size, limit });
+        }
+        self.size = size;
+        self.changes.set(key, bytes.clone());
+        self.data.insert(key.to_string(), bytes);
+        Ok(())
+    }
+
+    pub fn remove(&mut self, key: &str) {
+        if let Some(v) = self.data.remove(key) {
+            self.size -= key.len() + v.len();
+            self.changes.remove(key);
+        }
+    }
+
+    /// The store key of the session as it is stored now, if it is.
+    fn stored_key(&self) -> Option<StoreKey> {
+        match self.origin {
+            Origin::Stored { key, .. } => Some(key),
+            Origin::New { .. } => None,
+        }
+    }
+
+    pub fn cycle_id(&mut self) {
+        if let (None, Some(key)) = (self.cycled_from, self.stored_key()) {
+            self.cycled_from = Some(key);
+        }
+        self.id = SessionId::generate();
+    }
+
+    pub fn destroy(&mut self, now: u64) {
+        let destroyed = self.cycled_from.or(self.stored_key()).or(self.destroyed);
+        let had_cookie = destroyed.is_some()
+            || matches!(self.origin, Origin::New { stale_cookie: true });
+        *self = Working::new(had_cookie, now);
+        self.destroyed = destroyed;
+    }
+}
+
+impl SessionManager {
+    pub(crate) fn new(
+        config: SessionConfig,
+        store: Arc<dyn SessionStore>,
+        clock: Arc<dyn Clock>,
+    ) -> SessionManager {
+        let codec = CookieCodec::new(
+            &config.cookie_name,
+            &config.secret_key,
+            &config.previous_secret_keys,
+            config.shelf_life,
+        );
+        SessionManager {
+            inner: Arc::new(Inner {
+                config,
+                codec,
+                store,
+                clock,
+                in_flight: AtomicUsize::new(0),
+                idle: Notify::new(),
+                shutting_down: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// The settings this manager was built from.
+    pub fn config(&self) -> &SessionConfig {
+        &self.inner.config
+    }
+
+    /// The store sessions live in.
+    pub fn store(&self) -> &dyn SessionStore {
+        &*self.inner.store
+    }
+
+    /// The current time by the manager's clock, in Unix seconds.
+    pub fn now(&self) -> u64 {
+        self.inner.clock.now()
+    }
+
+    /// The session id a cookie value carries, if the value verifies now.
+    pub(crate) fn verify(&self, value: Option<&str>, now: u64) -> Option<Verified> {
+        let value = value.filter(|v| v.len() <= MAX_COOKIE_VALUE)?;
+        self.inner.codec.verify(value.as_bytes(), now).ok()
+    }
+
+    /// Loads the session a request's cookie names, or starts a new one. A cookie that does not
+    /// verify costs no store call; a verified one whose session is gone is never adopted.
+    pub(crate) async fn load(&self, cookie: Option<&str>) -> Result<Working, SessionError> {
+        let now = self.now();
+        let cookie = cookie.filter(|v| v.len() <= MAX_COOKIE_VALUE);
+        let Some(verified) = self.verify(cookie, now) else {
+            return Ok(Working::new(cookie.is_some(), now));
+        };
+        let key = verified.id.store_key();
+        match self.inner.store.load(&key, now).await? {
+            Some(record) if !self.past_max_lifetime(record.created, now) => {
+                Ok(Working::stored(verified, key, record))
+            }
+            Some(_) => {
+                self.inner.store.destroy(&key).await?;
+                Ok(Working::new(true, now))
+            }
+            None => Ok(Working::new(true, now)),
+        }
+    }
+
+    fn past_max_lifetime(&self, created: u64, now: u64) -> bool {
+        self.inner
+            .config
+            .max_lifetime
+            .is_some_and(|max| now.saturating_sub(created) >= max)
+    }
+
+    fn refresh_due(&self, issued: u64, current_key: bool, now: u64) -> bool {
+        !current_key || now.saturating_sub(issued) >= self.inner.config.refresh_interval
+    }
+
+    fn signed(&self, id: &SessionId, now: u64) -> CookieAction {
+        CookieAction::Set(self.inner.codec.sign(id, now))
+    }
+
+    /// Writes a request's session to the store and says what the response does with the
+    /// cookie. `working` is `None` when no handler asked for the session: then only the
+    /// lifetime of the cookie's session is extended, if a refresh is due.
+    pub(crate) async fn flush(
+        &self,
+        working: Option<Working>,
+        cookie: Option<&str>,
+    ) -> Result<CookieAction, SessionError> {
+        let now = self.now();
+        let store = &*self.inner.store;
+        let Some(mut w) = working else {
+            let Some(v) = self.verify(cookie, now) else {
+                return Ok(CookieAction::Keep);
+            };
+            if !self.refresh_due(v.issued, v.current_key, now) {
+                return Ok(CookieAction::Keep);
+            }
+            return Ok(match store.update(&v.id.store_key(), &ChangeSet::new(), now).await? {
+                true => self.signed(&v.id, now),
+                false => CookieAction::Remove,
+            });
+        };
+        if let Some(key) = w.destroyed {
+            store.destroy(&key).await?;
+        }
+        if let Some(old) = w.cycled_from {
+            // A cycled stored session moves to its new id; a collision gets another id.
+            for _ in 0..3 {
+                let new = w.id.store_key();
+                if store.cycle(&old, &new, &w.changes, now).await? {
+                    return Ok(self.signed(&w.id, now));
+                }
+                if store.load(&old, now).await?.is_none() {
+                    return Ok(CookieAction::Remove);
+                }
+                w.id = SessionId::generate();
+            }
+            return Err(crate::error::StoreError::Other("no free session id".into()).into());
+        }
+        match w.origin {
+            Origin::New { stale_cookie } => {
+                if w.data.is_empty() {
+                    return Ok(match stale_cookie {
+                        true => CookieAction::Remove,
+                        false => CookieAction::Keep,
+                    });
+                }
+                for _ in 0..3 {
+                    if store.create(&w.id.store_key(), w.created, &w.changes, now).await? {
+                        return Ok(self.signed(&w.id, now));
+                    }
+                    w.id = SessionId::generate();
+                }
+                Err(crate::error::StoreError::Other("no free session id".into()).into())
+            }
+            Origin::Stored {
+                key,
+                issued,
+                current_key,
+            } => {
+                let refresh = self.refresh_due(issued, current_key, now);
+                if w.changes.is_empty() && !refresh {
+                    return Ok(CookieAction::Keep);
+                }
+                if !store.update(&key, &w.changes, now).await? {
+                    // Destroyed or expired meanwhile: it stays that way.
+                    return Ok(CookieAction::Remove);
+                }
+                Ok(match refresh {
+                    true => self.signed(&w.id, now),
+                    false => CookieAction::Keep,
+                })
+            }
+        }
+    }
+
+    pub(crate) fn request_started(&self) {
+        self.inner.in_flight.fetch_add(1, Ordering::SeqCst);
+    }
+
+    pub(crate) async fn request_finished(&self) {
+        let left = self.inner.in_flight.fetch_sub(1, Ordering::SeqCst) - 1;
+        if left == 0 {
+            self.inner.idle.notify_waiters();
+        }
+        if self.inner.shutting_down.load(Ordering::SeqCst) {
+            // A request that outlived the shutdown snapshot: make its changes durable too.
+            if let Err(e) = self.inner.store.persist().await {
+                rocket::error!("session store: persisting after shutdown failed: {e}");
+            }
+        }
+    }
+
+    /// Marks the start of shutdown and waits, at most `limit`, for requests in flight to end.
+    pub(crate) async fn drain(&self, limit: std::time::Duration) {
+        self.inner.shutting_down.store(true, Ordering::SeqCst);
+        let wait = async {
+            loop {
+                let idle = self.inner.idle.notified();
+                if self.inner.in_flight.load(Ordering::SeqCst) == 0 {
+                    return;
+                }
+                idle.await;
+            }
+        };
+        let _ = rocket::tokio::time::timeout(limit, wait).await;
+    }
+
+    async fn load_by_id(&self, id: &SessionId) -> Result<Option<Working>, SessionError> {
+        let now = self.now();
+        let key = id.store_key();
+        Ok(match self.inner.store.load(&key, now).await? {
+            Some(record) if !self.past_max_lifetime(record.created, now) => {
+                let verified = Verified {
+                    id: *id,
+                    issued: now,
+                    current_key: true,
+                };
+                Some(Working::stored(verified, key, record))
+            }
+            _ => None,
+        })
+    }
+
+    async fn write_by_id(&self, id: &SessionId, w: Working) -> Result<(), SessionError> {
+        if w.changes.is_empty() {
+            return Ok(());
+        }
+        match self.inner.store.update(&id.store_key(), &w.changes, self.now()).await? {
+            true => Ok(()),
+            false => Err(SessionError::UnknownSession),
+        }
+    }
+
+    /// The value of `key` in session `id` (koyo: `session-manager-ref` without a default).
+    /// A missing key, or a session that does not exist, is [`SessionError::MissingKey`].
+    pub async fn get<T: DeserializeOwned>(&self, id: &SessionId, key: &str) -> Result<T, SessionError> {
+        self.try_get(id, key)
+            .await?
+            .ok_or_else(|| SessionError::MissingKey(key.to_string()))
+    }
+
+    /// The value of `key` in session `id`, or `default` (koyo: `session-manager-ref` with one).
+    pub async fn get_or<T: DeserializeOwned>(
+        &self,
+        id: &SessionId,
+        key: &str,
+        default: T,
+    ) -> Result<T, SessionError> {
+        Ok(self.try_get(id, key).await?.unwrap_or(default))
+    }
+
+    /// The value of `key` in session `id`, if both exist.
+    pub async fn try_get<T: DeserializeOwned>(
+        &self,
+        id: &SessionId,
+        key: &str,
+    ) -> Result<Option<T>, SessionError> {
+        match self.load_by_id(id).await? {
+            Some(w) => w.get(key),
+            None => Ok(None),
+        }
+    }
+
+    /// Sets `key` in the existing session `id` (koyo: `session-manager-set!`).
+    /// [`SessionError::UnknownSession`] if there is no such live session.
+    pub async fn set<T: Serialize>(&self, id: &SessionId, key: &str, value: T) -> Result<(), SessionError> {
+        let mut w = self.load_by_id(id).await?.ok_or(SessionError::UnknownSession)?;
+        w.set_encoded(key, encode(&value)?, self.inner.config.max_session_size)?;
+        self.write_by_id(id, w).await
+    }
+
+    /// Replaces the value of `key` in session `id` by `f` of it and returns the new value
+    /// (koyo: `session-manager-update!` without a default). The read and the write are two
+    /// store calls: a concurrent change of the same key in between is overwritten.
+    pub async fn update<T, F>(&self, id: &SessionId, key: &str, f: F) -> Result<T, SessionError>
+    where
+        T: Serialize + DeserializeOwned,
+        F: FnOnce(T) -> T,
+    {
+        self.update_with(id, key, None, f).await
+    }
+
+    /// Like [`update`](Self::update), starting from `default` when `key` is not set
+    /// (koyo: `session-manager-update!` with a default).
+    pub async fn update_or<T, F>(&self, id: &SessionId, key: &str, default: T, f: F) -> Result<T, SessionError>
+    where
+        T: Serialize + DeserializeOwned,
+        F: FnOnce(T) -> T,
+    {
+        self.update_with(id, key, Some(default), f).await
+    }
+
+    async fn update_with<T, F>(&self, id: &SessionId, key: &str, default: Option<T>, f: F) -> Result<T, SessionError>
+    where
+        T: Serialize + DeserializeOwned,
+        F: FnOnce(T) -> T,
+    {
+        let mut w = self.load_by_id(id).await?.ok_or(SessionError::UnknownSession)?;
+        let old = w
+            .get(key)?
+            .or(default)
+            .ok_or_else(|| SessionError::MissingKey(key.to_string()))?;
+        let new = f(old);
+        w.set_encoded(key, encode(&new)?, self.inner.config.max_session_size)?;
+        self.write_by_id(id, w).await?;
+        Ok(new)
+    }
+
+    /// Removes `key` from session `id`; nothing happens if either is missing
+    /// (koyo: `session-manager-remove!`).
+    pub async fn remove(&self, id: &SessionId, key: &str) -> Result<(), SessionError> {
+        let mut changes = ChangeSet::new();
+        changes.remove(key);
+        self.inner.store.update(&id.store_key(), &changes, self.now()).await?;
+        Ok(())
+    }
+
+    /// Deletes session `id` from the store. Its cookie then leads to a new, empty session.
+    pub async fn destroy(&self, id: &SessionId) -> Result<(), SessionError> {
+        Ok(self.inner.store.destroy(&id.store_key()).await?)
+    }
+
+    /// Deletes every session whose `key` holds `value`, e.g. all sessions of one user
+    /// ("log out everywhere"); returns how many were deleted. Values compare by their
+    /// MessagePack encoding, so pass the same type the sessions were given.
+    pub async fn destroy_where<T: Serialize>(&self, key: &str, value: &T) -> Result<u64, SessionError> {
+        Ok(self.inner.store.destroy_where(key, &encode(value)?).await?)
+    }
+
+    /// Deletes expired sessions now; returns how many. The fairing also does this every
+    /// `sweep_interval`.
+    pub async fn sweep(&self) -> Result<u64, SessionError> {
+        Ok(self.inner.store.sweep(self.now()).await?)
+    }
+
+    /// Makes the store durable now (the memory store writes its snapshot).
+    pub async fn persist(&self) -> Result<(), SessionError> {
+        Ok(self.inner.store.persist().await?)
+    }
+}

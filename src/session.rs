@@ -1,0 +1,182 @@
+//! The `Session` request guard: koyo's session operations on the current request's session.
+
+use rocket::http::Status;
+use rocket::request::{FromRequest, Outcome, Request};
+use rocket::{Ignite, Rocket, Sentinel};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::error::SessionError;
+use crate::id::SessionId;
+use crate::manager::{decode, encode, RequestSession, SessionManager, Working};
+
+/// The current request's session.
+///
+/// Taking it as a guard loads the session (one store call when the request carries a valid
+/// cookie, none otherwise); requests whose handlers do not take it cost no store call. Reads
+/// see this request's own changes at once. Changes are buffered and written in one store call
+/// when the response leaves, by the [`Sessions`](crate::Sessions) fairing, which then sets the
+/// cookie. A new session that nothing was written to is not stored and gets no cookie.
+///
+/// | koyo | `Session` |
+/// |---|---|
+/// | `(session-ref k)` | [`get`](Self::get) |
+/// | `(session-ref k d)` | [`get_or`](Self::get_or) |
+/// | `(session-set! k v)` | [`set`](Self::set) |
+/// | `(session-update! k p)` | [`update`](Self::update) |
+/// | `(session-update! k p d)` | [`update_or`](Self::update_or) |
+/// | `(session-remove! k)` | [`remove`](Self::remove) |
+/// | `(current-session-id)` | [`id`](Self::id) |
+///
+/// ```
+/// use rocket_server_sessions::{Session, SessionError};
+///
+/// #[rocket::get("/")]
+/// fn index(session: Session<'_>) -> Result<String, SessionError> {
+///     let n: u64 = session.get_or("count", 0)?;
+///     session.set("count", n + 1)?;
+///     Ok((n + 1).to_string())
+/// }
+/// ```
+///
+/// The guard fails with 503 when the store is unavailable, and with 500 when the fairing is
+/// not attached (which [`Sentinel`] already refuses at launch).
+pub struct Session<'r> {
+    manager: &'r SessionManager,
+    slot: &'r RequestSession,
+}
+
+#[rocket::async_trait]
+impl<'r> FromRequest<'r> for Session<'r> {
+    type Error = SessionError;
+
+    async fn from_request(req: &'r Request<'_>) -> Outcome<Self, Self::Error> {
+        let Some(manager) = req.rocket().state::<SessionManager>() else {
+            rocket::error!("the Session guard needs the Sessions fairing attached");
+            return Outcome::Error((Status::InternalServerError, SessionError::NotAttached));
+        };
+        let slot = req.local_cache(RequestSession::default);
+        if slot.lock().is_none() {
+            let cookie = req.cookies().get(&manager.config().cookie_name);
+            match manager.load(cookie.map(|c| c.value())).await {
+                Ok(working) => {
+                    slot.lock().get_or_insert(working);
+                }
+                Err(e) => {
+                    rocket::error!("session: cannot load the session: {e}");
+                    return Outcome::Error((e.status(), e));
+                }
+            }
+        }
+        Outcome::Success(Session { manager, slot })
+    }
+}
+
+impl Sentinel for Session<'_> {
+    fn abort(rocket: &Rocket<Ignite>) -> bool {
+        if rocket.state::<SessionManager>().is_none() {
+            rocket::error!("a route takes a `Session`, but the `Sessions` fairing is not attached");
+            return true;
+        }
+        false
+    }
+}
+
+impl Session<'_> {
+    fn with<R>(&self, f: impl FnOnce(&mut Working) -> R) -> R {
+        let mut guard = self.slot.lock();
+        f(guard.as_mut().expect("a Session exists only once its slot is loaded"))
+    }
+
+    /// This session's id (koyo: `current-session-id`). A new session has one from the start,
+    /// though it is stored, and sent, only once something is written to it.
+    pub fn id(&self) -> SessionId {
+        self.with(|w| w.id)
+    }
+
+    /// Whether the session was made in this request rather than loaded from the store.
+    pub fn is_new(&self) -> bool {
+        self.with(|w| matches!(w.origin, crate::manager::Origin::New { .. }))
+    }
+
+    /// The value of `key` (koyo: `session-ref` without a default).
+    /// A missing key is [`SessionError::MissingKey`].
+    pub fn get<T: DeserializeOwned>(&self, key: &str) -> Result<T, SessionError> {
+        self.try_get(key)?
+            .ok_or_else(|| SessionError::MissingKey(key.to_string()))
+    }
+
+    /// The value of `key`, or `default` when it is not set (koyo: `session-ref` with a default).
+    pub fn get_or<T: DeserializeOwned>(&self, key: &str, default: T) -> Result<T, SessionError> {
+        Ok(self.try_get(key)?.unwrap_or(default))
+    }
+
+    /// The value of `key`, if it is set.
+    pub fn try_get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, SessionError> {
+        // Decode outside the lock: only the bytes are copied under it.
+        let bytes = self.with(|w| w.data.get(key).cloned());
+        bytes.map(|b| decode(key, &b)).transpose()
+    }
+
+    /// Whether `key` is set.
+    pub fn contains(&self, key: &str) -> bool {
+        self.with(|w| w.data.contains_key(key))
+    }
+
+    /// The keys that are set, in no particular order.
+    pub fn keys(&self) -> Vec<String> {
+        self.with(|w| w.data.keys().cloned().collect())
+    }
+
+    /// Stores `value` under `key` (koyo: `session-set!`). [`SessionError::TooLarge`] when the
+    /// session would exceed `max_session_size`; the session is then unchanged.
+    pub fn set<T: Serialize>(&self, key: &str, value: T) -> Result<(), SessionError> {
+        let bytes = encode(&value)?;
+        let limit = self.manager.config().max_session_size;
+        self.with(|w| w.set_encoded(key, bytes, limit))
+    }
+
+    /// Replaces the value of `key` by `f` of it and returns the new value (koyo:
+    /// `session-update!` without a default). A missing key is [`SessionError::MissingKey`].
+    pub fn update<T, F>(&self, key: &str, f: F) -> Result<T, SessionError>
+    where
+        T: Serialize + DeserializeOwned,
+        F: FnOnce(T) -> T,
+    {
+        let new = f(self.get(key)?);
+        self.set(key, &new)?;
+        Ok(new)
+    }
+
+    /// Like [`update`](Self::update), starting from `default` when `key` is not set (koyo:
+    /// `session-update!` with a default).
+    pub fn update_or<T, F>(&self, key: &str, default: T, f: F) -> Result<T, SessionError>
+    where
+        T: Serialize + DeserializeOwned,
+        F: FnOnce(T) -> T,
+    {
+        let new = f(self.get_or(key, default)?);
+        self.set(key, &new)?;
+        Ok(new)
+    }
+
+    /// Removes `key`; nothing happens if it is not set (koyo: `session-remove!`).
+    pub fn remove(&self, key: &str) {
+        self.with(|w| w.remove(key))
+    }
+
+    /// Gives the session a new id, keeping its data; the old id stops working when the
+    /// response leaves. Call it on login and on any change of privilege, against session
+    /// fixation.
+    pub fn cycle_id(&self) {
+        self.with(|w| w.cycle_id())
+    }
+
+    /// Ends the session (logout): its data is deleted from the store when the response leaves
+    /// and the response removes the cookie. The guard then holds a new, empty session, so
+    /// whatever is set afterwards (a farewell message, say) starts that one.
+    pub fn destroy(&self) {
+        let now = self.manager.now();
+        self.with(|w| w.destroy(now))
+    }
+}

@@ -1,0 +1,482 @@
+//! The embedded store: sessions in memory, kept durable in a snapshot file.
+//!
+//! Sessions are spread over shards, each behind its own lock, so a request waits at most for
+//! one shard and a sweep or snapshot never holds the whole store. The snapshot is written to
+//! a temporary file in the same folder, synced, renamed over the old one and the folder synced,
+//! so a crash at any point leaves either the old snapshot or the new one, whole.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+use sha2::{Digest, Sha256};
+
+use super::{ChangeSet, SessionRecord, SessionStore};
+use crate::config::MemoryStoreConfig;
+use crate::error::StoreError;
+use crate::id::StoreKey;
+
+const SHARDS: usize = 64;
+const MAGIC: &[u8; 8] = b"RSSNAP\x00\x01";
+
+/// Store keys are SHA-256 digests, uniformly distributed already: hashing them again is waste.
+#[derive(Default)]
+struct DigestHasher(u64);
+
+impl Hasher for DigestHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8).take(1) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 = u64::from_le_bytes(word);
+        }
+    }
+}
+
+type Shard = HashMap<StoreKey, Entry, BuildHasherDefault<DigestHasher>>;
+
+#[derive(Clone)]
+struct Entry {
+    created: u64,
+    expires: u64,
+    data: Vec<(Box<str>, Box<[u8]>)>,
+}
+
+impl Entry {
+    fn apply(&mut self, changes: &ChangeSet) {
+        for (key, value) in changes.iter() {
+            let at = self.data.iter().position(|(k, _)| &**k == key);
+            match (at, value) {
+                (Some(i), Some(v)) => self.data[i].1 = v.into(),
+                (None, Some(v)) => self.data.push((key.into(), v.into())),
+                (Some(i), None) => {
+                    self.data.swap_remove(i);
+                }
+                (None, None) => {}
+            }
+        }
+    }
+}
+
+/// Sessions in memory, with an optional snapshot file (koyo's `make-memory-session-store`).
+///
+/// Built by the fairing from `store = { kind = "memory", ... }`; see
+/// [`MemoryStoreConfig`] for the settings.
+pub struct MemoryStore {
+    shards: Box<[Mutex<Shard>]>,
+    ttl: u64,
+    file: Option<PathBuf>,
+    /// Bumped by every change; compared with `persisted` to skip needless snapshots.
+    changes: AtomicU64,
+    persisted: AtomicU64,
+    /// One snapshot write at a time.
+    writing: rocket::tokio::sync::Mutex<()>,
+}
+
+impl MemoryStore {
+    /// An empty store without a file.
+    pub fn new(ttl: u64) -> MemoryStore {
+        MemoryStore {
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            ttl,
+            file: None,
+            changes: AtomicU64::new(0),
+            persisted: AtomicU64::new(0),
+            writing: Default::default(),
+        }
+    }
+
+    /// Opens the store of `config`, loading its snapshot file if there is one.
+    ///
+    /// A leftover temporary file (from a crash while writing) is removed. A snapshot that does
+    /// not read back whole is never overwritten: it is renamed to `<file>.corrupt-<unix time>`,
+    /// an error is logged, and the store starts empty.
+    pub fn open(config: &MemoryStoreConfig) -> Result<MemoryStore, StoreError> {
+        let mut store = MemoryStore::new(config.ttl);
+        let Some(path) = &config.file_path else {
+            return Ok(store);
+        };
+        let tmp = temp_path(path);
+        match std::fs::remove_file(&tmp) {
+            Ok(()) => rocket::warn!(
+                "session store: removed {}, left by an interrupted snapshot",
+                tmp.display()
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_error("remove", &tmp, e)),
+        }
+        match std::fs::read(path) {
+            Ok(bytes) => match decode_snapshot(&bytes) {
+                Ok(entries) => {
+                    let count = entries.len();
+                    for (key, entry) in entries {
+                        store.shard(&key).insert(key, entry);
+                    }
+                    rocket::info!(
+                        "session store: loaded {count} sessions from {}",
+                        path.display()
+                    );
+                }
+                Err(reason) => {
+                    let now = crate::clock::Clock::now(&crate::clock::SystemClock);
+                    let aside = PathBuf::from(format!("{}.corrupt-{now}", path.display()));
+                    std::fs::rename(path, &aside).map_err(|e| io_error("rename", path, e))?;
+                    rocket::error!(
+                        "session store: {} is not a valid snapshot ({reason}); kept it as {} and \
+                         started with no sessions",
+                        path.display(),
+                        aside.display()
+                    );
+                }
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_error("read", path, e)),
+        }
+        store.file = Some(path.clone());
+        Ok(store)
+    }
+
+    /// Number of sessions held, live or not yet swept.
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(|s| lock(s).len()).sum()
+    }
+
+    /// Whether the store holds no session.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn shard(&self, key: &StoreKey) -> MutexGuard<'_, Shard> {
+        lock(&self.shards[key.0[31] as usize % SHARDS])
+    }
+
+    fn changed(&self) {
+        self.changes.fetch_add(1, Ordering::Release);
+    }
+
+    /// Writes the snapshot now if anything changed since the last one.
+    async fn write_snapshot(&self) -> Result<(), StoreError> {
+        let Some(path) = self.file.clone() else {
+            return Ok(());
+        };
+        let _one_at_a_time = self.writing.lock().await;
+        let generation = self.changes.load(Ordering::Acquire);
+        if generation == self.persisted.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let bytes = encode_snapshot(self);
+        rocket::tokio::task::spawn_blocking(move || write_atomically(&path, &bytes))
+            .await
+            .map_err(|e| StoreError::Other(format!("snapshot task failed: {e}")))??;
+        self.persisted.store(generation, Ordering::Release);
+        Ok(())
+    }
+}
+
+fn lock(shard: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
+    // A panic while holding a shard lock cannot leave an entry half-written (every change is
+    // one insert, assignment or removal), so the data behind a poisoned lock is sound.
+    shard.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[rocket::async_trait]
+impl SessionStore for MemoryStore {
+    async fn load(&self, key: &StoreKey, now: u64) -> Result<Option<SessionRecord>, StoreError> {
+        let shard = self.shard(key);
+        Ok(shard
+            .get(key)
+            .filter(|e| e.expires > now)
+            .map(|e| SessionRecord {
+                created: e.created,
+                data: e
+                    .data
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_vec()))
+                    .collect(),
+            }))
+    }
+
+    async fn create(
+        &self,
+        key: &StoreKey,
+        created: u64,
+        changes: &ChangeSet,
+        now: u64,
+    ) -> Result<bool, StoreError> {
+        let mut shard = self.shard(key);
+        if shard.get(key).is_some_and(|e| e.expires > now) {
+            return Ok(false);
+        }
+        let mut entry = Entry {
+            created,
+            expires: now.saturating_add(self.ttl),
+            data: Vec::with_capacity(changes.len()),
+        };
+        entry.apply(changes);
+        shard.insert(*key, entry);
+        drop(shard);
+        self.changed();
+        Ok(true)
+    }
+
+    async fn update(
+        &self,
+        key: &StoreKey,
+        changes: &ChangeSet,
+        now: u64,
+    ) -> Result<bool, StoreError> {
+        let mut shard = self.shard(key);
+        let Some(entry) = shard.get_mut(key).filter(|e| e.expires > now) else {
+            return Ok(false);
+        };
+        entry.apply(changes);
+        entry.expires = now.saturating_add(self.ttl);
+        drop(shard);
+        self.changed();
+        Ok(true)
+    }
+
+    async fn cycle(
+        &self,
+        old: &StoreKey,
+        new: &StoreKey,
+        changes: &ChangeSet,
+        now: u64,
+    ) -> Result<bool, StoreError> {
+        if self.shard(new).contains_key(new) {
+            return Ok(false);
+        }
+        let Some(mut entry) = self.shard(old).remove(old).filter(|e| e.expires > now) else {
+            return Ok(false);
+        };
+        entry.apply(changes);
+        entry.expires = now.saturating_add(self.ttl);
+        self.shard(new).insert(*new, entry);
+        self.changed();
+        Ok(true)
+    }
+
+    async fn destroy(&self, key: &StoreKey) -> Result<(), StoreError> {
+        if self.shard(key).remove(key).is_some() {
+            self.changed();
+        }
+        Ok(())
+    }
+
+    async fn destroy_where(&self, name: &str, value: &[u8]) -> Result<u64, StoreError> {
+        let mut removed = 0;
+        for shard in self.shards.iter() {
+            let mut shard = lock(shard);
+            let before = shard.len();
+            shard.retain(|_, e| {
+                !e.data
+                    .iter()
+                    .any(|(k, v)| &**k == name && &**v == value)
+            });
+            removed += (before - shard.len()) as u64;
+        }
+        if removed > 0 {
+            self.changed();
+        }
+        Ok(removed)
+    }
+
+    async fn sweep(&self, now: u64) -> Result<u64, StoreError> {
+        let mut removed = 0;
+        for shard in self.shards.iter() {
+            removed += {
+                let mut shard = lock(shard);
+                let before = shard.len();
+                shard.retain(|_, e| e.expires > now);
+                (before - shard.len()) as u64
+            };
+            // Let requests waiting on this worker run between shards.
+            rocket::tokio::task::yield_now().await;
+        }
+        if removed > 0 {
+            self.changed();
+        }
+        Ok(removed)
+    }
+
+    async fn persist(&self) -> Result<(), StoreError> {
+        self.write_snapshot().await
+    }
+}
+
+fn temp_path(path: &Path) -> PathBuf {
+    PathBuf::from(format!("{}.tmp", path.display()))
+}
+
+fn io_error(what: &str, path: &Path, e: std::io::Error) -> StoreError {
+    StoreError::Other(format!("cannot {what} {}: {e}", path.display()))
+}
+
+/// Writes `bytes` to `path` so that a crash leaves either the old file or the new one.
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    let tmp = temp_path(path);
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&dir).map_err(|e| io_error("create", &dir, e))?;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(&tmp).map_err(|e| io_error("create", &tmp, e))?;
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .map_err(|e| io_error("write", &tmp, e))?;
+    drop(file);
+    std::fs::rename(&tmp, path).map_err(|e| io_error("rename", &tmp, e))?;
+    #[cfg(unix)]
+    std::fs::File::open(&dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_error("sync", &dir, e))?;
+    Ok(())
+}
+
+/// The snapshot format: `MAGIC`, a u64 count, then per session its 32-byte key, `created` and
+/// `expires` (u64 each), a u32 count of keys and per key a u32-length-prefixed name and value;
+/// last, the SHA-256 of everything before it. Integers are big-endian.
+fn encode_snapshot(store: &MemoryStore) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64);
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&0u64.to_be_bytes());
+    let mut count = 0u64;
+    for shard in store.shards.iter() {
+        // Encode under the shard's lock: it is one pass of memcpy, shorter than a clone would be.
+        let shard = lock(shard);
+        for (key, e) in shard.iter() {
+            count += 1;
+            out.extend_from_slice(&key.0);
+            out.extend_from_slice(&e.created.to_be_bytes());
+            out.extend_from_slice(&e.expires.to_be_bytes());
+            out.extend_from_slice(&(e.data.len() as u32).to_be_bytes());
+            for (k, v) in &e.data {
+                out.extend_from_slice(&(k.len() as u32).to_be_bytes());
+                out.extend_from_slice(k.as_bytes());
+                out.extend_from_slice(&(v.len() as u32).to_be_bytes());
+                out.extend_from_slice(v);
+            }
+        }
+    }
+    out[8..16].copy_from_slice(&count.to_be_bytes());
+    let digest = Sha256::digest(&out);
+    out.extend_from_slice(&digest);
+    out
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+        if self.0.len() < n {
+            return Err("truncated".into());
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+    fn u32(&mut self) -> Result<u32, String> {
+        Ok(u32::from_be_bytes(self.take(4)?.try_into().expect("4 bytes")))
+    }
+    fn u64(&mut self) -> Result<u64, String> {
+        Ok(u64::from_be_bytes(self.take(8)?.try_into().expect("8 bytes")))
+    }
+}
+
+fn decode_snapshot(bytes: &[u8]) -> Result<Vec<(StoreKey, Entry)>, String> {
+    if bytes.len() < MAGIC.len() + 8 + 32 || &bytes[..MAGIC.len()] != MAGIC {
+        return Err("not a session snapshot".into());
+    }
+    let (body, digest) = bytes.split_at(bytes.len() - 32);
+    if Sha256::digest(body).as_slice() != digest {
+        return Err("checksum mismatch".into());
+    }
+    let mut r = Reader(&body[MAGIC.len()..]);
+    let count = r.u64()?;
+    // Every session takes at least 52 bytes: a count beyond that is a lie.
+    if count > (r.0.len() / 52) as u64 {
+        return Err("session count exceeds the file".into());
+    }
+    let mut entries = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        let key = StoreKey(r.take(32)?.try_into().expect("32 bytes"));
+        let created = r.u64()?;
+        let expires = r.u64()?;
+        let n = r.u32()?;
+        let mut data = Vec::with_capacity((n as usize).min(r.0.len() / 8));
+        for _ in 0..n {
+            let len = r.u32()? as usize;
+            let name = std::str::from_utf8(r.take(len)?).map_err(|_| "a key is not UTF-8")?;
+            let len = r.u32()? as usize;
+            let value = r.take(len)?;
+            data.push((name.into(), value.into()));
+        }
+        entries.push((
+            key,
+            Entry {
+                created,
+                expires,
+                data,
+            },
+        ));
+    }
+    if !r.0.is_empty() {
+        return Err("trailing bytes".into());
+    }
+    Ok(entries)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store_with_two_sessions() -> MemoryStore {
+        let store = MemoryStore::new(100);
+        let mut changes = ChangeSet::new();
+        changes.set("a", vec![1, 2, 3]);
+        changes.set("é", vec![]);
+        let run = |f| rocket::tokio::runtime::Runtime::new().unwrap().block_on(f);
+        assert!(run(store.create(&StoreKey([1; 32]), 5, &changes, 10)).unwrap());
+        assert!(run(store.create(&StoreKey([2; 32]), 6, &ChangeSet::new(), 10)).unwrap());
+        store
+    }
+
+    #[test]
+    fn a_snapshot_decodes_to_what_was_encoded() {
+        let store = store_with_two_sessions();
+        let mut entries = decode_snapshot(&encode_snapshot(&store)).unwrap();
+        entries.sort_by_key(|(k, _)| *k);
+        assert_eq!(entries.len(), 2);
+        assert_eq!(entries[0].0, StoreKey([1; 32]));
+        assert_eq!((entries[0].1.created, entries[0].1.expires), (5, 110));
+        let mut data = entries[0].1.data.clone();
+        data.sort();
+        assert_eq!(
+            data,
+            vec![("a".into(), vec![1, 2, 3].into()), ("é".into(), vec![].into())]
+        );
+    }
+
+    #[test]
+    fn every_truncation_and_flipped_byte_of_a_snapshot_is_refused() {
+        let bytes = encode_snapshot(&store_with_two_sessions());
+        for len in 0..bytes.len() {
+            assert!(decode_snapshot(&bytes[..len]).is_err(), "length {len}");
+        }
+        for i in 0..bytes.len() {
+            let mut bad = bytes.clone();
+            bad[i] ^= 0x40;
+            assert!(decode_snapshot(&bad).is_err(), "byte {i}");
+        }
+    }
+}

@@ -1,0 +1,222 @@
+//! Session stores: where sessions live between requests.
+//!
+//! A store keeps, under a [`StoreKey`] (the digest of a session id), a session's creation
+//! time, its expiry, and its data as one value per key. Changes arrive per key
+//! ([`ChangeSet`]), so two requests of one session that change different keys never undo each
+//! other; when they change the same key, the request that flushes last wins.
+//!
+//! The crate ships [`MemoryStore`]; anything implementing
+//! [`SessionStore`] can be plugged in with [`Sessions::with_store`](crate::Sessions::with_store).
+//!
+//! A complete (if naive) store, to show what each method must do:
+//!
+//! ```
+//! use std::collections::HashMap;
+//! use std::sync::Mutex;
+//!
+//! use rocket_server_sessions::store::{ChangeSet, SessionRecord, SessionStore};
+//! use rocket_server_sessions::{StoreError, StoreKey};
+//!
+//! struct Toy {
+//!     ttl: u64,
+//!     // key → (created, expires, data)
+//!     sessions: Mutex<HashMap<StoreKey, (u64, u64, HashMap<String, Vec<u8>>)>>,
+//! }
+//!
+//! #[rocket::async_trait]
+//! impl SessionStore for Toy {
+//!     async fn load(&self, key: &StoreKey, now: u64) -> Result<Option<SessionRecord>, StoreError> {
+//!         let sessions = self.sessions.lock().unwrap();
+//!         Ok(sessions.get(key).filter(|s| s.1 > now).map(|(created, _, data)| SessionRecord {
+//!             created: *created,
+//!             data: data.clone().into_iter().collect(),
+//!         }))
+//!     }
+//!
+//!     async fn create(&self, key: &StoreKey, created: u64, changes: &ChangeSet, now: u64)
+//!         -> Result<bool, StoreError>
+//!     {
+//!         let mut sessions = self.sessions.lock().unwrap();
+//!         if sessions.get(key).is_some_and(|s| s.1 > now) {
+//!             return Ok(false); // never adopt a live session
+//!         }
+//!         let mut data = HashMap::new();
+//!         changes.apply_to(&mut data);
+//!         sessions.insert(*key, (created, now + self.ttl, data));
+//!         Ok(true)
+//!     }
+//!
+//!     async fn update(&self, key: &StoreKey, changes: &ChangeSet, now: u64) -> Result<bool, StoreError> {
+//!         let mut sessions = self.sessions.lock().unwrap();
+//!         match sessions.get_mut(key).filter(|s| s.1 > now) {
+//!             Some(session) => {
+//!                 changes.apply_to(&mut session.2);
+//!                 session.1 = now + self.ttl;
+//!                 Ok(true)
+//!             }
+//!             None => Ok(false), // destroyed or expired: do not bring it back
+//!         }
+//!     }
+//!
+//!     async fn cycle(&self, old: &StoreKey, new: &StoreKey, changes: &ChangeSet, now: u64)
+//!         -> Result<bool, StoreError>
+//!     {
+//!         let mut sessions = self.sessions.lock().unwrap();
+//!         if sessions.contains_key(new) {
+//!             return Ok(false);
+//!         }
+//!         match sessions.remove(old).filter(|s| s.1 > now) {
+//!             Some((created, _, mut data)) => {
+//!                 changes.apply_to(&mut data);
+//!                 sessions.insert(*new, (created, now + self.ttl, data));
+//!                 Ok(true)
+//!             }
+//!             None => Ok(false),
+//!         }
+//!     }
+//!
+//!     async fn destroy(&self, key: &StoreKey) -> Result<(), StoreError> {
+//!         self.sessions.lock().unwrap().remove(key);
+//!         Ok(())
+//!     }
+//!
+//!     async fn destroy_where(&self, name: &str, value: &[u8]) -> Result<u64, StoreError> {
+//!         let mut sessions = self.sessions.lock().unwrap();
+//!         let before = sessions.len();
+//!         sessions.retain(|_, s| s.2.get(name).map(Vec::as_slice) != Some(value));
+//!         Ok((before - sessions.len()) as u64)
+//!     }
+//!
+//!     async fn sweep(&self, now: u64) -> Result<u64, StoreError> {
+//!         let mut sessions = self.sessions.lock().unwrap();
+//!         let before = sessions.len();
+//!         sessions.retain(|_, s| s.1 > now);
+//!         Ok((before - sessions.len()) as u64)
+//!     }
+//! }
+//! ```
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::error::StoreError;
+use crate::id::StoreKey;
+
+mod memory;
+
+
+pub use memory::MemoryStore;
+
+
+/// A session as a store returns it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SessionRecord {
+    /// Unix seconds at which the session was created; id cycling keeps it.
+    pub created: u64,
+    /// The session's keys and their MessagePack-encoded values.
+    pub data: Vec<(String, Vec<u8>)>,
+}
+
+/// Per-key changes to one session: each key is either set to new bytes or removed.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ChangeSet {
+    changes: BTreeMap<String, Option<Vec<u8>>>,
+}
+
+impl ChangeSet {
+    /// No changes.
+    pub fn new() -> ChangeSet {
+        ChangeSet::default()
+    }
+
+    /// Sets `key` to `value`, replacing an earlier change of the same key.
+    pub fn set(&mut self, key: impl Into<String>, value: Vec<u8>) {
+        self.changes.insert(key.into(), Some(value));
+    }
+
+    /// Removes `key`, replacing an earlier change of the same key.
+    pub fn remove(&mut self, key: impl Into<String>) {
+        self.changes.insert(key.into(), None);
+    }
+
+    /// Whether there are no changes.
+    pub fn is_empty(&self) -> bool {
+        self.changes.is_empty()
+    }
+
+    /// Number of changed keys.
+    pub fn len(&self) -> usize {
+        self.changes.len()
+    }
+
+    /// The changes in key order: `Some(bytes)` sets, `None` removes.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, Option<&[u8]>)> {
+        self.changes
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_deref()))
+    }
+
+    /// Applies the changes to a map of a session's data.
+    pub fn apply_to(&self, data: &mut HashMap<String, Vec<u8>>) {
+        for (key, value) in &self.changes {
+            match value {
+                Some(v) => data.insert(key.clone(), v.clone()),
+                None => data.remove(key),
+            };
+        }
+    }
+}
+
+/// Where sessions live between requests.
+///
+/// Every method takes `now` (Unix seconds) from the manager's clock, so stores have no clock of
+/// their own. A session is live while `now` is before its expiry, which each successful
+/// `create`, `update` and `cycle` sets to `now + ttl`. A store must never return or update a
+/// session that is not live.
+#[rocket::async_trait]
+pub trait SessionStore: Send + Sync + 'static {
+    /// The live session filed under `key`, if any.
+    async fn load(&self, key: &StoreKey, now: u64) -> Result<Option<SessionRecord>, StoreError>;
+
+    /// Files a new session under `key` with the given changes applied to empty data.
+    /// Returns `false`, changing nothing, when a live session is already filed there.
+    async fn create(
+        &self,
+        key: &StoreKey,
+        created: u64,
+        changes: &ChangeSet,
+        now: u64,
+    ) -> Result<bool, StoreError>;
+
+    /// Applies `changes` (possibly none) to the live session under `key` and extends its
+    /// expiry. Returns `false`, changing nothing, when there is no live session there: one
+    /// that was destroyed meanwhile must stay destroyed.
+    async fn update(&self, key: &StoreKey, changes: &ChangeSet, now: u64)
+        -> Result<bool, StoreError>;
+
+    /// Moves the live session under `old` to `new` (same creation time and data, then
+    /// `changes` applied), so that `old` no longer finds it. Returns `false`, changing
+    /// nothing, when `old` holds no live session or `new` is taken.
+    async fn cycle(
+        &self,
+        old: &StoreKey,
+        new: &StoreKey,
+        changes: &ChangeSet,
+        now: u64,
+    ) -> Result<bool, StoreError>;
+
+    /// Deletes the session under `key`, if any.
+    async fn destroy(&self, key: &StoreKey) -> Result<(), StoreError>;
+
+    /// Deletes every session whose `name` key holds exactly the encoded `value`; returns how
+    /// many were deleted.
+    async fn destroy_where(&self, name: &str, value: &[u8]) -> Result<u64, StoreError>;
+
+    /// Deletes sessions that are no longer live; returns how many.
+    async fn sweep(&self, now: u64) -> Result<u64, StoreError>;
+
+    /// Makes what the store holds durable, if it is not already (the memory store writes its
+    /// snapshot). Called periodically and at shutdown.
+    async fn persist(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
