@@ -12,7 +12,7 @@ fn index(session: Session<'_>) -> Result<String, SessionError> {
 }
 
 #[launch]
-fn rocket() -> _ {
+pub fn rocket() -> _ {
     rocket::build()
         .attach(Sessions::fairing())
         .mount("/", routes![index])

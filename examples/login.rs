@@ -37,7 +37,7 @@ fn logout(session: Session<'_>) -> Redirect {
 }
 
 #[launch]
-fn rocket() -> _ {
+pub fn rocket() -> _ {
     rocket::build()
         .attach(Sessions::fairing())
         .mount("/", routes![index, login, logout])

@@ -250,12 +250,13 @@ impl SessionConfig {
 fn from_figment_error(profile: &str, e: figment::Error) -> ConfigError {
     use figment::error::Kind;
     let mut path = e.path.clone();
-    match &e.kind {
-        Kind::UnknownField(field, _) | Kind::MissingField(std::borrow::Cow::Owned(field)) => {
-            path.push(field.clone())
-        }
-        Kind::MissingField(std::borrow::Cow::Borrowed(field)) => path.push(field.to_string()),
-        _ => {}
+    let field = match &e.kind {
+        Kind::UnknownField(field, _) => Some(field.as_str()),
+        Kind::MissingField(field) => Some(field.as_ref()),
+        _ => None,
+    };
+    if let Some(field) = field.filter(|f| path.last().map(String::as_str) != Some(*f)) {
+        path.push(field.to_string());
     }
     let profile = e
         .profile
@@ -338,22 +339,22 @@ impl Raw {
         if self.max_session_size == 0 {
             return Err(err("max_session_size", "must be at least 1".into()));
         }
-        let secret_key = match self.secret_key {
-            Some(key) => {
-                check_key(&key).map_err(|r| err("secret_key", r))?;
-                key.into_bytes()
-            }
-            None if profile == "debug" => debug_key(&self.secret_key_file)
-                .map_err(|r| err("secret_key_file", r))?,
-            None => {
-                return Err(err(
+        let secret_key =
+            match self.secret_key {
+                Some(key) => {
+                    check_key(&key).map_err(|r| err("secret_key", r))?;
+                    key.into_bytes()
+                }
+                None if profile == "debug" => {
+                    debug_key(&self.secret_key_file).map_err(|r| err("secret_key_file", r))?
+                }
+                None => return Err(err(
                     "secret_key",
                     "missing: every profile but `debug` needs a secret key of at least 32 bytes \
                      (e.g. the output of `openssl rand -base64 32`)"
                         .into(),
-                ))
-            }
-        };
+                )),
+            };
         let mut previous_secret_keys = Vec::new();
         for (i, key) in self.previous_secret_keys.into_iter().enumerate() {
             check_key(&key).map_err(|r| err(&format!("previous_secret_keys[{i}]"), r))?;
@@ -474,7 +475,10 @@ fn check_cookie_name(name: &str) -> Result<(), String> {
         .bytes()
         .find(|b| !b.is_ascii_graphic() || SEPARATORS.contains(b))
     {
-        Some(b) => Err(format!("contains {:?}, which a cookie name cannot", b as char)),
+        Some(b) => Err(format!(
+            "contains {:?}, which a cookie name cannot",
+            b as char
+        )),
         None => Ok(()),
     }
 }

@@ -50,7 +50,10 @@ impl fmt::Display for SessionError {
                 write!(f, "session value of `{key}` does not decode: {reason}")
             }
             SessionError::TooLarge { size, limit } => {
-                write!(f, "session would be {size} bytes, over the limit of {limit}")
+                write!(
+                    f,
+                    "session would be {size} bytes, over the limit of {limit}"
+                )
             }
             SessionError::UnknownSession => write!(f, "no live session has this id"),
             SessionError::Store(e) => write!(f, "session store: {e}"),

@@ -144,7 +144,8 @@ impl Fairing for Sessions {
             }
         };
         let manager = SessionManager::new(config, store, self.clock.clone());
-        if self.manager.set(manager.clone()).is_err() {
+        if rocket.state::<SessionManager>().is_some() || self.manager.set(manager.clone()).is_err()
+        {
             rocket::error!("the Sessions fairing was ignited twice; attach it once");
             return Err(rocket);
         }

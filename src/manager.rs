@@ -150,7 +150,12 @@ impl Working {
         self.data.get(key).map(|b| decode(key, b)).transpose()
     }
 
-    pub fn set_encoded(&mut self, key: &str, bytes: Vec<u8>, limit: usize) -> Result<(), SessionError> {
+    pub fn set_encoded(
+        &mut self,
+        key: &str,
+        bytes: Vec<u8>,
+        limit: usize,
+    ) -> Result<(), SessionError> {
         let old = self.data.get(key).map_or(0, |v| key.len() + v.len());
         let size = self.size - old + key.len() + bytes.len();
         if size > limit {
@@ -186,8 +191,8 @@ impl Working {
 
     pub fn destroy(&mut self, now: u64) {
         let destroyed = self.cycled_from.or(self.stored_key()).or(self.destroyed);
-        let had_cookie = destroyed.is_some()
-            || matches!(self.origin, Origin::New { stale_cookie: true });
+        let had_cookie =
+            destroyed.is_some() || matches!(self.origin, Origin::New { stale_cookie: true });
         *self = Working::new(had_cookie, now);
         self.destroyed = destroyed;
     }
@@ -292,10 +297,15 @@ impl SessionManager {
             if !self.refresh_due(v.issued, v.current_key, now) {
                 return Ok(CookieAction::Keep);
             }
-            return Ok(match store.update(&v.id.store_key(), &ChangeSet::new(), now).await? {
-                true => self.signed(&v.id, now),
-                false => CookieAction::Remove,
-            });
+            return Ok(
+                match store
+                    .update(&v.id.store_key(), &ChangeSet::new(), now)
+                    .await?
+                {
+                    true => self.signed(&v.id, now),
+                    false => CookieAction::Remove,
+                },
+            );
         };
         if let Some(key) = w.destroyed {
             store.destroy(&key).await?;
@@ -323,7 +333,10 @@ impl SessionManager {
                     });
                 }
                 for _ in 0..3 {
-                    if store.create(&w.id.store_key(), w.created, &w.changes, now).await? {
+                    if store
+                        .create(&w.id.store_key(), w.created, &w.changes, now)
+                        .await?
+                    {
                         return Ok(self.signed(&w.id, now));
                     }
                     w.id = SessionId::generate();
@@ -403,7 +416,12 @@ impl SessionManager {
         if w.changes.is_empty() {
             return Ok(());
         }
-        match self.inner.store.update(&id.store_key(), &w.changes, self.now()).await? {
+        match self
+            .inner
+            .store
+            .update(&id.store_key(), &w.changes, self.now())
+            .await?
+        {
             true => Ok(()),
             false => Err(SessionError::UnknownSession),
         }
@@ -411,7 +429,11 @@ impl SessionManager {
 
     /// The value of `key` in session `id` (koyo: `session-manager-ref` without a default).
     /// A missing key, or a session that does not exist, is [`SessionError::MissingKey`].
-    pub async fn get<T: DeserializeOwned>(&self, id: &SessionId, key: &str) -> Result<T, SessionError> {
+    pub async fn get<T: DeserializeOwned>(
+        &self,
+        id: &SessionId,
+        key: &str,
+    ) -> Result<T, SessionError> {
         self.try_get(id, key)
             .await?
             .ok_or_else(|| SessionError::MissingKey(key.to_string()))
@@ -441,8 +463,16 @@ impl SessionManager {
 
     /// Sets `key` in the existing session `id` (koyo: `session-manager-set!`).
     /// [`SessionError::UnknownSession`] if there is no such live session.
-    pub async fn set<T: Serialize>(&self, id: &SessionId, key: &str, value: T) -> Result<(), SessionError> {
-        let mut w = self.load_by_id(id).await?.ok_or(SessionError::UnknownSession)?;
+    pub async fn set<T: Serialize>(
+        &self,
+        id: &SessionId,
+        key: &str,
+        value: T,
+    ) -> Result<(), SessionError> {
+        let mut w = self
+            .load_by_id(id)
+            .await?
+            .ok_or(SessionError::UnknownSession)?;
         w.set_encoded(key, encode(&value)?, self.inner.config.max_session_size)?;
         self.write_by_id(id, w).await
     }
@@ -460,7 +490,13 @@ impl SessionManager {
 
     /// Like [`update`](Self::update), starting from `default` when `key` is not set
     /// (koyo: `session-manager-update!` with a default).
-    pub async fn update_or<T, F>(&self, id: &SessionId, key: &str, default: T, f: F) -> Result<T, SessionError>
+    pub async fn update_or<T, F>(
+        &self,
+        id: &SessionId,
+        key: &str,
+        default: T,
+        f: F,
+    ) -> Result<T, SessionError>
     where
         T: Serialize + DeserializeOwned,
         F: FnOnce(T) -> T,
@@ -468,12 +504,21 @@ impl SessionManager {
         self.update_with(id, key, Some(default), f).await
     }
 
-    async fn update_with<T, F>(&self, id: &SessionId, key: &str, default: Option<T>, f: F) -> Result<T, SessionError>
+    async fn update_with<T, F>(
+        &self,
+        id: &SessionId,
+        key: &str,
+        default: Option<T>,
+        f: F,
+    ) -> Result<T, SessionError>
     where
         T: Serialize + DeserializeOwned,
         F: FnOnce(T) -> T,
     {
-        let mut w = self.load_by_id(id).await?.ok_or(SessionError::UnknownSession)?;
+        let mut w = self
+            .load_by_id(id)
+            .await?
+            .ok_or(SessionError::UnknownSession)?;
         let old = w
             .get(key)?
             .or(default)
@@ -489,7 +534,10 @@ impl SessionManager {
     pub async fn remove(&self, id: &SessionId, key: &str) -> Result<(), SessionError> {
         let mut changes = ChangeSet::new();
         changes.remove(key);
-        self.inner.store.update(&id.store_key(), &changes, self.now()).await?;
+        self.inner
+            .store
+            .update(&id.store_key(), &changes, self.now())
+            .await?;
         Ok(())
     }
 
@@ -501,7 +549,11 @@ impl SessionManager {
     /// Deletes every session whose `key` holds `value`, e.g. all sessions of one user
     /// ("log out everywhere"); returns how many were deleted. Values compare by their
     /// MessagePack encoding, so pass the same type the sessions were given.
-    pub async fn destroy_where<T: Serialize>(&self, key: &str, value: &T) -> Result<u64, SessionError> {
+    pub async fn destroy_where<T: Serialize>(
+        &self,
+        key: &str,
+        value: &T,
+    ) -> Result<u64, SessionError> {
         Ok(self.inner.store.destroy_where(key, &encode(value)?).await?)
     }
 

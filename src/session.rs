@@ -85,7 +85,9 @@ impl Sentinel for Session<'_> {
 impl Session<'_> {
     fn with<R>(&self, f: impl FnOnce(&mut Working) -> R) -> R {
         let mut guard = self.slot.lock();
-        f(guard.as_mut().expect("a Session exists only once its slot is loaded"))
+        f(guard
+            .as_mut()
+            .expect("a Session exists only once its slot is loaded"))
     }
 
     /// This session's id (koyo: `current-session-id`). A new session has one from the start,

@@ -182,7 +182,9 @@ impl MemoryStore {
 fn lock(shard: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
     // A panic while holding a shard lock cannot leave an entry half-written (every change is
     // one insert, assignment or removal), so the data behind a poisoned lock is sound.
-    shard.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    shard
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[rocket::async_trait]
@@ -274,11 +276,7 @@ impl SessionStore for MemoryStore {
         for shard in self.shards.iter() {
             let mut shard = lock(shard);
             let before = shard.len();
-            shard.retain(|_, e| {
-                !e.data
-                    .iter()
-                    .any(|(k, v)| &**k == name && &**v == value)
-            });
+            shard.retain(|_, e| !e.data.iter().any(|(k, v)| &**k == name && &**v == value));
             removed += (before - shard.len()) as u64;
         }
         if removed > 0 {
@@ -330,7 +328,9 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     options.write(true).create(true).truncate(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options.open(&tmp).map_err(|e| io_error("create", &tmp, e))?;
+    let mut file = options
+        .open(&tmp)
+        .map_err(|e| io_error("create", &tmp, e))?;
     file.write_all(bytes)
         .and_then(|()| file.sync_all())
         .map_err(|e| io_error("write", &tmp, e))?;
@@ -386,10 +386,14 @@ impl<'a> Reader<'a> {
         Ok(head)
     }
     fn u32(&mut self) -> Result<u32, String> {
-        Ok(u32::from_be_bytes(self.take(4)?.try_into().expect("4 bytes")))
+        Ok(u32::from_be_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
     }
     fn u64(&mut self) -> Result<u64, String> {
-        Ok(u64::from_be_bytes(self.take(8)?.try_into().expect("8 bytes")))
+        Ok(u64::from_be_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
     }
 }
 
@@ -463,7 +467,10 @@ mod tests {
         data.sort();
         assert_eq!(
             data,
-            vec![("a".into(), vec![1, 2, 3].into()), ("é".into(), vec![].into())]
+            vec![
+                ("a".into(), vec![1, 2, 3].into()),
+                ("é".into(), vec![].into())
+            ]
         );
     }
 

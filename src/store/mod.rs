@@ -103,9 +103,7 @@ use crate::id::StoreKey;
 
 mod memory;
 
-
 pub use memory::MemoryStore;
-
 
 /// A session as a store returns it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -150,9 +148,7 @@ impl ChangeSet {
 
     /// The changes in key order: `Some(bytes)` sets, `None` removes.
     pub fn iter(&self) -> impl Iterator<Item = (&str, Option<&[u8]>)> {
-        self.changes
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_deref()))
+        self.changes.iter().map(|(k, v)| (k.as_str(), v.as_deref()))
     }
 
     /// Applies the changes to a map of a session's data.
@@ -190,8 +186,12 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Applies `changes` (possibly none) to the live session under `key` and extends its
     /// expiry. Returns `false`, changing nothing, when there is no live session there: one
     /// that was destroyed meanwhile must stay destroyed.
-    async fn update(&self, key: &StoreKey, changes: &ChangeSet, now: u64)
-        -> Result<bool, StoreError>;
+    async fn update(
+        &self,
+        key: &StoreKey,
+        changes: &ChangeSet,
+        now: u64,
+    ) -> Result<bool, StoreError>;
 
     /// Moves the live session under `old` to `new` (same creation time and data, then
     /// `changes` applied), so that `old` no longer finds it. Returns `false`, changing
@@ -218,5 +218,51 @@ pub trait SessionStore: Send + Sync + 'static {
     /// snapshot). Called periodically and at shutdown.
     async fn persist(&self) -> Result<(), StoreError> {
         Ok(())
+    }
+}
+
+/// A shared store is a store: this lets one store serve several Rocket instances (and tests).
+#[rocket::async_trait]
+impl<S: SessionStore + ?Sized> SessionStore for std::sync::Arc<S> {
+    async fn load(&self, key: &StoreKey, now: u64) -> Result<Option<SessionRecord>, StoreError> {
+        (**self).load(key, now).await
+    }
+    async fn create(
+        &self,
+        key: &StoreKey,
+        created: u64,
+        changes: &ChangeSet,
+        now: u64,
+    ) -> Result<bool, StoreError> {
+        (**self).create(key, created, changes, now).await
+    }
+    async fn update(
+        &self,
+        key: &StoreKey,
+        changes: &ChangeSet,
+        now: u64,
+    ) -> Result<bool, StoreError> {
+        (**self).update(key, changes, now).await
+    }
+    async fn cycle(
+        &self,
+        old: &StoreKey,
+        new: &StoreKey,
+        changes: &ChangeSet,
+        now: u64,
+    ) -> Result<bool, StoreError> {
+        (**self).cycle(old, new, changes, now).await
+    }
+    async fn destroy(&self, key: &StoreKey) -> Result<(), StoreError> {
+        (**self).destroy(key).await
+    }
+    async fn destroy_where(&self, name: &str, value: &[u8]) -> Result<u64, StoreError> {
+        (**self).destroy_where(name, value).await
+    }
+    async fn sweep(&self, now: u64) -> Result<u64, StoreError> {
+        (**self).sweep(now).await
+    }
+    async fn persist(&self) -> Result<(), StoreError> {
+        (**self).persist().await
     }
 }

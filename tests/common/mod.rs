@@ -1,0 +1,442 @@
+//! What every test suite shares: a test app, a client that handles cookies by hand, temporary
+//! folders, and the store conformance suite.
+#![allow(dead_code)]
+
+pub mod conformance;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use rocket::figment::providers::Serialized;
+use rocket::figment::Figment;
+use rocket::http::{Cookie, Status};
+use rocket::local::asynchronous::{Client, LocalResponse};
+use rocket::serde::json::{json, Value};
+use rocket::{get, post, routes, Build, Rocket, State};
+use rocket_server_sessions::store::SessionStore;
+use rocket_server_sessions::{ManualClock, Session, SessionError, SessionManager, Sessions};
+
+pub const KEY: &str = "0123456789abcdef0123456789abcdef-test-key";
+pub const START: u64 = 1_700_000_000;
+
+/// A folder under the system's temporary folder, removed when dropped.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> TempDir {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "rss-{name}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    pub fn path(&self, file: &str) -> PathBuf {
+        self.0.join(file)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Rocket's configuration for tests (quiet, in profile `test`) with `session` on top of a
+/// valid default (a secret key and a memory store without a file).
+pub fn figment(session: Value) -> Figment {
+    let mut table = json!({
+        "secret_key": KEY,
+        "cookie_secure": true,
+        "store": { "kind": "memory", "file_path": "" },
+    });
+    merge(&mut table, session);
+    Figment::from(rocket::Config::debug_default())
+        .merge(("log_level", "off"))
+        .merge(Serialized::default("session", table))
+        .select("test")
+}
+
+fn merge(into: &mut Value, from: Value) {
+    match (into, from) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, v) in b {
+                merge(a.entry(k).or_insert(Value::Null), v);
+            }
+        }
+        (slot, v) => *slot = v,
+    }
+}
+
+#[get("/count")]
+fn count(session: Session<'_>) -> Result<String, SessionError> {
+    Ok(session.update_or("count", 0u64, |n| n + 1)?.to_string())
+}
+
+#[get("/peek")]
+fn peek(session: Session<'_>) -> Result<String, SessionError> {
+    Ok(session.get_or("count", 0u64)?.to_string())
+}
+
+#[get("/get/<key>")]
+fn get(session: Session<'_>, key: &str) -> Result<String, SessionError> {
+    session.get::<String>(key)
+}
+
+#[post("/set/<key>/<value>")]
+fn set(session: Session<'_>, key: &str, value: &str) -> Result<&'static str, SessionError> {
+    session.set(key, value)?;
+    Ok("ok")
+}
+
+/// Waits at the barrier between loading the session and changing it, so that two requests
+/// can be made to overlap.
+#[post("/set-together/<key>/<value>")]
+async fn set_together(
+    session: Session<'_>,
+    barrier: &State<Arc<rocket::tokio::sync::Barrier>>,
+    key: &str,
+    value: &str,
+) -> Result<&'static str, SessionError> {
+    barrier.wait().await;
+    session.set(key, value)?;
+    Ok("ok")
+}
+
+/// Loads the session, then meets `/sync` twice before changing it.
+#[post("/set-late/<key>/<value>")]
+async fn set_late(
+    session: Session<'_>,
+    barrier: &State<Arc<rocket::tokio::sync::Barrier>>,
+    key: &str,
+    value: &str,
+) -> Result<&'static str, SessionError> {
+    barrier.wait().await;
+    barrier.wait().await;
+    session.set(key, value)?;
+    Ok("ok")
+}
+
+#[post("/sync")]
+async fn sync(barrier: &State<Arc<rocket::tokio::sync::Barrier>>) -> &'static str {
+    barrier.wait().await;
+    "ok"
+}
+
+#[post("/remove/<key>")]
+fn remove(session: Session<'_>, key: &str) -> &'static str {
+    session.remove(key);
+    "ok"
+}
+
+#[get("/id")]
+fn id(session: Session<'_>) -> String {
+    session.id().to_string()
+}
+
+#[get("/untouched")]
+fn untouched(session: Session<'_>) -> String {
+    session.is_new().to_string()
+}
+
+#[get("/no-session")]
+fn no_session() -> &'static str {
+    "no session"
+}
+
+#[post("/cycle")]
+fn cycle(session: Session<'_>) -> String {
+    session.cycle_id();
+    session.id().to_string()
+}
+
+#[post("/destroy")]
+fn destroy(session: Session<'_>) -> &'static str {
+    session.destroy();
+    "bye"
+}
+
+#[post("/destroy-then-set")]
+fn destroy_then_set(session: Session<'_>) -> Result<&'static str, SessionError> {
+    session.destroy();
+    session.set("flash", "goodbye")?;
+    Ok("bye")
+}
+
+#[post("/manager/set/<id>/<key>/<value>")]
+async fn manager_set(
+    manager: &State<SessionManager>,
+    id: &str,
+    key: &str,
+    value: &str,
+) -> Result<&'static str, SessionError> {
+    let id = id.parse().map_err(|_| SessionError::UnknownSession)?;
+    manager.set(&id, key, value).await?;
+    Ok("ok")
+}
+
+/// The test app: every route above, the sessions fairing with `clock`, and `store` when given
+/// (else the configured one).
+pub fn app(
+    figment: Figment,
+    clock: &ManualClock,
+    store: Option<Arc<dyn SessionStore>>,
+) -> Rocket<Build> {
+    let mut sessions = Sessions::fairing().with_clock(clock.clone());
+    if let Some(store) = store {
+        sessions = sessions.with_store(store);
+    }
+    rocket::custom(figment)
+        .attach(sessions)
+        .manage(Arc::new(rocket::tokio::sync::Barrier::new(2)))
+        .mount(
+            "/",
+            routes![
+                count,
+                peek,
+                get,
+                set,
+                set_together,
+                set_late,
+                sync,
+                remove,
+                id,
+                untouched,
+                no_session,
+                cycle,
+                destroy,
+                destroy_then_set,
+                manager_set
+            ],
+        )
+}
+
+/// A client for `app` with the default test configuration and a fresh clock.
+pub async fn client_with(
+    store: Option<Arc<dyn SessionStore>>,
+    session: Value,
+) -> (Client, ManualClock) {
+    let clock = ManualClock::new(START);
+    let client = Client::untracked(app(figment(session), &clock, store))
+        .await
+        .expect("the test app launches");
+    (client, clock)
+}
+
+/// The `Set-Cookie` headers of a response.
+pub fn set_cookies(res: &LocalResponse<'_>) -> Vec<String> {
+    res.headers().get("Set-Cookie").map(String::from).collect()
+}
+
+/// The value of the session cookie a response sets, if it sets one.
+pub fn session_cookie(res: &LocalResponse<'_>) -> Option<String> {
+    set_cookies(res)
+        .iter()
+        .filter_map(|h| Cookie::parse(h.clone()).ok())
+        .find(|c| c.name() == "session")
+        .map(|c| c.value().to_string())
+}
+
+/// A request's outcome: status, body, the session cookie it set (if any), `Set-Cookie` headers.
+pub struct Reply {
+    pub status: Status,
+    pub body: String,
+    pub cookie: Option<String>,
+    pub set_cookies: Vec<String>,
+    pub headers: Vec<(String, String)>,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+}
+
+async fn reply(res: LocalResponse<'_>) -> Reply {
+    let status = res.status();
+    let cookie = session_cookie(&res);
+    let set_cookies = set_cookies(&res);
+    let headers = res
+        .headers()
+        .iter()
+        .map(|h| (h.name().to_string(), h.value().to_string()))
+        .collect();
+    let body = res.into_string().await.unwrap_or_default();
+    Reply {
+        status,
+        body,
+        cookie,
+        set_cookies,
+        headers,
+    }
+}
+
+/// GET `uri` with `cookie` as the session cookie's raw value, if any.
+pub async fn get_with(client: &Client, uri: &str, cookie: Option<&str>) -> Reply {
+    let mut req = client.get(uri.to_string());
+    if let Some(c) = cookie {
+        req = req.cookie(Cookie::new("session", c.to_string()));
+    }
+    reply(req.dispatch().await).await
+}
+
+/// POST `uri` with `cookie` as the session cookie's raw value, if any.
+pub async fn post_with(client: &Client, uri: &str, cookie: Option<&str>) -> Reply {
+    let mut req = client.post(uri.to_string());
+    if let Some(c) = cookie {
+        req = req.cookie(Cookie::new("session", c.to_string()));
+    }
+    reply(req.dispatch().await).await
+}
+
+/// A real store that counts the calls made to it, to prove which requests cost store I/O.
+pub struct Counting<S> {
+    pub inner: S,
+    pub calls: AtomicUsize,
+}
+
+impl<S> Counting<S> {
+    pub fn new(inner: S) -> Arc<Counting<S>> {
+        Arc::new(Counting {
+            inner,
+            calls: AtomicUsize::new(0),
+        })
+    }
+
+    pub fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+
+    fn count(&self) {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[rocket::async_trait]
+impl<S: SessionStore> SessionStore for Counting<S> {
+    async fn load(
+        &self,
+        key: &rocket_server_sessions::StoreKey,
+        now: u64,
+    ) -> Result<
+        Option<rocket_server_sessions::store::SessionRecord>,
+        rocket_server_sessions::StoreError,
+    > {
+        self.count();
+        self.inner.load(key, now).await
+    }
+    async fn create(
+        &self,
+        key: &rocket_server_sessions::StoreKey,
+        created: u64,
+        changes: &rocket_server_sessions::store::ChangeSet,
+        now: u64,
+    ) -> Result<bool, rocket_server_sessions::StoreError> {
+        self.count();
+        self.inner.create(key, created, changes, now).await
+    }
+    async fn update(
+        &self,
+        key: &rocket_server_sessions::StoreKey,
+        changes: &rocket_server_sessions::store::ChangeSet,
+        now: u64,
+    ) -> Result<bool, rocket_server_sessions::StoreError> {
+        self.count();
+        self.inner.update(key, changes, now).await
+    }
+    async fn cycle(
+        &self,
+        old: &rocket_server_sessions::StoreKey,
+        new: &rocket_server_sessions::StoreKey,
+        changes: &rocket_server_sessions::store::ChangeSet,
+        now: u64,
+    ) -> Result<bool, rocket_server_sessions::StoreError> {
+        self.count();
+        self.inner.cycle(old, new, changes, now).await
+    }
+    async fn destroy(
+        &self,
+        key: &rocket_server_sessions::StoreKey,
+    ) -> Result<(), rocket_server_sessions::StoreError> {
+        self.count();
+        self.inner.destroy(key).await
+    }
+    async fn destroy_where(
+        &self,
+        name: &str,
+        value: &[u8],
+    ) -> Result<u64, rocket_server_sessions::StoreError> {
+        self.count();
+        self.inner.destroy_where(name, value).await
+    }
+    async fn sweep(&self, now: u64) -> Result<u64, rocket_server_sessions::StoreError> {
+        self.count();
+        self.inner.sweep(now).await
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (free when asked; tests bind it at once).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One HTTP/1.1 request over a real socket: (status, Set-Cookie session value, body).
+pub fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    cookie: Option<&str>,
+) -> (u16, Option<String>, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    let cookie = cookie
+        .map(|c| format!("Cookie: session={c}\r\n"))
+        .unwrap_or_default();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{cookie}Content-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).unwrap();
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let set = head
+        .lines()
+        .filter_map(|l| {
+            l.strip_prefix("set-cookie: session=")
+                .or(l.strip_prefix("Set-Cookie: session="))
+        })
+        .map(|v| v.split(';').next().unwrap_or("").to_string())
+        .next();
+    (status, set, body.to_string())
+}
+
+/// The error with which `rocket` refuses to launch; panics if it launches.
+pub async fn launch_error(rocket: Rocket<Build>) -> rocket::Error {
+    match Client::untracked(rocket).await {
+        Ok(_) => panic!("launched, but should have been refused"),
+        Err(e) => e,
+    }
+}

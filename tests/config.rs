@@ -1,0 +1,263 @@
+//! `[<profile>.session]`: defaults, layering, and a refusal naming key and profile for every
+//! invalid value.
+
+mod common;
+
+use common::*;
+use rocket::error::ErrorKind;
+use rocket::figment::providers::{Format, Toml};
+use rocket::figment::Figment;
+use rocket::serde::json::json;
+use rocket_server_sessions::config::{SameSite, StoreConfig};
+use rocket_server_sessions::{ConfigError, SessionConfig, Sessions};
+
+fn from_toml(toml: &str, profile: &str) -> Result<SessionConfig, ConfigError> {
+    let figment = Figment::from(Toml::string(toml).nested()).select(profile);
+    SessionConfig::from_figment(&figment)
+}
+
+#[test]
+fn defaults_are_koyos() {
+    let config = SessionConfig::from_figment(&figment(json!({}))).unwrap();
+    assert_eq!(config.cookie_name, "session");
+    assert_eq!(config.cookie_path, "/");
+    assert_eq!(config.cookie_domain, None);
+    assert!(config.cookie_secure);
+    assert!(config.cookie_http_only);
+    assert_eq!(config.cookie_same_site, SameSite::Strict);
+    assert_eq!(config.shelf_life, 7 * 86_400);
+    assert_eq!(config.refresh_interval, 0);
+    assert_eq!(config.max_lifetime, None);
+    assert_eq!(config.max_session_size, 65_536);
+    let toml = format!("[release.session]\nsecret_key = \"{KEY}\"\n");
+    match from_toml(&toml, "release").unwrap().store {
+        StoreConfig::Memory(m) => {
+            assert_eq!(m.ttl, 7 * 86_400);
+            assert_eq!(m.file_path.as_deref(), Some("sessions.snapshot".as_ref()));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn the_profile_table_merges_over_the_default_table_key_by_key() {
+    let toml = format!(
+        r#"
+        [default.session]
+        cookie_name = "sid"
+        secret_key = "{KEY}"
+        store = {{ kind = "memory", ttl = 60, file_path = "a.snapshot" }}
+
+        [release.session]
+        shelf_life = 120
+        store = {{ ttl = 90 }}
+        "#
+    );
+    let config = from_toml(&toml, "release").unwrap();
+    assert_eq!(config.profile, "release");
+    assert_eq!(config.cookie_name, "sid");
+    assert_eq!(config.shelf_life, 120);
+    match config.store {
+        StoreConfig::Memory(m) => {
+            assert_eq!(m.ttl, 90);
+            assert_eq!(m.file_path.as_deref(), Some("a.snapshot".as_ref()));
+        }
+        other => panic!("{other:?}"),
+    }
+    let debug = from_toml(&toml, "debug").unwrap();
+    assert_eq!(debug.shelf_life, 7 * 86_400);
+}
+
+#[test]
+fn postgres_store_settings_are_read() {
+    let toml = format!(
+        "[prod.session]\nsecret_key = \"{KEY}\"\nstore = {{ kind = \"postgres\", database = \"db\", ttl = 30, migrate = false, unlogged = true, sweep_interval = 5, sweep_batch = 10 }}\n"
+    );
+    match from_toml(&toml, "prod").unwrap().store {
+        StoreConfig::Postgres(p) => {
+            assert_eq!(
+                (
+                    p.database.as_str(),
+                    p.ttl,
+                    p.migrate,
+                    p.unlogged,
+                    p.sweep_interval,
+                    p.sweep_batch
+                ),
+                ("db", 30, false, true, 5, 10)
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Each invalid setting, the key the error must name, and a word its reason must contain.
+const INVALID: &[(&str, &str, &str)] = &[
+    ("cookie_name = \"\"", "cookie_name", "empty"),
+    ("cookie_name = \"a b\"", "cookie_name", "' '"),
+    ("cookie_name = \"a;b\"", "cookie_name", "';'"),
+    ("cookie_name = 5", "cookie_name", "invalid type"),
+    ("cookie_path = \"app\"", "cookie_path", "`/`"),
+    ("cookie_path = \"/a;b\"", "cookie_path", "`;`"),
+    (
+        "cookie_domain = \"exa mple.com\"",
+        "cookie_domain",
+        "host name",
+    ),
+    ("cookie_domain = \"\"", "cookie_domain", "host name"),
+    ("cookie_secure = \"yes\"", "cookie_secure", "invalid type"),
+    ("cookie_http_only = 1", "cookie_http_only", "invalid type"),
+    (
+        "cookie_same_site = \"sometimes\"",
+        "cookie_same_site",
+        "unknown variant",
+    ),
+    (
+        "cookie_same_site = \"none\"\ncookie_secure = false",
+        "cookie_same_site",
+        "cookie_secure",
+    ),
+    (
+        "cookie_name = \"__Host-s\"\ncookie_secure = false",
+        "cookie_name",
+        "cookie_secure",
+    ),
+    (
+        "cookie_name = \"__Host-s\"\ncookie_path = \"/app\"",
+        "cookie_name",
+        "cookie_path",
+    ),
+    (
+        "cookie_name = \"__Host-s\"\ncookie_domain = \"example.com\"",
+        "cookie_name",
+        "cookie_domain",
+    ),
+    (
+        "cookie_name = \"__Secure-s\"\ncookie_secure = false",
+        "cookie_name",
+        "cookie_secure",
+    ),
+    ("shelf_life = 0", "shelf_life", "at least 1"),
+    ("shelf_life = -5", "shelf_life", "invalid"),
+    ("shelf_life = 99999999999999", "shelf_life", "at most"),
+    (
+        "refresh_interval = 604800",
+        "refresh_interval",
+        "shorter than shelf_life",
+    ),
+    ("max_lifetime = 0", "max_lifetime", "at least 1"),
+    ("secret_key = \"short\"", "secret_key", "at least 32"),
+    (
+        "previous_secret_keys = [\"short\"]",
+        "previous_secret_keys[0]",
+        "at least 32",
+    ),
+    ("max_session_size = 0", "max_session_size", "at least 1"),
+    (
+        "store = { kind = \"redis\" }",
+        "store.kind",
+        "unknown store",
+    ),
+    ("store = { ttl = 0 }", "store.ttl", "at least 1"),
+    ("store = { ttl = \"week\" }", "store.ttl", "invalid type"),
+    (
+        "store = { sweep_interval = 0 }",
+        "store.sweep_interval",
+        "at least 1",
+    ),
+    (
+        "store = { kind = \"memory\", database = \"x\" }",
+        "store.database",
+        "memory",
+    ),
+    (
+        "store = { kind = \"postgres\", file_path = \"x\" }",
+        "store.file_path",
+        "postgres",
+    ),
+    (
+        "store = { kind = \"postgres\", sweep_batch = 0 }",
+        "store.sweep_batch",
+        "at least 1",
+    ),
+    (
+        "store = { kind = \"postgres\", database = \"\" }",
+        "store.database",
+        "empty",
+    ),
+    (
+        "store = { colour = \"blue\" }",
+        "store.colour",
+        "unknown field",
+    ),
+    ("cookie_colour = \"blue\"", "cookie_colour", "unknown field"),
+    ("store = 5", "store", "invalid type"),
+];
+
+#[test]
+fn every_invalid_value_is_refused_naming_its_key_and_profile() {
+    for (setting, key, word) in INVALID {
+        let toml =
+            format!("[default.session]\nsecret_key = \"{KEY}\"\n[staging.session]\n{setting}\n");
+        let error = from_toml(&toml, "staging").expect_err(setting);
+        assert_eq!(error.key, *key, "{setting}: {error}");
+        assert_eq!(error.profile, "staging", "{setting}: {error}");
+        assert!(error.reason.contains(word), "{setting}: {error}");
+        let message = error.to_string();
+        assert!(message.contains(&format!("`session.{key}`")), "{message}");
+        assert!(message.contains("`staging`"), "{message}");
+    }
+}
+
+#[test]
+fn a_profile_other_than_debug_needs_a_secret_key() {
+    let error = from_toml("[release.session]\ncookie_name = \"s\"\n", "release").unwrap_err();
+    assert_eq!(
+        (error.key.as_str(), error.profile.as_str()),
+        ("secret_key", "release")
+    );
+    assert!(error.reason.contains("missing"), "{error}");
+}
+
+#[test]
+fn the_debug_profile_generates_a_private_key_file_and_reuses_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new("debug-key");
+    let file = dir.path("nested/key");
+    let toml = format!(
+        "[debug.session]\nsecret_key_file = {:?}\n",
+        file.display().to_string()
+    );
+    let first = from_toml(&toml, "debug").unwrap();
+    assert!(first.secret_key.len() >= 32);
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let second = from_toml(&toml, "debug").unwrap();
+    assert_eq!(
+        first.secret_key, second.secret_key,
+        "sessions survive restarts"
+    );
+    std::fs::write(&file, "too short").unwrap();
+    let error = from_toml(&toml, "debug").unwrap_err();
+    assert_eq!(error.key, "secret_key_file");
+}
+
+#[rocket::async_test]
+async fn rocket_refuses_to_launch_on_an_invalid_configuration() {
+    let rocket = rocket::custom(figment(json!({ "shelf_life": 0 }))).attach(Sessions::fairing());
+    let error = launch_error(rocket).await;
+    assert!(matches!(error.kind(), ErrorKind::FailedFairings(f) if f[0].name == "Sessions"));
+}
+
+#[rocket::async_test]
+async fn rocket_refuses_to_launch_when_the_snapshot_cannot_be_read() {
+    let dir = TempDir::new("unreadable");
+    // A folder where the snapshot file should be: it can be neither read nor set aside as a file.
+    let file = dir.path("snapshot");
+    std::fs::create_dir_all(file.join("inside")).unwrap();
+    let rocket = rocket::custom(figment(json!({ "store": { "file_path": file } })))
+        .attach(Sessions::fairing());
+    let error = launch_error(rocket).await;
+    assert!(matches!(error.kind(), ErrorKind::FailedFairings(_)));
+    assert!(file.join("inside").exists(), "nothing was removed");
+}

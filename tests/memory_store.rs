@@ -1,0 +1,181 @@
+//! The memory store: the conformance suite, then its snapshot file.
+
+#[macro_use]
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use common::conformance::TTL;
+use common::*;
+use rocket::local::asynchronous::Client;
+use rocket::serde::json::json;
+use rocket_server_sessions::store::{MemoryStore, SessionStore};
+use rocket_server_sessions::{ManualClock, SessionId, SessionManager};
+
+async fn memory() -> Arc<dyn SessionStore> {
+    Arc::new(MemoryStore::new(TTL))
+}
+
+store_conformance!(memory);
+
+/// A client whose memory store keeps its snapshot in `file`.
+async fn client_on(file: &Path, extra: rocket::serde::json::Value) -> Client {
+    let mut session = json!({ "store": { "kind": "memory", "file_path": file } });
+    if let (Some(s), Some(e)) = (session.as_object_mut(), extra.as_object()) {
+        for (k, v) in e {
+            if k == "store" {
+                for (sk, sv) in v.as_object().unwrap() {
+                    s["store"][sk] = sv.clone();
+                }
+            } else {
+                s.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    let clock = ManualClock::new(START);
+    Client::untracked(app(figment(session), &clock, None))
+        .await
+        .expect("launches")
+}
+
+#[rocket::async_test]
+async fn sessions_survive_a_restart_through_the_snapshot() {
+    let dir = TempDir::new("restart");
+    let file = dir.path("sessions.snapshot");
+    let first = client_on(&file, json!({})).await;
+    let cookie = get_with(&first, "/count", None).await.cookie.unwrap();
+    get_with(&first, "/count", Some(&cookie)).await;
+    first.terminate().await;
+    assert!(file.exists(), "written at shutdown");
+
+    let second = client_on(&file, json!({})).await;
+    assert_eq!(get_with(&second, "/count", Some(&cookie)).await.body, "3");
+}
+
+#[rocket::async_test]
+async fn the_snapshot_holds_no_session_id() {
+    let dir = TempDir::new("no-id");
+    let file = dir.path("sessions.snapshot");
+    let client = client_on(&file, json!({})).await;
+    let cookie = post_with(&client, "/set/a/1", None).await.cookie.unwrap();
+    let id: SessionId = get_with(&client, "/id", Some(&cookie))
+        .await
+        .body
+        .parse()
+        .unwrap();
+    client.terminate().await;
+    let bytes = std::fs::read(&file).unwrap();
+    assert!(!bytes.windows(32).any(|w| w == id.as_bytes()));
+    let text = id.to_string();
+    assert!(!bytes.windows(text.len()).any(|w| w == text.as_bytes()));
+    assert!(
+        bytes.windows(32).any(|w| w == id.store_key().0),
+        "filed by digest"
+    );
+}
+
+#[rocket::async_test]
+async fn the_snapshot_file_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new("mode");
+    let file = dir.path("sessions.snapshot");
+    let client = client_on(&file, json!({})).await;
+    post_with(&client, "/set/a/1", None).await;
+    client.terminate().await;
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+}
+
+#[rocket::async_test]
+async fn a_leftover_temporary_file_is_discarded_and_the_snapshot_loads() {
+    let dir = TempDir::new("leftover");
+    let file = dir.path("sessions.snapshot");
+    let first = client_on(&file, json!({})).await;
+    let cookie = post_with(&first, "/set/a/kept", None).await.cookie.unwrap();
+    first.terminate().await;
+    // A crash in the middle of the next snapshot leaves a partial temporary file.
+    let tmp = dir.path("sessions.snapshot.tmp");
+    std::fs::write(&tmp, b"RSSNAP\x00\x01 half a snapsh").unwrap();
+
+    let second = client_on(&file, json!({})).await;
+    assert_eq!(
+        get_with(&second, "/get/a", Some(&cookie)).await.body,
+        "kept"
+    );
+    assert!(!tmp.exists());
+}
+
+#[rocket::async_test]
+async fn a_corrupt_snapshot_is_kept_aside_and_never_overwritten() {
+    let dir = TempDir::new("corrupt");
+    let file = dir.path("sessions.snapshot");
+    let first = client_on(&file, json!({})).await;
+    let cookie = post_with(&first, "/set/a/1", None).await.cookie.unwrap();
+    first.terminate().await;
+    let mut bytes = std::fs::read(&file).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&file, &bytes).unwrap();
+
+    let second = client_on(&file, json!({})).await;
+    assert_eq!(
+        get_with(&second, "/untouched", Some(&cookie)).await.body,
+        "true"
+    );
+    post_with(&second, "/set/b/2", None).await;
+    second.terminate().await;
+
+    let aside: Vec<_> = std::fs::read_dir(&dir.0)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().contains(".corrupt-"))
+        .collect();
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    assert_eq!(
+        std::fs::read(&aside[0]).unwrap(),
+        bytes,
+        "kept byte for byte"
+    );
+    assert!(file.exists(), "a new snapshot is written beside it");
+}
+
+#[rocket::async_test]
+async fn snapshots_are_also_written_periodically() {
+    let dir = TempDir::new("periodic");
+    let file = dir.path("sessions.snapshot");
+    let client = client_on(&file, json!({ "store": { "snapshot_interval": 1 } })).await;
+    post_with(&client, "/set/a/1", None).await;
+    // The interval runs on the real clock: wait for the file, up to a generous bound.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !file.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no snapshot after 20 s"
+        );
+        rocket::tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let loaded = MemoryStore::open(&rocket_server_sessions::config::MemoryStoreConfig {
+        ttl: TTL,
+        file_path: Some(file.clone()),
+        snapshot_interval: 0,
+        sweep_interval: 60,
+    })
+    .unwrap();
+    assert_eq!(loaded.len(), 1);
+    drop(client);
+}
+
+#[rocket::async_test]
+async fn the_manager_sweeps_expired_sessions() {
+    let store = Arc::new(MemoryStore::new(TTL));
+    let (client, clock) = client_with(Some(store.clone()), json!({})).await;
+    post_with(&client, "/set/a/1", None).await;
+    clock.advance(50);
+    post_with(&client, "/set/a/2", None).await;
+    assert_eq!(store.len(), 2);
+    clock.advance(TTL - 50);
+    let manager = client.rocket().state::<SessionManager>().unwrap();
+    assert_eq!(manager.sweep().await.unwrap(), 1);
+    assert_eq!(store.len(), 1);
+}
