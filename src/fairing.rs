@@ -12,7 +12,8 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::{SameSite, SessionConfig, StoreConfig};
 use crate::error::StoreError;
 use crate::manager::{CookieAction, RequestSession, SessionManager};
-use crate::store::{MemoryStore, SessionStore};
+use crate::store::{MemoryStore, PostgresStore, SessionStore};
+use rocket_db_pools::sqlx::PgPool;
 
 /// The fairing that gives a Rocket application sessions.
 ///
@@ -33,8 +34,14 @@ use crate::store::{MemoryStore, SessionStore};
 pub struct Sessions {
     clock: Arc<dyn Clock>,
     store: Mutex<Option<Arc<dyn SessionStore>>>,
+    app_pool: Option<AppPool>,
+    /// A pool the fairing made itself, closed once the last flush is done.
+    own_pool: OnceLock<PgPool>,
     manager: OnceLock<SessionManager>,
 }
+
+/// Finds the app's own `rocket_db_pools` PostgreSQL pool in managed state.
+type AppPool = Box<dyn Fn(&Rocket<Build>) -> Option<PgPool> + Send + Sync>;
 
 impl Sessions {
     /// The fairing, with the store chosen by configuration and the system clock.
@@ -42,8 +49,38 @@ impl Sessions {
         Sessions {
             clock: Arc::new(SystemClock),
             store: Mutex::new(None),
+            app_pool: None,
+            own_pool: OnceLock::new(),
             manager: OnceLock::new(),
         }
+    }
+
+    /// Runs the PostgreSQL store on the app's own `#[derive(Database)]` pool `D` instead of
+    /// initialising one from `[<profile>.databases.<database>]`. Attach `D::init()` before
+    /// this fairing. Rocket closes that pool at shutdown on its own schedule, so requests still
+    /// in flight then may answer 503; a pool the store owns is closed after them.
+    ///
+    /// ```no_run
+    /// use rocket_db_pools::{sqlx, Database};
+    /// use rocket_server_sessions::Sessions;
+    ///
+    /// #[derive(Database)]
+    /// #[database("app")]
+    /// struct Db(sqlx::PgPool);
+    ///
+    /// #[rocket::launch]
+    /// fn rocket() -> _ {
+    ///     rocket::build()
+    ///         .attach(Db::init())
+    ///         .attach(Sessions::fairing().with_database::<Db>())
+    /// }
+    /// ```
+    pub fn with_database<D>(mut self) -> Sessions
+    where
+        D: rocket_db_pools::Database<Pool = PgPool>,
+    {
+        self.app_pool = Some(Box::new(|rocket| D::fetch(rocket).map(|db| (**db).clone())));
+        self
     }
 
     /// Takes time from `clock` instead of the system clock (tests move a
@@ -62,6 +99,7 @@ impl Sessions {
 
     async fn open_store(
         &self,
+        rocket: &Rocket<Build>,
         config: &SessionConfig,
     ) -> Result<Arc<dyn SessionStore>, StoreError> {
         if let Some(store) = self.store.lock().unwrap_or_else(|p| p.into_inner()).take() {
@@ -75,9 +113,23 @@ impl Sessions {
                     .map_err(|e| StoreError::Other(e.to_string()))??;
                 Ok(Arc::new(store))
             }
-            StoreConfig::Postgres(_) => Err(StoreError::Other(
-                "the postgres store is not available in this build".into(),
-            )),
+            StoreConfig::Postgres(postgres) => {
+                let pool = match &self.app_pool {
+                    Some(find) => find(rocket).ok_or_else(|| {
+                        StoreError::Other(
+                            "the app's database is not attached before the Sessions fairing".into(),
+                        )
+                    })?,
+                    None => {
+                        let pool =
+                            PostgresStore::pool_from_figment(rocket.figment(), &postgres.database)
+                                .await?;
+                        let _ = self.own_pool.set(pool.clone());
+                        pool
+                    }
+                };
+                Ok(Arc::new(PostgresStore::new(pool, postgres).await?))
+            }
         }
     }
 }
@@ -133,7 +185,7 @@ impl Fairing for Sessions {
                 return Err(rocket);
             }
         };
-        let store = match self.open_store(&config).await {
+        let store = match self.open_store(&rocket, &config).await {
             Ok(store) => store,
             Err(e) => {
                 rocket::error!(
@@ -227,6 +279,9 @@ impl Fairing for Sessions {
         match manager.persist().await {
             Ok(()) => rocket::info!("session store: persisted at shutdown"),
             Err(e) => rocket::error!("session store: persisting at shutdown failed: {e}"),
+        }
+        if let Some(pool) = self.own_pool.get() {
+            pool.close().await;
         }
     }
 }

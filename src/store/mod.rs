@@ -5,7 +5,7 @@
 //! ([`ChangeSet`]), so two requests of one session that change different keys never undo each
 //! other; when they change the same key, the request that flushes last wins.
 //!
-//! The crate ships [`MemoryStore`]; anything implementing
+//! The crate ships [`MemoryStore`] and [`PostgresStore`]; anything implementing
 //! [`SessionStore`] can be plugged in with [`Sessions::with_store`](crate::Sessions::with_store).
 //!
 //! A complete (if naive) store, to show what each method must do:
@@ -102,8 +102,10 @@ use crate::error::StoreError;
 use crate::id::StoreKey;
 
 mod memory;
+mod postgres;
 
 pub use memory::MemoryStore;
+pub use postgres::PostgresStore;
 
 /// A session as a store returns it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

@@ -1,0 +1,409 @@
+//! The PostgreSQL store, on a `rocket_db_pools` sqlx pool.
+//!
+//! Sessions live in `rocket_sessions` (one row each, filed under the SHA-256 of the id) and
+//! their data in `rocket_session_data` (one row per key), as the schema in `migrations/`
+//! creates them. Every store call is one SQL statement, so one round trip: data-modifying
+//! common table expressions change the session row and its keys together.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rocket::figment::providers::Serialized;
+use rocket::figment::Figment;
+use rocket_db_pools::sqlx::{self, postgres::PgPool, Executor, Row};
+
+use super::{ChangeSet, SessionRecord, SessionStore};
+use crate::config::PostgresStoreConfig;
+use crate::error::StoreError;
+use crate::id::StoreKey;
+
+/// The schema, as `(version, description, SQL)`, in the order it is applied.
+const MIGRATIONS: &[(i64, &str, &str)] = &[(
+    20261125000000,
+    "rocket_sessions",
+    include_str!("../../migrations/20261125000000_rocket_sessions.sql"),
+)];
+
+/// Serialises concurrent migrations across instances (any constant no other app uses).
+const MIGRATION_LOCK: i64 = 0x726f_636b_6573_7373;
+
+/// Sessions in PostgreSQL (koyo's `make-postgres-session-store`).
+///
+/// Built by the fairing from `store = { kind = "postgres", ... }` (see
+/// [`PostgresStoreConfig`]), on a pool it initialises from `[<profile>.databases.<database>]`
+/// or on the app's own pool (see [`Sessions::with_database`](crate::Sessions::with_database)).
+pub struct PostgresStore {
+    pool: PgPool,
+    ttl: u64,
+    sweep_batch: u32,
+    statements: AtomicU64,
+}
+
+/// Whether a sqlx error means the database cannot be reached (so 503, and worth retrying).
+fn classify(e: sqlx::Error) -> StoreError {
+    use sqlx::Error as E;
+    match &e {
+        E::Io(_)
+        | E::Tls(_)
+        | E::PoolTimedOut
+        | E::PoolClosed
+        | E::WorkerCrashed
+        | E::Protocol(_) => StoreError::Unavailable(e.to_string()),
+        E::Database(db) => match db.code().as_deref() {
+            // Class 08: connection exception; 57P0x: the server is shutting down or restarting;
+            // 53300: too many connections.
+            Some(code) if code.starts_with("08") || code.starts_with("57P0") || code == "53300" => {
+                StoreError::Unavailable(e.to_string())
+            }
+            _ => StoreError::Other(e.to_string()),
+        },
+        _ => StoreError::Other(e.to_string()),
+    }
+}
+
+/// The keys and values a change set sets, and the keys it removes, as SQL arrays.
+fn split(changes: &ChangeSet) -> (Vec<String>, Vec<Vec<u8>>, Vec<String>) {
+    let (mut names, mut values, mut removed) = (Vec::new(), Vec::new(), Vec::new());
+    for (key, value) in changes.iter() {
+        match value {
+            Some(v) => {
+                names.push(key.to_string());
+                values.push(v.to_vec());
+            }
+            None => removed.push(key.to_string()),
+        }
+    }
+    (names, values, removed)
+}
+
+fn secs(t: u64) -> i64 {
+    t.min(i64::MAX as u64) as i64
+}
+
+impl PostgresStore {
+    /// A store on `pool`, applying the schema first when `config.migrate` is set (and checking
+    /// that the database answers either way).
+    pub async fn new(
+        pool: PgPool,
+        config: &PostgresStoreConfig,
+    ) -> Result<PostgresStore, StoreError> {
+        let store = PostgresStore {
+            pool,
+            ttl: config.ttl,
+            sweep_batch: config.sweep_batch,
+            statements: AtomicU64::new(0),
+        };
+        if config.migrate {
+            store.migrate(config.unlogged).await?;
+        } else {
+            store.pool.execute("SELECT 1").await.map_err(classify)?;
+        }
+        Ok(store)
+    }
+
+    /// A pool initialised the way `rocket_db_pools` does it, from `[<profile>.databases.<name>]`
+    /// of `figment` (`url`, `max_connections`, `connect_timeout`, ...).
+    pub async fn pool_from_figment(figment: &Figment, name: &str) -> Result<PgPool, StoreError> {
+        let workers: usize = figment.extract_inner("workers").unwrap_or(2);
+        let figment = figment
+            .focus(&format!("databases.{name}"))
+            .join(Serialized::default("max_connections", workers * 4))
+            .join(Serialized::default("connect_timeout", 5));
+        <PgPool as rocket_db_pools::Pool>::init(&figment)
+            .await
+            .map_err(|e| match e {
+                rocket_db_pools::Error::Init(e) => classify(e),
+                other => StoreError::Other(format!("databases.{name}: {other}")),
+            })
+    }
+
+    /// The pool this store runs on.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// How many SQL statements the store has sent: each is one round trip to the server.
+    pub fn statements(&self) -> u64 {
+        self.statements.load(Ordering::Relaxed)
+    }
+
+    fn count(&self) {
+        self.statements.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Applies what `migrations/` holds and is not yet applied, under an advisory lock so that
+    /// instances starting together do it once, and sets the tables' persistence.
+    async fn migrate(&self, unlogged: bool) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(classify)?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(MIGRATION_LOCK)
+            .execute(&mut *tx)
+            .await
+            .map_err(classify)?;
+        tx.execute(
+            "CREATE TABLE IF NOT EXISTS rocket_sessions_schema (
+                version     bigint PRIMARY KEY,
+                description text NOT NULL,
+                applied_at  timestamptz NOT NULL DEFAULT now()
+            )",
+        )
+        .await
+        .map_err(classify)?;
+        let applied: Vec<i64> = sqlx::query_scalar("SELECT version FROM rocket_sessions_schema")
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(classify)?;
+        for (version, description, sql) in MIGRATIONS {
+            if applied.contains(version) {
+                continue;
+            }
+            tx.execute(*sql).await.map_err(|e| {
+                StoreError::Other(format!("applying migration {version}_{description}: {e}"))
+            })?;
+            sqlx::query(
+                "INSERT INTO rocket_sessions_schema (version, description) VALUES ($1, $2)",
+            )
+            .bind(version)
+            .bind(description)
+            .execute(&mut *tx)
+            .await
+            .map_err(classify)?;
+        }
+        // A table referenced by a logged table cannot be unlogged, hence the order.
+        let persistence: String = sqlx::query_scalar(
+            "SELECT relpersistence::text FROM pg_class WHERE oid = 'rocket_sessions'::regclass",
+        )
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(classify)?;
+        let sql = match (unlogged, persistence.as_str()) {
+            (true, "p") => Some(
+                "ALTER TABLE rocket_session_data SET UNLOGGED; ALTER TABLE rocket_sessions SET UNLOGGED",
+            ),
+            (false, "u") => Some(
+                "ALTER TABLE rocket_sessions SET LOGGED; ALTER TABLE rocket_session_data SET LOGGED",
+            ),
+            _ => None,
+        };
+        if let Some(sql) = sql {
+            tx.execute(sql).await.map_err(classify)?;
+        }
+        tx.commit().await.map_err(classify)
+    }
+}
+
+#[rocket::async_trait]
+impl SessionStore for PostgresStore {
+    async fn load(&self, key: &StoreKey, now: u64) -> Result<Option<SessionRecord>, StoreError> {
+        self.count();
+        let rows = sqlx::query(
+            "SELECT s.created_at, d.name, d.value
+               FROM rocket_sessions s
+               LEFT JOIN rocket_session_data d ON d.session_id = s.id
+              WHERE s.key = $1 AND s.expires_at > $2",
+        )
+        .bind(&key.0[..])
+        .bind(secs(now))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(classify)?;
+        let Some(first) = rows.first() else {
+            return Ok(None);
+        };
+        let created: i64 = first.try_get(0).map_err(classify)?;
+        let mut data = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let name: Option<String> = row.try_get(1).map_err(classify)?;
+            let value: Option<Vec<u8>> = row.try_get(2).map_err(classify)?;
+            if let (Some(name), Some(value)) = (name, value) {
+                data.push((name, value));
+            }
+        }
+        Ok(Some(SessionRecord {
+            created: created.max(0) as u64,
+            data,
+        }))
+    }
+
+    async fn create(
+        &self,
+        key: &StoreKey,
+        created: u64,
+        changes: &ChangeSet,
+        now: u64,
+    ) -> Result<bool, StoreError> {
+        let (names, values, _) = split(changes);
+        for _ in 0..2 {
+            self.count();
+            let made: i64 = sqlx::query_scalar(
+                "WITH s AS (
+                    INSERT INTO rocket_sessions (key, created_at, expires_at)
+                    VALUES ($1, $2, $3)
+                    ON CONFLICT (key) DO NOTHING
+                    RETURNING id
+                 ), d AS (
+                    INSERT INTO rocket_session_data (session_id, name, value)
+                    SELECT s.id, u.name, u.value FROM s, unnest($4::text[], $5::bytea[]) AS u(name, value)
+                 )
+                 SELECT count(*) FROM s",
+            )
+            .bind(&key.0[..])
+            .bind(secs(created))
+            .bind(secs(now.saturating_add(self.ttl)))
+            .bind(&names)
+            .bind(&values)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(classify)?;
+            if made == 1 {
+                return Ok(true);
+            }
+            // The key is taken. Only an expired session may give it up.
+            self.count();
+            let freed =
+                sqlx::query("DELETE FROM rocket_sessions WHERE key = $1 AND expires_at <= $2")
+                    .bind(&key.0[..])
+                    .bind(secs(now))
+                    .execute(&self.pool)
+                    .await
+                    .map_err(classify)?;
+            if freed.rows_affected() == 0 {
+                return Ok(false);
+            }
+        }
+        Ok(false)
+    }
+
+    async fn update(
+        &self,
+        key: &StoreKey,
+        changes: &ChangeSet,
+        now: u64,
+    ) -> Result<bool, StoreError> {
+        self.count();
+        let expires = secs(now.saturating_add(self.ttl));
+        let updated: i64 = if changes.is_empty() {
+            sqlx::query_scalar(
+                "WITH s AS (
+                    UPDATE rocket_sessions SET expires_at = $2
+                     WHERE key = $1 AND expires_at > $3 RETURNING id
+                 ) SELECT count(*) FROM s",
+            )
+            .bind(&key.0[..])
+            .bind(expires)
+            .bind(secs(now))
+            .fetch_one(&self.pool)
+            .await
+        } else {
+            let (names, values, removed) = split(changes);
+            sqlx::query_scalar(
+                "WITH s AS (
+                    UPDATE rocket_sessions SET expires_at = $2
+                     WHERE key = $1 AND expires_at > $3 RETURNING id
+                 ), removed AS (
+                    DELETE FROM rocket_session_data d USING s
+                     WHERE d.session_id = s.id AND d.name = ANY($4::text[])
+                 ), upserted AS (
+                    INSERT INTO rocket_session_data (session_id, name, value)
+                    SELECT s.id, u.name, u.value FROM s, unnest($5::text[], $6::bytea[]) AS u(name, value)
+                    ON CONFLICT (session_id, name) DO UPDATE SET value = excluded.value
+                 ) SELECT count(*) FROM s",
+            )
+            .bind(&key.0[..])
+            .bind(expires)
+            .bind(secs(now))
+            .bind(&removed)
+            .bind(&names)
+            .bind(&values)
+            .fetch_one(&self.pool)
+            .await
+        }
+        .map_err(classify)?;
+        Ok(updated == 1)
+    }
+
+    async fn cycle(
+        &self,
+        old: &StoreKey,
+        new: &StoreKey,
+        changes: &ChangeSet,
+        now: u64,
+    ) -> Result<bool, StoreError> {
+        self.count();
+        let (names, values, removed) = split(changes);
+        let moved = sqlx::query_scalar::<_, i64>(
+            "WITH s AS (
+                UPDATE rocket_sessions SET key = $2, expires_at = $3
+                 WHERE key = $1 AND expires_at > $4
+                   AND NOT EXISTS (SELECT 1 FROM rocket_sessions WHERE key = $2)
+                RETURNING id
+             ), removed AS (
+                DELETE FROM rocket_session_data d USING s
+                 WHERE d.session_id = s.id AND d.name = ANY($5::text[])
+             ), upserted AS (
+                INSERT INTO rocket_session_data (session_id, name, value)
+                SELECT s.id, u.name, u.value FROM s, unnest($6::text[], $7::bytea[]) AS u(name, value)
+                ON CONFLICT (session_id, name) DO UPDATE SET value = excluded.value
+             ) SELECT count(*) FROM s",
+        )
+        .bind(&old.0[..])
+        .bind(&new.0[..])
+        .bind(secs(now.saturating_add(self.ttl)))
+        .bind(secs(now))
+        .bind(&removed)
+        .bind(&names)
+        .bind(&values)
+        .fetch_one(&self.pool)
+        .await;
+        match moved {
+            Ok(n) => Ok(n == 1),
+            // The new id was taken between the check and the update.
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Ok(false),
+            Err(e) => Err(classify(e)),
+        }
+    }
+
+    async fn destroy(&self, key: &StoreKey) -> Result<(), StoreError> {
+        self.count();
+        sqlx::query("DELETE FROM rocket_sessions WHERE key = $1")
+            .bind(&key.0[..])
+            .execute(&self.pool)
+            .await
+            .map_err(classify)?;
+        Ok(())
+    }
+
+    async fn destroy_where(&self, name: &str, value: &[u8]) -> Result<u64, StoreError> {
+        self.count();
+        let done = sqlx::query(
+            "DELETE FROM rocket_sessions s USING rocket_session_data d
+              WHERE d.session_id = s.id AND d.name = $1 AND d.value = $2",
+        )
+        .bind(name)
+        .bind(value)
+        .execute(&self.pool)
+        .await
+        .map_err(classify)?;
+        Ok(done.rows_affected())
+    }
+
+    async fn sweep(&self, now: u64) -> Result<u64, StoreError> {
+        let mut total = 0;
+        loop {
+            self.count();
+            let done = sqlx::query(
+                "DELETE FROM rocket_sessions WHERE id IN (
+                    SELECT id FROM rocket_sessions WHERE expires_at <= $1
+                     ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED)",
+            )
+            .bind(secs(now))
+            .bind(i64::from(self.sweep_batch))
+            .execute(&self.pool)
+            .await
+            .map_err(classify)?;
+            total += done.rows_affected();
+            if done.rows_affected() < u64::from(self.sweep_batch) {
+                return Ok(total);
+            }
+        }
+    }
+}

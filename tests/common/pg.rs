@@ -1,0 +1,143 @@
+//! PostgreSQL for the tests: a real server, from `DATABASE_URL` (scripts/test starts one).
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use rocket_db_pools::sqlx::{self, Connection, Executor, PgConnection, PgPool};
+use rocket_server_sessions::config::PostgresStoreConfig;
+use rocket_server_sessions::store::PostgresStore;
+
+use super::TempDir;
+
+/// The server the tests use. Without one, the tests fail and say how to get one.
+pub fn server_url() -> String {
+    std::env::var("DATABASE_URL").unwrap_or_else(|_| {
+        panic!(
+            "the PostgreSQL tests need a server: run `scripts/test` (it installs PostgreSQL if \
+             needed and starts a throwaway cluster), or set DATABASE_URL to a server whose user \
+             may create databases"
+        )
+    })
+}
+
+/// `url` with its database name replaced by `db`.
+fn with_database(url: &str, db: &str) -> String {
+    let (base, query) = url.split_once('?').unwrap_or((url, ""));
+    let host = base.find("://").map_or(0, |i| i + 3);
+    let base = match base[host..].find('/') {
+        Some(i) => &base[..host + i],
+        None => base,
+    };
+    match query {
+        "" => format!("{base}/{db}"),
+        q => format!("{base}/{db}?{q}"),
+    }
+}
+
+/// A new, empty database on the test server; its URL.
+pub async fn fresh_database() -> String {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let url = server_url();
+    let name = format!(
+        "rss_test_{}_{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    );
+    let mut conn = PgConnection::connect(&url)
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to DATABASE_URL ({url}): {e}"));
+    conn.execute(format!("DROP DATABASE IF EXISTS {name}").as_str())
+        .await
+        .unwrap();
+    conn.execute(format!("CREATE DATABASE {name}").as_str())
+        .await
+        .unwrap();
+    with_database(&url, &name)
+}
+
+pub fn config(ttl: u64) -> PostgresStoreConfig {
+    PostgresStoreConfig {
+        database: "sessions".into(),
+        ttl,
+        migrate: true,
+        unlogged: false,
+        sweep_interval: 60,
+        sweep_batch: 1000,
+    }
+}
+
+pub async fn pool(url: &str) -> PgPool {
+    sqlx::postgres::PgPoolOptions::new()
+        .max_connections(8)
+        .acquire_timeout(std::time::Duration::from_secs(5))
+        .connect(url)
+        .await
+        .unwrap()
+}
+
+/// A store with `ttl` on a fresh database.
+pub async fn fresh_store(ttl: u64) -> PostgresStore {
+    PostgresStore::new(pool(&fresh_database().await).await, &config(ttl))
+        .await
+        .unwrap()
+}
+
+/// A cluster of the test's own, to stop and start at will; stopped when dropped.
+pub struct Cluster {
+    pub dir: TempDir,
+    pub port: u16,
+    pub url: String,
+}
+
+fn script() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/pg")
+}
+
+fn run(args: &[&str]) -> String {
+    let out = Command::new("bash")
+        .arg(script())
+        .args(args)
+        .output()
+        .expect("bash runs");
+    assert!(
+        out.status.success(),
+        "scripts/pg {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+impl Cluster {
+    pub fn start() -> Cluster {
+        let dir = TempDir::new("cluster");
+        let mut perms = std::fs::metadata(&dir.0).unwrap().permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o777);
+        std::fs::set_permissions(&dir.0, perms).unwrap();
+        let port = super::free_port();
+        let url = run(&["start", dir.path("db").to_str().unwrap(), &port.to_string()]);
+        Cluster { dir, port, url }
+    }
+
+    fn data(&self) -> String {
+        self.dir.path("db").to_string_lossy().into_owned()
+    }
+
+    pub fn stop(&self) {
+        run(&["stop", &self.data()]);
+    }
+
+    pub fn resume(&self) {
+        run(&["start", &self.data(), &self.port.to_string()]);
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(script())
+            .args(["kill", &self.data()])
+            .output();
+    }
+}

@@ -1,0 +1,388 @@
+//! The PostgreSQL store against a real server: the conformance suite, then what only a shared
+//! database shows. Run through `scripts/test`, or with DATABASE_URL set.
+
+#[macro_use]
+mod common;
+
+use std::sync::Arc;
+
+use common::conformance::TTL;
+use common::pg::{self, fresh_database, fresh_store, Cluster};
+use common::*;
+use rocket::http::Status;
+use rocket::local::asynchronous::Client;
+use rocket::serde::json::json;
+use rocket_db_pools::sqlx::{self, Row};
+use rocket_db_pools::Database;
+use rocket_server_sessions::store::{PostgresStore, SessionStore};
+use rocket_server_sessions::{ManualClock, SessionId, Sessions};
+
+async fn postgres() -> Arc<dyn SessionStore> {
+    Arc::new(fresh_store(TTL).await)
+}
+
+store_conformance!(postgres);
+
+/// The test app on `url`, its store chosen by configuration alone.
+fn configured(url: &str, store: rocket::serde::json::Value) -> rocket::figment::Figment {
+    let mut table = json!({ "kind": "postgres", "database": "sessions", "ttl": TTL });
+    for (k, v) in store.as_object().unwrap() {
+        table[k] = v.clone();
+    }
+    figment(json!({ "store": table }))
+        .merge(("databases.sessions.url", url))
+        .merge(("databases.sessions.connect_timeout", 2))
+}
+
+async fn configured_client(url: &str, clock: &ManualClock) -> Client {
+    Client::untracked(app(configured(url, json!({})), clock, None))
+        .await
+        .expect("launches on PostgreSQL")
+}
+
+async fn count(url: &str, sql: &str) -> i64 {
+    let pool = pg::pool(url).await;
+    sqlx::query_scalar(sql).fetch_one(&pool).await.unwrap()
+}
+
+#[rocket::async_test]
+async fn the_postgres_store_is_chosen_by_configuration_alone() {
+    let url = fresh_database().await;
+    let clock = ManualClock::new(START);
+    let client = configured_client(&url, &clock).await;
+    let cookie = get_with(&client, "/count", None).await.cookie.unwrap();
+    assert_eq!(get_with(&client, "/count", Some(&cookie)).await.body, "2");
+    assert_eq!(count(&url, "SELECT count(*) FROM rocket_sessions").await, 1);
+    assert_eq!(
+        count(&url, "SELECT count(*) FROM rocket_session_data").await,
+        1
+    );
+}
+
+#[derive(Database)]
+#[database("app")]
+struct AppDb(sqlx::PgPool);
+
+#[rocket::async_test]
+async fn the_store_can_run_on_the_apps_own_pool() {
+    let url = fresh_database().await;
+    let clock = ManualClock::new(START);
+    let figment = figment(json!({ "store": { "kind": "postgres", "database": "unused" } }))
+        .merge(("databases.app.url", &url));
+    let rocket = rocket::custom(figment)
+        .attach(AppDb::init())
+        .attach(
+            Sessions::fairing()
+                .with_clock(clock)
+                .with_database::<AppDb>(),
+        )
+        .mount("/", rocket::routes![]);
+    let rocket = rocket.ignite().await.expect("launches on the app's pool");
+    drop(rocket);
+    assert_eq!(
+        count(&url, "SELECT count(*) FROM rocket_sessions_schema").await,
+        1
+    );
+}
+
+#[rocket::async_test]
+async fn without_the_apps_database_attached_first_launch_is_refused() {
+    let url = fresh_database().await;
+    let figment =
+        figment(json!({ "store": { "kind": "postgres" } })).merge(("databases.app.url", &url));
+    let rocket = rocket::custom(figment)
+        .attach(Sessions::fairing().with_database::<AppDb>())
+        .attach(AppDb::init());
+    launch_error(rocket).await;
+}
+
+#[rocket::async_test]
+async fn launch_is_refused_when_the_database_is_unreachable() {
+    let port = free_port();
+    let url = format!("postgres://postgres@127.0.0.1:{port}/nothing");
+    let rocket = app(configured(&url, json!({})), &ManualClock::new(START), None);
+    launch_error(rocket).await;
+}
+
+#[rocket::async_test]
+async fn migrations_are_idempotent_and_safe_when_instances_start_together() {
+    let url = fresh_database().await;
+    let starts = (0..4).map(|_| async {
+        PostgresStore::new(pg::pool(&url).await, &pg::config(TTL))
+            .await
+            .unwrap()
+    });
+    rocket::futures::future::join_all(starts).await;
+    PostgresStore::new(pg::pool(&url).await, &pg::config(TTL))
+        .await
+        .unwrap();
+    assert_eq!(
+        count(&url, "SELECT count(*) FROM rocket_sessions_schema").await,
+        1
+    );
+    assert_eq!(
+        count(
+            &url,
+            "SELECT count(*) FROM pg_tables WHERE tablename = '_sqlx_migrations'"
+        )
+        .await,
+        0,
+        "sqlx's own bookkeeping is not touched"
+    );
+}
+
+#[rocket::async_test]
+async fn an_app_with_its_own_sqlx_migrations_still_migrates() {
+    let url = fresh_database().await;
+    let dir = TempDir::new("app-migrations");
+    std::fs::write(
+        dir.path("20250101000000_users.sql"),
+        "CREATE TABLE users (id bigint PRIMARY KEY);",
+    )
+    .unwrap();
+    let pool = pg::pool(&url).await;
+    let migrator = sqlx::migrate::Migrator::new(dir.0.as_path()).await.unwrap();
+    migrator.run(&pool).await.unwrap();
+    PostgresStore::new(pool.clone(), &pg::config(TTL))
+        .await
+        .unwrap();
+    std::fs::write(
+        dir.path("20250102000000_posts.sql"),
+        "CREATE TABLE posts (id bigint PRIMARY KEY);",
+    )
+    .unwrap();
+    let migrator = sqlx::migrate::Migrator::new(dir.0.as_path()).await.unwrap();
+    migrator
+        .run(&pool)
+        .await
+        .expect("our schema is not an unknown sqlx migration");
+    assert_eq!(
+        count(&url, "SELECT count(*) FROM _sqlx_migrations").await,
+        2
+    );
+}
+
+#[rocket::async_test]
+async fn tables_are_logged_by_default_and_unlogged_on_request() {
+    let url = fresh_database().await;
+    let persistence = |url: String| async move {
+        let pool = pg::pool(&url).await;
+        let rows = sqlx::query(
+            "SELECT relname::text, relpersistence::text FROM pg_class
+              WHERE relname IN ('rocket_sessions', 'rocket_session_data') ORDER BY relname",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        rows.iter()
+            .map(|r| r.get::<String, _>(1))
+            .collect::<Vec<_>>()
+            .join("")
+    };
+    PostgresStore::new(pg::pool(&url).await, &pg::config(TTL))
+        .await
+        .unwrap();
+    assert_eq!(persistence(url.clone()).await, "pp");
+    let mut unlogged = pg::config(TTL);
+    unlogged.unlogged = true;
+    PostgresStore::new(pg::pool(&url).await, &unlogged)
+        .await
+        .unwrap();
+    assert_eq!(persistence(url.clone()).await, "uu");
+    PostgresStore::new(pg::pool(&url).await, &pg::config(TTL))
+        .await
+        .unwrap();
+    assert_eq!(persistence(url).await, "pp");
+}
+
+#[rocket::async_test]
+async fn the_database_holds_digests_of_ids_never_the_ids() {
+    let url = fresh_database().await;
+    let clock = ManualClock::new(START);
+    let client = configured_client(&url, &clock).await;
+    let cookie = post_with(&client, "/set/a/1", None).await.cookie.unwrap();
+    let id: SessionId = get_with(&client, "/id", Some(&cookie))
+        .await
+        .body
+        .parse()
+        .unwrap();
+    let pool = pg::pool(&url).await;
+    let keys: Vec<Vec<u8>> = sqlx::query_scalar("SELECT key FROM rocket_sessions")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(keys, vec![id.store_key().0.to_vec()]);
+    let dump: String = sqlx::query_scalar(
+        "SELECT string_agg(s::text || d::text, '') FROM rocket_sessions s JOIN rocket_session_data d ON d.session_id = s.id",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    let hex: String = id.as_bytes().iter().map(|b| format!("{b:02x}")).collect();
+    assert!(!dump.contains(&hex), "{dump}");
+    assert!(!dump.contains(&id.to_string()), "{dump}");
+}
+
+#[rocket::async_test]
+async fn each_request_costs_at_most_one_statement_for_load_and_one_for_flush() {
+    let store = Arc::new(fresh_store(TTL).await);
+    let (client, clock) = client_with(Some(store.clone()), json!({ "refresh_interval": 30 })).await;
+    let statements = || store.statements();
+
+    let before = statements();
+    let cookie = get_with(&client, "/count", None).await.cookie.unwrap();
+    assert_eq!(
+        statements() - before,
+        1,
+        "a new session: one statement to create it"
+    );
+
+    let before = statements();
+    assert_eq!(get_with(&client, "/count", Some(&cookie)).await.body, "2");
+    assert_eq!(
+        statements() - before,
+        2,
+        "load, then flush changes and lifetime together"
+    );
+
+    let before = statements();
+    let read = get_with(&client, "/peek", Some(&cookie)).await;
+    assert!(read.set_cookies.is_empty());
+    assert_eq!(
+        statements() - before,
+        1,
+        "read-only, no refresh due: just the load"
+    );
+
+    let before = statements();
+    get_with(&client, "/no-session", Some(&cookie)).await;
+    get_with(&client, "/no-session", None).await;
+    assert_eq!(
+        statements() - before,
+        0,
+        "no session used, no refresh due: nothing"
+    );
+
+    clock.advance(30);
+    let before = statements();
+    let touched = get_with(&client, "/no-session", Some(&cookie)).await;
+    assert!(touched.cookie.is_some());
+    assert_eq!(statements() - before, 1, "refresh due: one touch");
+}
+
+#[rocket::async_test]
+async fn expired_sessions_are_swept_in_bounded_batches() {
+    let url = fresh_database().await;
+    let mut config = pg::config(TTL);
+    config.sweep_batch = 10;
+    let store = PostgresStore::new(pg::pool(&url).await, &config)
+        .await
+        .unwrap();
+    let mut changes = rocket_server_sessions::store::ChangeSet::new();
+    changes.set("a", vec![1]);
+    for n in 0..25u8 {
+        let key = SessionId::from_bytes([n; 32]).store_key();
+        assert!(store.create(&key, START, &changes, START).await.unwrap());
+    }
+    let live = SessionId::from_bytes([99; 32]).store_key();
+    assert!(store
+        .create(&live, START, &changes, START + 50)
+        .await
+        .unwrap());
+    let before = store.statements();
+    assert_eq!(store.sweep(START + TTL).await.unwrap(), 25);
+    assert_eq!(store.statements() - before, 3, "batches of 10, 10 and 5");
+    assert_eq!(count(&url, "SELECT count(*) FROM rocket_sessions").await, 1);
+    assert_eq!(
+        count(&url, "SELECT count(*) FROM rocket_session_data").await,
+        1
+    );
+}
+
+#[rocket::async_test]
+async fn two_instances_on_one_database_share_sessions() {
+    let url = fresh_database().await;
+    let clock = ManualClock::new(START);
+    let one = configured_client(&url, &clock).await;
+    let two = configured_client(&url, &clock).await;
+    let cookie = get_with(&one, "/count", None).await.cookie.unwrap();
+    assert_eq!(get_with(&two, "/count", Some(&cookie)).await.body, "2");
+    assert_eq!(get_with(&one, "/count", Some(&cookie)).await.body, "3");
+    post_with(&two, "/destroy", Some(&cookie)).await;
+    assert_eq!(get_with(&one, "/peek", Some(&cookie)).await.body, "0");
+}
+
+#[rocket::async_test]
+async fn fifty_concurrent_requests_setting_their_own_keys_all_survive() {
+    let url = fresh_database().await;
+    let clock = ManualClock::new(START);
+    let client = configured_client(&url, &clock).await;
+    let cookie = post_with(&client, "/set/base/0", None)
+        .await
+        .cookie
+        .unwrap();
+    let requests = (0..50).map(|n| {
+        let (client, cookie) = (&client, &cookie);
+        async move {
+            post_with(client, &format!("/set/key{n}/{n}"), Some(cookie))
+                .await
+                .status
+        }
+    });
+    let statuses = rocket::futures::future::join_all(requests).await;
+    assert!(statuses.iter().all(|s| *s == Status::Ok), "{statuses:?}");
+    for n in 0..50 {
+        let reply = get_with(&client, &format!("/get/key{n}"), Some(&cookie)).await;
+        assert_eq!(reply.body, n.to_string());
+    }
+    assert_eq!(
+        count(&url, "SELECT count(*) FROM rocket_session_data").await,
+        51
+    );
+}
+
+#[rocket::async_test]
+async fn a_database_outage_answers_503_then_recovers_without_a_restart() {
+    let cluster = Cluster::start();
+    let clock = ManualClock::new(START);
+    let client = configured_client(&cluster.url, &clock).await;
+    let cookie = get_with(&client, "/count", None).await.cookie.unwrap();
+
+    // Loaded while the database is up, flushed after it went down: 503 and no cookie.
+    let in_flight = post_with(&client, "/set-late/a/1", Some(&cookie));
+    let outage = async {
+        post_with(&client, "/sync", None).await;
+        cluster.stop();
+        post_with(&client, "/sync", None).await;
+    };
+    let (late, ()) = rocket::tokio::join!(in_flight, outage);
+    assert_eq!(late.status, Status::ServiceUnavailable);
+    assert!(late.set_cookies.is_empty(), "{:?}", late.set_cookies);
+
+    let down = get_with(&client, "/count", Some(&cookie)).await;
+    assert_eq!(down.status, Status::ServiceUnavailable);
+    assert!(down.set_cookies.is_empty());
+    let fresh = get_with(&client, "/count", None).await;
+    assert_eq!(
+        fresh.status,
+        Status::ServiceUnavailable,
+        "a new session cannot be saved either"
+    );
+    assert_eq!(
+        get_with(&client, "/no-session", None).await.status,
+        Status::Ok,
+        "routes without sessions are unaffected"
+    );
+
+    cluster.resume();
+    let back = get_with(&client, "/count", Some(&cookie)).await;
+    assert_eq!(
+        (back.status, back.body.as_str()),
+        (Status::Ok, "2"),
+        "nothing acknowledged was lost"
+    );
+    assert_eq!(
+        get_with(&client, "/get/a", Some(&cookie)).await.status,
+        Status::InternalServerError
+    );
+}
