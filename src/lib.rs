@@ -1,4 +1,83 @@
-//! Server-side sessions for Rocket 0.5.
+//! Server-side sessions for Rocket 0.5, after the session module of koyo (Racket).
+//!
+//! The cookie carries only a signed session id; the data stays on the server, in memory
+//! (durable in a snapshot file) or in PostgreSQL, chosen per configuration profile.
+//!
+//! # Quick start
+//!
+//! 1. Add the dependency:
+//!
+//!    ```toml
+//!    [dependencies]
+//!    rocket_server_sessions = "0.1"
+//!    ```
+//!
+//! 2. Configure it in `Rocket.toml` (every key has a default; only non-debug profiles need a
+//!    `secret_key`, see [`SessionConfig`] for all keys):
+//!
+//!    ```toml
+//!    [default.session]
+//!    cookie_name = "session"
+//!    shelf_life = 604800
+//!
+//!    [release.session]
+//!    secret_key = "at least 32 bytes, e.g. from `openssl rand -base64 32`"
+//!    store = { kind = "postgres", database = "sessions" }
+//!
+//!    [release.databases.sessions]
+//!    url = "postgres://app@db.internal/app"
+//!    ```
+//!
+//! 3. Attach the fairing:
+//!
+//!    ```rust,no_run
+//!    # use rocket::launch;
+//!    use rocket_server_sessions::Sessions;
+//!
+//!    #[launch]
+//!    fn rocket() -> _ {
+//!        rocket::build().attach(Sessions::fairing())
+//!    }
+//!    ```
+//!
+//! 4. Take the [`Session`] guard in a handler:
+//!
+//!    ```rust
+//!    use rocket_server_sessions::{Session, SessionError};
+//!
+//!    #[rocket::get("/")]
+//!    fn index(session: Session<'_>) -> Result<String, SessionError> {
+//!        let n: u64 = session.get_or("count", 0)?;   // koyo: (session-ref 'count 0)
+//!        session.set("count", n + 1)?;               // koyo: (session-set! 'count ...)
+//!        Ok((n + 1).to_string())
+//!    }
+//!    ```
+//!
+//! # How a request goes
+//!
+//! The cookie is verified (HMAC-SHA256, constant time; no store call for a bad one) → when a
+//! handler takes the [`Session`], its id's session is loaded → the handler's reads and writes
+//! work on a per-request copy → when the response leaves, the [`Sessions`] fairing writes the
+//! changed keys in one store call and sets the cookie on the response. A new session that
+//! nothing was written to is neither stored nor sent. Outside requests, the
+//! [`SessionManager`] in managed state reaches any session by id.
+//!
+//! # koyo → Rust
+//!
+//! | koyo | Rust |
+//! |---|---|
+//! | `make-session-manager-factory` | [`Sessions::fairing`] + `[<profile>.session]` ([`SessionConfig`]) |
+//! | `wrap-session` | the [`Sessions`] fairing |
+//! | `current-session-manager` | `&State<SessionManager>` ([`SessionManager`]) |
+//! | `current-session-id` | [`Session::id`] |
+//! | `session-ref k` / `session-ref k d` | [`Session::get`] / [`Session::get_or`] |
+//! | `session-set!` | [`Session::set`] |
+//! | `session-update! k p` / `session-update! k p d` | [`Session::update`] / [`Session::update_or`] |
+//! | `session-remove!` | [`Session::remove`] |
+//! | `session-manager-ref`, `-set!`, `-update!`, `-remove!` | [`SessionManager::get`], [`set`](SessionManager::set), [`update`](SessionManager::update), [`remove`](SessionManager::remove) |
+//! | `make-memory-session-store` | [`store::MemoryStore`] (`store = { kind = "memory" }`) |
+//! | `make-postgres-session-store` | [`store::PostgresStore`] (`store = { kind = "postgres" }`) |
+//! | — | [`Session::cycle_id`], [`Session::destroy`], [`SessionManager::destroy_where`] |
 #![deny(missing_docs)]
 
 mod b64;
@@ -19,3 +98,62 @@ pub use fairing::Sessions;
 pub use id::{InvalidSessionId, SessionId, StoreKey};
 pub use manager::SessionManager;
 pub use session::Session;
+
+/// Entry points for the fuzz targets in `fuzz/`: each takes arbitrary bytes and must never
+/// panic. Not part of the API.
+#[doc(hidden)]
+pub mod fuzzing {
+    use std::collections::HashMap;
+
+    /// Verifies `data` as a session cookie value.
+    pub fn cookie_value(data: &[u8]) {
+        let codec = crate::cookie::CookieCodec::new("session", &[0x42; 32], &[vec![7; 32]], 3600);
+        let _ = codec.verify(data, 1_700_000_000);
+    }
+
+    /// Decodes `data` as a stored value, into several types.
+    pub fn stored_value(data: &[u8]) {
+        let _ = crate::manager::decode::<u64>("k", data);
+        let _ = crate::manager::decode::<String>("k", data);
+        let _ = crate::manager::decode::<Vec<Option<i32>>>("k", data);
+        let _ = crate::manager::decode::<HashMap<String, (bool, f64, Vec<u8>)>>("k", data);
+    }
+
+    /// Decodes `data` as a memory store snapshot.
+    pub fn snapshot(data: &[u8]) {
+        crate::store::memory_snapshot_fuzz(data);
+    }
+}
+
+/// Internals the criterion benchmarks in `benches/` measure. Not part of the API.
+#[doc(hidden)]
+pub mod bench {
+    /// Signs and verifies cookie values, as the fairing does.
+    pub struct CookieSigner(crate::cookie::CookieCodec);
+
+    impl CookieSigner {
+        /// A signer for cookie `name` with `key`.
+        pub fn new(name: &str, key: &[u8], shelf_life: u64) -> CookieSigner {
+            CookieSigner(crate::cookie::CookieCodec::new(name, key, &[], shelf_life))
+        }
+
+        /// The cookie value for `id` issued at `issued`.
+        pub fn sign(&self, id: &crate::SessionId, issued: u64) -> String {
+            self.0.sign(id, issued)
+        }
+
+        /// Whether `value` verifies at `now`.
+        pub fn verify(&self, value: &[u8], now: u64) -> bool {
+            self.0.verify(value, now).is_ok()
+        }
+    }
+
+    /// A value encoded as the session stores it (MessagePack).
+    pub fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
+        crate::manager::encode(value).expect("encodes")
+    }
+}
+
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

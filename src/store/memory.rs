@@ -374,6 +374,11 @@ fn encode_snapshot(store: &MemoryStore) -> Vec<u8> {
     out
 }
 
+/// Whether `bytes` decode as a snapshot (for the fuzz target).
+pub(super) fn snapshot_decodes(bytes: &[u8]) -> bool {
+    decode_snapshot(bytes).is_ok()
+}
+
 struct Reader<'a>(&'a [u8]);
 
 impl<'a> Reader<'a> {

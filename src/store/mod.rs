@@ -107,6 +107,10 @@ mod postgres;
 pub use memory::MemoryStore;
 pub use postgres::PostgresStore;
 
+pub(crate) fn memory_snapshot_fuzz(data: &[u8]) {
+    let _ = memory::snapshot_decodes(data);
+}
+
 /// A session as a store returns it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct SessionRecord {
