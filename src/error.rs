@@ -95,7 +95,7 @@ impl<'r> Responder<'r, 'static> for SessionError {
 }
 
 /// What went wrong inside a [`SessionStore`](crate::store::SessionStore).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum StoreError {
     /// The store cannot be reached now (a database that is down); worth retrying later.

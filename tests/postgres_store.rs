@@ -386,3 +386,26 @@ async fn a_database_outage_answers_503_then_recovers_without_a_restart() {
         Status::InternalServerError
     );
 }
+
+#[rocket::async_test]
+async fn concurrent_flushes_share_statements() {
+    let store = Arc::new(fresh_store(TTL).await);
+    let (client, _) = client_with(Some(store.clone()), json!({})).await;
+    let mut cookies = Vec::new();
+    for _ in 0..50 {
+        cookies.push(get_with(&client, "/count", None).await.cookie.unwrap());
+    }
+    let before = store.statements();
+    let requests = cookies.iter().map(|c| get_with(&client, "/count", Some(c)));
+    let replies = rocket::futures::future::join_all(requests).await;
+    assert!(replies.iter().all(|r| r.body == "2"));
+    let statements = store.statements() - before;
+    // 50 loads, and the 50 flushes coalesced into fewer statements (one each would be 100).
+    assert!(
+        statements < 100,
+        "{statements} statements for 50 loads and 50 flushes"
+    );
+    for cookie in &cookies {
+        assert_eq!(get_with(&client, "/peek", Some(cookie)).await.body, "2");
+    }
+}

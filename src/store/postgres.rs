@@ -6,6 +6,9 @@
 //! common table expressions change the session row and its keys together.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use rocket::tokio::sync::{oneshot, Semaphore};
 
 use rocket::figment::providers::Serialized;
 use rocket::figment::Figment;
@@ -35,8 +38,30 @@ pub struct PostgresStore {
     pool: PgPool,
     ttl: u64,
     sweep_batch: u32,
-    statements: AtomicU64,
+    statements: Arc<AtomicU64>,
+    updates: Arc<UpdateBatcher>,
 }
+
+/// Concurrent `update` calls (the flushes of requests) are coalesced: a leader task writes
+/// every update queued meanwhile in one statement, so one transaction and one durable commit
+/// for all of them. At most `LEADERS` batches are in flight.
+struct UpdateBatcher {
+    pool: PgPool,
+    statements: Arc<AtomicU64>,
+    queue: Mutex<Vec<PendingUpdate>>,
+    leaders: Arc<Semaphore>,
+}
+
+struct PendingUpdate {
+    key: StoreKey,
+    changes: ChangeSet,
+    now: u64,
+    expires: u64,
+    done: oneshot::Sender<Result<bool, StoreError>>,
+}
+
+const LEADERS: usize = 2;
+const MAX_BATCH: usize = 256;
 
 /// Whether a sqlx error means the database cannot be reached (so 503, and worth retrying).
 fn classify(e: sqlx::Error) -> StoreError {
@@ -86,11 +111,18 @@ impl PostgresStore {
         pool: PgPool,
         config: &PostgresStoreConfig,
     ) -> Result<PostgresStore, StoreError> {
+        let statements = Arc::new(AtomicU64::new(0));
         let store = PostgresStore {
+            updates: Arc::new(UpdateBatcher {
+                pool: pool.clone(),
+                statements: statements.clone(),
+                queue: Mutex::new(Vec::new()),
+                leaders: Arc::new(Semaphore::new(LEADERS)),
+            }),
             pool,
             ttl: config.ttl,
             sweep_batch: config.sweep_batch,
-            statements: AtomicU64::new(0),
+            statements,
         };
         if config.migrate {
             store.migrate(config.unlogged).await?;
@@ -191,6 +223,138 @@ impl PostgresStore {
     }
 }
 
+impl UpdateBatcher {
+    /// Starts a leader task unless `LEADERS` run already. A leader takes what is queued until
+    /// the queue is empty, and looks again after it stops, so nothing waits without a leader.
+    fn lead_if_free(this: &Arc<UpdateBatcher>) {
+        let Ok(permit) = this.leaders.clone().try_acquire_owned() else {
+            return;
+        };
+        let this = this.clone();
+        rocket::tokio::spawn(async move {
+            loop {
+                let batch = this.take_batch();
+                if batch.is_empty() {
+                    break;
+                }
+                this.write(batch).await;
+            }
+            drop(permit);
+            if !this
+                .queue
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_empty()
+            {
+                UpdateBatcher::lead_if_free(&this);
+            }
+        });
+    }
+
+    /// Up to `MAX_BATCH` queued updates, each session at most once: a second update of a
+    /// session waits for a later batch, so it applies after the first.
+    fn take_batch(&self) -> Vec<PendingUpdate> {
+        let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        let mut batch: Vec<PendingUpdate> = Vec::new();
+        let mut rest = Vec::new();
+        for pending in queue.drain(..) {
+            if batch.len() < MAX_BATCH && !batch.iter().any(|b| b.key == pending.key) {
+                batch.push(pending);
+            } else {
+                rest.push(pending);
+            }
+        }
+        *queue = rest;
+        // Locking sessions in one order across batches keeps them from deadlocking.
+        batch.sort_by_key(|p| p.key);
+        batch
+    }
+
+    async fn write(&self, batch: Vec<PendingUpdate>) {
+        let mut result = self.statement(&batch).await;
+        // Should two batches still deadlock, PostgreSQL fails one of them: run it again.
+        for _ in 0..3 {
+            match &result {
+                Err(StoreError::Other(m)) if m.contains("deadlock") => {
+                    result = self.statement(&batch).await
+                }
+                _ => break,
+            }
+        }
+        for pending in batch {
+            let answer = match &result {
+                Ok(live) => Ok(live.binary_search(&pending.key).is_ok()),
+                Err(e) => Err(e.clone()),
+            };
+            let _ = pending.done.send(answer);
+        }
+    }
+
+    /// One statement for the whole batch: extends each live session and applies its changes.
+    /// Returns the keys of the sessions that were live, sorted.
+    async fn statement(&self, batch: &[PendingUpdate]) -> Result<Vec<StoreKey>, StoreError> {
+        self.statements.fetch_add(1, Ordering::Relaxed);
+        let (mut keys, mut expires, mut nows) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut removed_keys, mut removed_names) = (Vec::new(), Vec::new());
+        let (mut set_keys, mut set_names, mut set_values) = (Vec::new(), Vec::new(), Vec::new());
+        for p in batch {
+            keys.push(&p.key.0[..]);
+            expires.push(secs(p.expires));
+            nows.push(secs(p.now));
+            for (name, value) in p.changes.iter() {
+                match value {
+                    Some(v) => {
+                        set_keys.push(&p.key.0[..]);
+                        set_names.push(name);
+                        set_values.push(v);
+                    }
+                    None => {
+                        removed_keys.push(&p.key.0[..]);
+                        removed_names.push(name);
+                    }
+                }
+            }
+        }
+        let rows: Vec<Vec<u8>> = sqlx::query_scalar(
+            "WITH input AS (
+                SELECT * FROM unnest($1::bytea[], $2::bigint[], $3::bigint[]) AS i(key, expires, now)
+             ), s AS (
+                UPDATE rocket_sessions t SET expires_at = i.expires
+                  FROM input i
+                 WHERE t.key = i.key AND t.expires_at > i.now
+                RETURNING t.id, t.key
+             ), removed AS (
+                DELETE FROM rocket_session_data d
+                 USING s, unnest($4::bytea[], $5::text[]) AS r(key, name)
+                 WHERE r.key = s.key AND d.session_id = s.id AND d.name = r.name
+             ), upserted AS (
+                INSERT INTO rocket_session_data (session_id, name, value)
+                SELECT s.id, u.name, u.value
+                  FROM s JOIN unnest($6::bytea[], $7::text[], $8::bytea[]) AS u(key, name, value)
+                    ON u.key = s.key
+                ON CONFLICT (session_id, name) DO UPDATE SET value = excluded.value
+             ) SELECT key FROM s",
+        )
+        .bind(&keys)
+        .bind(&expires)
+        .bind(&nows)
+        .bind(&removed_keys)
+        .bind(&removed_names)
+        .bind(&set_keys)
+        .bind(&set_names)
+        .bind(&set_values)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(classify)?;
+        let mut live: Vec<StoreKey> = rows
+            .into_iter()
+            .filter_map(|k| k.try_into().ok().map(StoreKey))
+            .collect();
+        live.sort();
+        Ok(live)
+    }
+}
+
 #[rocket::async_trait]
 impl SessionStore for PostgresStore {
     async fn load(&self, key: &StoreKey, now: u64) -> Result<Option<SessionRecord>, StoreError> {
@@ -279,46 +443,23 @@ impl SessionStore for PostgresStore {
         changes: &ChangeSet,
         now: u64,
     ) -> Result<bool, StoreError> {
-        self.count();
-        let expires = secs(now.saturating_add(self.ttl));
-        let updated: i64 = if changes.is_empty() {
-            sqlx::query_scalar(
-                "WITH s AS (
-                    UPDATE rocket_sessions SET expires_at = $2
-                     WHERE key = $1 AND expires_at > $3 RETURNING id
-                 ) SELECT count(*) FROM s",
-            )
-            .bind(&key.0[..])
-            .bind(expires)
-            .bind(secs(now))
-            .fetch_one(&self.pool)
+        let (done, result) = oneshot::channel();
+        let pending = PendingUpdate {
+            key: *key,
+            changes: changes.clone(),
+            now,
+            expires: now.saturating_add(self.ttl),
+            done,
+        };
+        self.updates
+            .queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(pending);
+        UpdateBatcher::lead_if_free(&self.updates);
+        result
             .await
-        } else {
-            let (names, values, removed) = split(changes);
-            sqlx::query_scalar(
-                "WITH s AS (
-                    UPDATE rocket_sessions SET expires_at = $2
-                     WHERE key = $1 AND expires_at > $3 RETURNING id
-                 ), removed AS (
-                    DELETE FROM rocket_session_data d USING s
-                     WHERE d.session_id = s.id AND d.name = ANY($4::text[])
-                 ), upserted AS (
-                    INSERT INTO rocket_session_data (session_id, name, value)
-                    SELECT s.id, u.name, u.value FROM s, unnest($5::text[], $6::bytea[]) AS u(name, value)
-                    ON CONFLICT (session_id, name) DO UPDATE SET value = excluded.value
-                 ) SELECT count(*) FROM s",
-            )
-            .bind(&key.0[..])
-            .bind(expires)
-            .bind(secs(now))
-            .bind(&removed)
-            .bind(&names)
-            .bind(&values)
-            .fetch_one(&self.pool)
-            .await
-        }
-        .map_err(classify)?;
-        Ok(updated == 1)
+            .map_err(|_| StoreError::Other("the batch writing this update was lost".into()))?
     }
 
     async fn cycle(

@@ -1,0 +1,212 @@
+//! One server per mode, all with the same two routes on 127.0.0.1:
+//! `GET /counter` reads a u64 from the session, increments it and writes it back, and
+//! `GET /read` only reads it.
+//!
+//! `server MODE PORT` with MODE one of `bare`, `ours-memory`, `ours-postgres`, `rss-memory`
+//! (rocket-session-store), `flex-memory`, `flex-postgres` (rocket_flex_session). The PostgreSQL
+//! modes take `DATABASE_URL`. Two workers, logging off.
+
+use rocket::figment::Figment;
+use rocket::{get, routes, Build, Rocket};
+
+const KEY: &str = "bench key, 32 bytes at the least, not secret";
+/// Rocket's own secret key (private cookies, which rocket_flex_session uses): 64 bytes, base64.
+const ROCKET_KEY: &str =
+    "hPRYyVRiMyxpw5sBB1XeCMN1kFsDCqKvBi2QJxBVHQk5xkOzFXGOyi3DQAv9h0lELVrD9FnAo3AQc0cu5HB9Sw==";
+
+fn figment(port: u16) -> Figment {
+    rocket::Config::figment()
+        .merge(("port", port))
+        .merge(("address", "127.0.0.1"))
+        .merge(("workers", 2))
+        .merge(("log_level", "off"))
+        .merge(("secret_key", ROCKET_KEY))
+        .merge(("cli_colors", false))
+}
+
+fn database_url() -> String {
+    std::env::var("DATABASE_URL").expect("DATABASE_URL for the PostgreSQL modes")
+}
+
+mod bare {
+    use super::*;
+
+    #[get("/counter")]
+    fn counter() -> &'static str {
+        "1"
+    }
+
+    #[get("/read")]
+    fn read() -> &'static str {
+        "1"
+    }
+
+    pub fn rocket(figment: Figment) -> Rocket<Build> {
+        rocket::custom(figment).mount("/", routes![counter, read])
+    }
+}
+
+mod ours {
+    use super::*;
+    use rocket_server_sessions::{Session, SessionError, Sessions};
+
+    #[get("/counter")]
+    fn counter(session: Session<'_>) -> Result<String, SessionError> {
+        Ok(session.update_or("count", 0u64, |n| n + 1)?.to_string())
+    }
+
+    #[get("/read")]
+    fn read(session: Session<'_>) -> Result<String, SessionError> {
+        Ok(session.get_or("count", 0u64)?.to_string())
+    }
+
+    pub fn rocket(figment: Figment, postgres: bool) -> Rocket<Build> {
+        let figment = figment
+            .merge(("session.secret_key", KEY))
+            .merge(("session.cookie_secure", false))
+            .merge(("session.refresh_interval", 60));
+        let figment = match postgres {
+            false => figment.merge((
+                "session.store",
+                rocket::figment::value::Value::from(rocket::figment::value::Map::from([
+                    ("kind".to_string(), "memory".into()),
+                    ("file_path".to_string(), "".into()),
+                ])),
+            )),
+            true => figment
+                .merge(("session.store.kind", "postgres"))
+                .merge(("session.store.database", "sessions"))
+                .merge(("databases.sessions.url", database_url()))
+                .merge(("databases.sessions.max_connections", 16)),
+        };
+        rocket::custom(figment)
+            .attach(Sessions::fairing())
+            .mount("/", routes![counter, read])
+    }
+}
+
+mod rss {
+    use super::*;
+    use rocket::http::private::cookie::CookieBuilder;
+    use rocket_session_store::memory::MemoryStore;
+    use rocket_session_store::{Session, SessionResult, SessionStore};
+
+    #[get("/counter")]
+    async fn counter(session: Session<'_, u64>) -> SessionResult<String> {
+        let n = session.get().await?.unwrap_or(0) + 1;
+        session.set(n).await?;
+        Ok(n.to_string())
+    }
+
+    #[get("/read")]
+    async fn read(session: Session<'_, u64>) -> SessionResult<String> {
+        Ok(session.get().await?.unwrap_or(0).to_string())
+    }
+
+    pub fn rocket(figment: Figment) -> Rocket<Build> {
+        let store: SessionStore<u64> = SessionStore {
+            store: Box::new(MemoryStore::<u64>::default()),
+            name: "token".into(),
+            duration: std::time::Duration::from_secs(3600),
+            cookie_builder: CookieBuilder::new("", "").path("/"),
+        };
+        rocket::custom(figment)
+            .attach(store.fairing())
+            .mount("/", routes![counter, read])
+    }
+}
+
+mod flex {
+    use super::*;
+    use rocket_flex_session::error::SessionError;
+    use rocket_flex_session::storage::sqlx::{SessionSqlx, SqlxPostgresStorage};
+    use rocket_flex_session::{RocketFlexSession, Session, SessionIdentifier};
+
+    #[derive(Clone)]
+    pub struct Counter(u64);
+
+    impl SessionIdentifier for Counter {
+        type Id = i32;
+        fn identifier(&self) -> Option<i32> {
+            None
+        }
+    }
+
+    impl SessionSqlx<sqlx::Postgres> for Counter {
+        type Error = SessionError;
+        type Data = String;
+        fn into_sql(self) -> Result<String, SessionError> {
+            Ok(self.0.to_string())
+        }
+        fn from_sql(value: String) -> Result<Self, SessionError> {
+            value
+                .parse()
+                .map(Counter)
+                .map_err(|e| SessionError::Parsing(Box::new(e)))
+        }
+    }
+
+    #[get("/counter")]
+    fn counter(mut session: Session<Counter>) -> String {
+        let n = session.get().map_or(0, |c| c.0) + 1;
+        session.set(Counter(n));
+        n.to_string()
+    }
+
+    #[get("/read")]
+    fn read(session: Session<Counter>) -> String {
+        session.get().map_or(0, |c| c.0).to_string()
+    }
+
+    pub async fn rocket(figment: Figment, postgres: bool) -> Rocket<Build> {
+        let fairing = match postgres {
+            false => RocketFlexSession::<Counter>::default(),
+            true => {
+                let pool = sqlx::postgres::PgPoolOptions::new()
+                    .max_connections(16)
+                    .connect(&database_url())
+                    .await
+                    .expect("connect");
+                sqlx::query(
+                    "CREATE TABLE IF NOT EXISTS flex_sessions (
+                        id text PRIMARY KEY, data text NOT NULL, user_id int,
+                        expires timestamptz NOT NULL)",
+                )
+                .execute(&pool)
+                .await
+                .expect("table");
+                let storage = SqlxPostgresStorage::builder()
+                    .pool(pool)
+                    .table_name("flex_sessions")
+                    .build();
+                RocketFlexSession::<Counter>::builder()
+                    .with_options(|o| o.secure = false)
+                    .storage(storage)
+                    .build()
+            }
+        };
+        rocket::custom(figment)
+            .attach(fairing)
+            .mount("/", routes![counter, read])
+    }
+}
+
+#[rocket::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let (mode, port) = match args.as_slice() {
+        [_, mode, port] => (mode.as_str(), port.parse().expect("a port")),
+        _ => panic!("usage: server MODE PORT"),
+    };
+    let figment = figment(port);
+    let rocket = match mode {
+        "bare" => bare::rocket(figment),
+        "ours-memory" => ours::rocket(figment, false),
+        "ours-postgres" => ours::rocket(figment, true),
+        "rss-memory" => rss::rocket(figment),
+        "flex-memory" => flex::rocket(figment, false).await,
+        "flex-postgres" => flex::rocket(figment, true).await,
+        other => panic!("unknown mode {other}"),
+    };
+    let _ = rocket.launch().await.expect("serves");
+}
