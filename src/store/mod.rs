@@ -101,6 +101,7 @@ use std::collections::{BTreeMap, HashMap};
 use crate::error::StoreError;
 use crate::id::StoreKey;
 
+mod coalesce;
 mod memory;
 mod postgres;
 

@@ -6,14 +6,15 @@
 //! common table expressions change the session row and its keys together.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use rocket::tokio::sync::{oneshot, Semaphore};
+use rocket::tokio::sync::oneshot;
 
 use rocket::figment::providers::Serialized;
 use rocket::figment::Figment;
 use rocket_db_pools::sqlx::{self, postgres::PgPool, Executor, Row};
 
+use super::coalesce::{Batch, Coalescer};
 use super::{ChangeSet, SessionRecord, SessionStore};
 use crate::config::PostgresStoreConfig;
 use crate::error::StoreError;
@@ -35,23 +36,34 @@ const MIGRATION_LOCK: i64 = 0x726f_636b_6573_7373;
 /// [`PostgresStoreConfig`]), on a pool it initialises from `[<profile>.databases.<database>]`
 /// or on the app's own pool (see [`Sessions::with_database`](crate::Sessions::with_database)).
 pub struct PostgresStore {
-    pool: PgPool,
+    db: Db,
     ttl: u64,
     sweep_batch: u32,
-    statements: Arc<AtomicU64>,
-    updates: Arc<UpdateBatcher>,
+    loads: Arc<Coalescer<PendingLoad, Db>>,
+    updates: Arc<Coalescer<PendingUpdate, Db>>,
 }
 
-/// Concurrent `update` calls (the flushes of requests) are coalesced: a leader task writes
-/// every update queued meanwhile in one statement, so one transaction and one durable commit
-/// for all of them. At most `LEADERS` batches are in flight.
-struct UpdateBatcher {
+/// The pool and the statement count, shared by the store and its batch runners.
+#[derive(Clone)]
+struct Db {
     pool: PgPool,
     statements: Arc<AtomicU64>,
-    queue: Mutex<Vec<PendingUpdate>>,
-    leaders: Arc<Semaphore>,
 }
 
+impl Db {
+    fn count(&self) {
+        self.statements.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A `load` waiting for its batch.
+struct PendingLoad {
+    key: StoreKey,
+    now: u64,
+    done: oneshot::Sender<Result<Option<SessionRecord>, StoreError>>,
+}
+
+/// An `update` waiting for its batch.
 struct PendingUpdate {
     key: StoreKey,
     changes: ChangeSet,
@@ -60,7 +72,10 @@ struct PendingUpdate {
     done: oneshot::Sender<Result<bool, StoreError>>,
 }
 
-const LEADERS: usize = 2;
+/// Batches in flight at once: loads do not conflict; updates of two batches could lock the
+/// same sessions, so fewer of them.
+const LOAD_LEADERS: usize = 1;
+const UPDATE_LEADERS: usize = 1;
 const MAX_BATCH: usize = 256;
 
 /// Whether a sqlx error means the database cannot be reached (so 503, and worth retrying).
@@ -111,23 +126,21 @@ impl PostgresStore {
         pool: PgPool,
         config: &PostgresStoreConfig,
     ) -> Result<PostgresStore, StoreError> {
-        let statements = Arc::new(AtomicU64::new(0));
-        let store = PostgresStore {
-            updates: Arc::new(UpdateBatcher {
-                pool: pool.clone(),
-                statements: statements.clone(),
-                queue: Mutex::new(Vec::new()),
-                leaders: Arc::new(Semaphore::new(LEADERS)),
-            }),
+        let db = Db {
             pool,
+            statements: Arc::new(AtomicU64::new(0)),
+        };
+        let store = PostgresStore {
+            loads: Coalescer::new(db.clone(), LOAD_LEADERS),
+            updates: Coalescer::new(db.clone(), UPDATE_LEADERS),
+            db,
             ttl: config.ttl,
             sweep_batch: config.sweep_batch,
-            statements,
         };
         if config.migrate {
             store.migrate(config.unlogged).await?;
         } else {
-            store.pool.execute("SELECT 1").await.map_err(classify)?;
+            store.db.pool.execute("SELECT 1").await.map_err(classify)?;
         }
         Ok(store)
     }
@@ -150,22 +163,22 @@ impl PostgresStore {
 
     /// The pool this store runs on.
     pub fn pool(&self) -> &PgPool {
-        &self.pool
+        &self.db.pool
     }
 
     /// How many SQL statements the store has sent: each is one round trip to the server.
     pub fn statements(&self) -> u64 {
-        self.statements.load(Ordering::Relaxed)
+        self.db.statements.load(Ordering::Relaxed)
     }
 
     fn count(&self) {
-        self.statements.fetch_add(1, Ordering::Relaxed);
+        self.db.count();
     }
 
     /// Applies what `migrations/` holds and is not yet applied, under an advisory lock so that
     /// instances starting together do it once, and sets the tables' persistence.
     async fn migrate(&self, unlogged: bool) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await.map_err(classify)?;
+        let mut tx = self.db.pool.begin().await.map_err(classify)?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
             .bind(MIGRATION_LOCK)
             .execute(&mut *tx)
@@ -223,60 +236,59 @@ impl PostgresStore {
     }
 }
 
-impl UpdateBatcher {
-    /// Starts a leader task unless `LEADERS` run already. A leader takes what is queued until
-    /// the queue is empty, and looks again after it stops, so nothing waits without a leader.
-    fn lead_if_free(this: &Arc<UpdateBatcher>) {
-        let Ok(permit) = this.leaders.clone().try_acquire_owned() else {
-            return;
-        };
-        let this = this.clone();
-        rocket::tokio::spawn(async move {
-            loop {
-                let batch = this.take_batch();
-                if batch.is_empty() {
-                    break;
-                }
-                this.write(batch).await;
-            }
-            drop(permit);
-            if !this
-                .queue
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .is_empty()
-            {
-                UpdateBatcher::lead_if_free(&this);
-            }
-        });
-    }
+fn lost() -> StoreError {
+    StoreError::Other("the batch that carried this call was lost".into())
+}
 
-    /// Up to `MAX_BATCH` queued updates, each session at most once: a second update of a
-    /// session waits for a later batch, so it applies after the first.
-    fn take_batch(&self) -> Vec<PendingUpdate> {
-        let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
-        let mut batch: Vec<PendingUpdate> = Vec::new();
-        let mut rest = Vec::new();
-        for pending in queue.drain(..) {
-            if batch.len() < MAX_BATCH && !batch.iter().any(|b| b.key == pending.key) {
-                batch.push(pending);
-            } else {
-                rest.push(pending);
-            }
+/// Up to `MAX_BATCH` items, each session at most once; the rest stay queued.
+fn take_distinct<T>(queue: &mut Vec<T>, key: impl Fn(&T) -> StoreKey) -> Vec<T> {
+    let mut batch: Vec<T> = Vec::new();
+    let mut rest = Vec::new();
+    for item in queue.drain(..) {
+        if batch.len() < MAX_BATCH && !batch.iter().any(|b| key(b) == key(&item)) {
+            batch.push(item);
+        } else {
+            rest.push(item);
         }
-        *queue = rest;
-        // Locking sessions in one order across batches keeps them from deadlocking.
-        batch.sort_by_key(|p| p.key);
-        batch
+    }
+    *queue = rest;
+    // Sessions in one order in every batch: batches that lock them do not deadlock.
+    batch.sort_by_key(|item| key(item));
+    batch
+}
+
+impl Batch<PendingLoad> for Db {
+    fn take(&self, queue: &mut Vec<PendingLoad>) -> Vec<PendingLoad> {
+        take_distinct(queue, |p| p.key)
     }
 
-    async fn write(&self, batch: Vec<PendingUpdate>) {
-        let mut result = self.statement(&batch).await;
-        // Should two batches still deadlock, PostgreSQL fails one of them: run it again.
+    async fn run(&self, batch: Vec<PendingLoad>) {
+        let result = self.load_many(&batch).await;
+        for pending in batch {
+            let answer = match &result {
+                Ok(found) => Ok(found
+                    .binary_search_by_key(&pending.key, |(k, _)| *k)
+                    .ok()
+                    .map(|i| found[i].1.clone())),
+                Err(e) => Err(e.clone()),
+            };
+            let _ = pending.done.send(answer);
+        }
+    }
+}
+
+impl Batch<PendingUpdate> for Db {
+    fn take(&self, queue: &mut Vec<PendingUpdate>) -> Vec<PendingUpdate> {
+        take_distinct(queue, |p| p.key)
+    }
+
+    async fn run(&self, batch: Vec<PendingUpdate>) {
+        let mut result = self.update_many(&batch).await;
+        // Should two batches deadlock anyway, PostgreSQL fails one of them: run it again.
         for _ in 0..3 {
             match &result {
                 Err(StoreError::Other(m)) if m.contains("deadlock") => {
-                    result = self.statement(&batch).await
+                    result = self.update_many(&batch).await
                 }
                 _ => break,
             }
@@ -289,11 +301,57 @@ impl UpdateBatcher {
             let _ = pending.done.send(answer);
         }
     }
+}
 
-    /// One statement for the whole batch: extends each live session and applies its changes.
-    /// Returns the keys of the sessions that were live, sorted.
-    async fn statement(&self, batch: &[PendingUpdate]) -> Result<Vec<StoreKey>, StoreError> {
-        self.statements.fetch_add(1, Ordering::Relaxed);
+impl Db {
+    /// The live sessions among the batch's keys, sorted by key: one query.
+    async fn load_many(
+        &self,
+        batch: &[PendingLoad],
+    ) -> Result<Vec<(StoreKey, SessionRecord)>, StoreError> {
+        self.count();
+        let keys: Vec<&[u8]> = batch.iter().map(|p| &p.key.0[..]).collect();
+        let nows: Vec<i64> = batch.iter().map(|p| secs(p.now)).collect();
+        let rows = sqlx::query(
+            "SELECT s.key, s.created_at, d.name, d.value
+               FROM unnest($1::bytea[], $2::bigint[]) AS i(key, now)
+               JOIN rocket_sessions s ON s.key = i.key AND s.expires_at > i.now
+               LEFT JOIN rocket_session_data d ON d.session_id = s.id
+              ORDER BY s.key",
+        )
+        .bind(&keys)
+        .bind(&nows)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(classify)?;
+        let mut found: Vec<(StoreKey, SessionRecord)> = Vec::new();
+        for row in &rows {
+            let key: Vec<u8> = row.try_get(0).map_err(classify)?;
+            let key = StoreKey(
+                key.try_into()
+                    .map_err(|_| StoreError::Corrupt("a session key is not 32 bytes".into()))?,
+            );
+            if found.last().map(|(k, _)| *k) != Some(key) {
+                let created: i64 = row.try_get(1).map_err(classify)?;
+                let record = SessionRecord {
+                    created: created.max(0) as u64,
+                    data: Vec::new(),
+                };
+                found.push((key, record));
+            }
+            let name: Option<String> = row.try_get(2).map_err(classify)?;
+            let value: Option<Vec<u8>> = row.try_get(3).map_err(classify)?;
+            if let (Some(name), Some(value), Some((_, record))) = (name, value, found.last_mut()) {
+                record.data.push((name, value));
+            }
+        }
+        Ok(found)
+    }
+
+    /// Extends each live session of the batch and applies its changes: one statement, so one
+    /// transaction and one commit. Returns the keys of the sessions that were live, sorted.
+    async fn update_many(&self, batch: &[PendingUpdate]) -> Result<Vec<StoreKey>, StoreError> {
+        self.count();
         let (mut keys, mut expires, mut nows) = (Vec::new(), Vec::new(), Vec::new());
         let (mut removed_keys, mut removed_names) = (Vec::new(), Vec::new());
         let (mut set_keys, mut set_names, mut set_values) = (Vec::new(), Vec::new(), Vec::new());
@@ -358,34 +416,13 @@ impl UpdateBatcher {
 #[rocket::async_trait]
 impl SessionStore for PostgresStore {
     async fn load(&self, key: &StoreKey, now: u64) -> Result<Option<SessionRecord>, StoreError> {
-        self.count();
-        let rows = sqlx::query(
-            "SELECT s.created_at, d.name, d.value
-               FROM rocket_sessions s
-               LEFT JOIN rocket_session_data d ON d.session_id = s.id
-              WHERE s.key = $1 AND s.expires_at > $2",
-        )
-        .bind(&key.0[..])
-        .bind(secs(now))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(classify)?;
-        let Some(first) = rows.first() else {
-            return Ok(None);
-        };
-        let created: i64 = first.try_get(0).map_err(classify)?;
-        let mut data = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let name: Option<String> = row.try_get(1).map_err(classify)?;
-            let value: Option<Vec<u8>> = row.try_get(2).map_err(classify)?;
-            if let (Some(name), Some(value)) = (name, value) {
-                data.push((name, value));
-            }
-        }
-        Ok(Some(SessionRecord {
-            created: created.max(0) as u64,
-            data,
-        }))
+        let (done, answer) = oneshot::channel();
+        self.loads.submit(PendingLoad {
+            key: *key,
+            now,
+            done,
+        });
+        answer.await.map_err(|_| lost())?
     }
 
     async fn create(
@@ -415,7 +452,7 @@ impl SessionStore for PostgresStore {
             .bind(secs(now.saturating_add(self.ttl)))
             .bind(&names)
             .bind(&values)
-            .fetch_one(&self.pool)
+            .fetch_one(&self.db.pool)
             .await
             .map_err(classify)?;
             if made == 1 {
@@ -427,7 +464,7 @@ impl SessionStore for PostgresStore {
                 sqlx::query("DELETE FROM rocket_sessions WHERE key = $1 AND expires_at <= $2")
                     .bind(&key.0[..])
                     .bind(secs(now))
-                    .execute(&self.pool)
+                    .execute(&self.db.pool)
                     .await
                     .map_err(classify)?;
             if freed.rows_affected() == 0 {
@@ -443,23 +480,15 @@ impl SessionStore for PostgresStore {
         changes: &ChangeSet,
         now: u64,
     ) -> Result<bool, StoreError> {
-        let (done, result) = oneshot::channel();
-        let pending = PendingUpdate {
+        let (done, answer) = oneshot::channel();
+        self.updates.submit(PendingUpdate {
             key: *key,
             changes: changes.clone(),
             now,
             expires: now.saturating_add(self.ttl),
             done,
-        };
-        self.updates
-            .queue
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(pending);
-        UpdateBatcher::lead_if_free(&self.updates);
-        result
-            .await
-            .map_err(|_| StoreError::Other("the batch writing this update was lost".into()))?
+        });
+        answer.await.map_err(|_| lost())?
     }
 
     async fn cycle(
@@ -493,7 +522,7 @@ impl SessionStore for PostgresStore {
         .bind(&removed)
         .bind(&names)
         .bind(&values)
-        .fetch_one(&self.pool)
+        .fetch_one(&self.db.pool)
         .await;
         match moved {
             Ok(n) => Ok(n == 1),
@@ -507,7 +536,7 @@ impl SessionStore for PostgresStore {
         self.count();
         sqlx::query("DELETE FROM rocket_sessions WHERE key = $1")
             .bind(&key.0[..])
-            .execute(&self.pool)
+            .execute(&self.db.pool)
             .await
             .map_err(classify)?;
         Ok(())
@@ -521,7 +550,7 @@ impl SessionStore for PostgresStore {
         )
         .bind(name)
         .bind(value)
-        .execute(&self.pool)
+        .execute(&self.db.pool)
         .await
         .map_err(classify)?;
         Ok(done.rows_affected())
@@ -538,7 +567,7 @@ impl SessionStore for PostgresStore {
             )
             .bind(secs(now))
             .bind(i64::from(self.sweep_batch))
-            .execute(&self.pool)
+            .execute(&self.db.pool)
             .await
             .map_err(classify)?;
             total += done.rows_affected();

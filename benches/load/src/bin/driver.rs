@@ -1,7 +1,8 @@
 //! A small HTTP/1.1 load driver in which every connection is one client session: it keeps the
 //! cookie its responses set and sends it back, as a browser would.
 //!
-//! `driver PORT PATH CONNECTIONS SECONDS` prints one line:
+//! `driver PORT PATH CONNECTIONS SECONDS [SETUP_PATH]` prints one line (each connection first
+//! requests SETUP_PATH once, unmeasured, to get its session):
 //! `requests=N ok=N errors=N seconds=S rps=R p50_us=A p99_us=B`.
 //! Traffic goes to 127.0.0.1 only, and stops after SECONDS.
 
@@ -16,16 +17,28 @@ struct Tally {
     latencies_us: Vec<u32>,
 }
 
-async fn client(port: u16, path: String, until: Instant) -> std::io::Result<Tally> {
+async fn client(
+    port: u16,
+    path: String,
+    setup: Option<String>,
+    until: Instant,
+) -> std::io::Result<Tally> {
     let stream = TcpStream::connect(("127.0.0.1", port)).await?;
     stream.set_nodelay(true)?;
     let (read, mut write) = stream.into_split();
     let mut read = BufReader::new(read);
     let mut cookies: Vec<(String, String)> = Vec::new();
-    let mut tally = Tally { ok: 0, errors: 0, latencies_us: Vec::with_capacity(1 << 16) };
+    let mut tally = Tally {
+        ok: 0,
+        errors: 0,
+        latencies_us: Vec::with_capacity(1 << 16),
+    };
     let mut line = String::new();
     let mut body = Vec::new();
+    let mut setup = setup;
     while Instant::now() < until {
+        let path = setup.as_deref().unwrap_or(&path).to_string();
+        let measured = setup.take().is_none();
         let cookie = match cookies.is_empty() {
             true => String::new(),
             false => {
@@ -38,7 +51,11 @@ async fn client(port: u16, path: String, until: Instant) -> std::io::Result<Tall
         write.write_all(request.as_bytes()).await?;
         line.clear();
         read.read_line(&mut line).await?;
-        let status: u16 = line.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let status: u16 = line
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
         let mut length = 0usize;
         loop {
             line.clear();
@@ -49,7 +66,9 @@ async fn client(port: u16, path: String, until: Instant) -> std::io::Result<Tall
             if header.is_empty() {
                 break;
             }
-            let Some((name, value)) = header.split_once(':') else { continue };
+            let Some((name, value)) = header.split_once(':') else {
+                continue;
+            };
             let value = value.trim();
             if name.eq_ignore_ascii_case("content-length") {
                 length = value.parse().unwrap_or(0);
@@ -65,7 +84,12 @@ async fn client(port: u16, path: String, until: Instant) -> std::io::Result<Tall
         }
         body.resize(length, 0);
         read.read_exact(&mut body).await?;
-        tally.latencies_us.push(start.elapsed().as_micros().min(u32::MAX as u128) as u32);
+        if !measured {
+            continue;
+        }
+        tally
+            .latencies_us
+            .push(start.elapsed().as_micros().min(u32::MAX as u128) as u32);
         match status {
             200..=299 => tally.ok += 1,
             _ => tally.errors += 1,
@@ -76,8 +100,12 @@ async fn client(port: u16, path: String, until: Instant) -> std::io::Result<Tall
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let [_, port, path, connections, seconds] = args.as_slice() else {
-        panic!("usage: driver PORT PATH CONNECTIONS SECONDS");
+    let (port, path, connections, seconds, setup) = match args.as_slice() {
+        [_, port, path, connections, seconds] => (port, path, connections, seconds, None),
+        [_, port, path, connections, seconds, setup] => {
+            (port, path, connections, seconds, Some(setup.clone()))
+        }
+        _ => panic!("usage: driver PORT PATH CONNECTIONS SECONDS [SETUP_PATH]"),
     };
     let port: u16 = port.parse().unwrap();
     let connections: usize = connections.parse().unwrap();
@@ -91,7 +119,7 @@ fn main() {
     let until = started + Duration::from_secs_f64(seconds);
     let tallies = runtime.block_on(async {
         let tasks: Vec<_> = (0..connections)
-            .map(|_| rocket::tokio::spawn(client(port, path.clone(), until)))
+            .map(|_| rocket::tokio::spawn(client(port, path.clone(), setup.clone(), until)))
             .collect();
         let mut out = Vec::new();
         for t in tasks {
@@ -112,7 +140,12 @@ fn main() {
         }
     }
     latencies.sort_unstable();
-    let pct = |p: f64| latencies.get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1))).copied().unwrap_or(0);
+    let pct = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0)
+    };
     let requests = ok + errors;
     println!(
         "requests={requests} ok={ok} errors={errors} broken_connections={failed} seconds={elapsed:.3} rps={:.1} p50_us={} p99_us={}",

@@ -15,7 +15,8 @@ const ROCKET_KEY: &str =
     "hPRYyVRiMyxpw5sBB1XeCMN1kFsDCqKvBi2QJxBVHQk5xkOzFXGOyi3DQAv9h0lELVrD9FnAo3AQc0cu5HB9Sw==";
 
 fn figment(port: u16) -> Figment {
-    rocket::Config::figment()
+    // Rocket's release defaults alone: no Rocket.toml, no environment, whatever the folder.
+    Figment::from(rocket::Config::release_default())
         .merge(("port", port))
         .merge(("address", "127.0.0.1"))
         .merge(("workers", 2))
@@ -66,13 +67,9 @@ mod ours {
             .merge(("session.cookie_secure", false))
             .merge(("session.refresh_interval", 60));
         let figment = match postgres {
-            false => figment.merge((
-                "session.store",
-                rocket::figment::value::Value::from(rocket::figment::value::Map::from([
-                    ("kind".to_string(), "memory".into()),
-                    ("file_path".to_string(), "".into()),
-                ])),
-            )),
+            false => figment
+                .merge(("session.store.kind", "memory"))
+                .merge(("session.store.file_path", "")),
             true => figment
                 .merge(("session.store.kind", "postgres"))
                 .merge(("session.store.database", "sessions"))
