@@ -19,7 +19,7 @@ use crate::config::MemoryStoreConfig;
 use crate::error::StoreError;
 use crate::id::StoreKey;
 
-const SHARDS: usize = 64;
+const SHARDS: usize = 1024;
 const MAGIC: &[u8; 8] = b"RSSNAP\x00\x01";
 
 /// Store keys are SHA-256 digests, uniformly distributed already: hashing them again is waste.
@@ -153,7 +153,7 @@ impl MemoryStore {
     }
 
     fn shard(&self, key: &StoreKey) -> MutexGuard<'_, Shard> {
-        lock(&self.shards[key.0[31] as usize % SHARDS])
+        lock(&self.shards[u16::from_le_bytes([key.0[30], key.0[31]]) as usize % SHARDS])
     }
 
     fn changed(&self) {
