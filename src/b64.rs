@@ -27,16 +27,23 @@ pub(crate) fn encode(bytes: &[u8]) -> String {
     s
 }
 
+/// Each byte's sextet, or `INVALID` for bytes outside the alphabet.
+const INVALID: u8 = 0xff;
+const SEXTETS: [u8; 256] = {
+    let mut table = [INVALID; 256];
+    let mut i = 0;
+    while i < 64 {
+        table[ALPHABET[i] as usize] = i as u8;
+        i += 1;
+    }
+    table
+};
+
 fn sextet(c: u8) -> Option<u32> {
-    let v = match c {
-        b'A'..=b'Z' => c - b'A',
-        b'a'..=b'z' => c - b'a' + 26,
-        b'0'..=b'9' => c - b'0' + 52,
-        b'-' => 62,
-        b'_' => 63,
-        _ => return None,
-    };
-    Some(v as u32)
+    match SEXTETS[c as usize] {
+        INVALID => None,
+        v => Some(v as u32),
+    }
 }
 
 /// Decodes `text` into exactly `N` bytes, or `None` for anything else: a wrong length, a

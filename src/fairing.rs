@@ -29,8 +29,8 @@ use rocket_db_pools::sqlx::PgPool;
 /// [`SessionManager`] in managed state; Rocket refuses to launch on an invalid configuration
 /// or a store that cannot be opened. After liftoff it sweeps expired sessions and, for the
 /// memory store, writes snapshots periodically. On every response it flushes the request's
-/// session changes and sets the cookie. At shutdown it waits for requests in flight (up to
-/// Rocket's grace and mercy periods) and persists the store.
+/// session changes and sets the cookie. At shutdown it waits for requests in flight that
+/// loaded a session (up to Rocket's grace and mercy periods) and persists the store.
 pub struct Sessions {
     clock: Arc<dyn Clock>,
     store: Mutex<Option<Arc<dyn SessionStore>>>,
@@ -173,7 +173,7 @@ impl Fairing for Sessions {
     fn info(&self) -> Info {
         Info {
             name: "Sessions",
-            kind: Kind::Ignite | Kind::Liftoff | Kind::Request | Kind::Response | Kind::Shutdown,
+            kind: Kind::Ignite | Kind::Liftoff | Kind::Response | Kind::Shutdown,
         }
     }
 
@@ -236,19 +236,18 @@ impl Fairing for Sessions {
         }
     }
 
-    async fn on_request(&self, _: &mut Request<'_>, _: &mut rocket::Data<'_>) {
-        if let Some(manager) = self.manager.get() {
-            manager.request_started();
-        }
-    }
-
     async fn on_response<'r>(&self, req: &'r Request<'_>, res: &mut Response<'r>) {
         let Some(manager) = self.manager.get() else {
             return;
         };
         let config = manager.config();
         let working = req.local_cache(RequestSession::default).lock().take();
-        let cookie = req.cookies().get(&config.cookie_name);
+        let loaded = working.is_some();
+        // The cookie matters only when no handler loaded the session (for a refresh).
+        let cookie = match loaded {
+            true => None,
+            false => req.cookies().get(&config.cookie_name),
+        };
         let action = manager.flush(working, cookie.map(|c| c.value())).await;
         let header = match action {
             Ok(CookieAction::Keep) => None,
@@ -266,7 +265,9 @@ impl Fairing for Sessions {
             res.set_raw_header("Cache-Control", "no-store");
             res.adjoin_raw_header("Vary", "Cookie");
         }
-        manager.request_finished().await;
+        if loaded {
+            manager.request_finished().await;
+        }
     }
 
     async fn on_shutdown(&self, rocket: &Rocket<Orbit>) {

@@ -5,7 +5,6 @@
 //! the handler's edits are buffered in [`Working`] → [`SessionManager::flush`] writes them in
 //! one store call and says which cookie the response carries.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -67,7 +66,7 @@ pub(crate) struct Working {
     pub id: SessionId,
     pub origin: Origin,
     pub created: u64,
-    pub data: HashMap<String, Vec<u8>>,
+    pub data: SessionData,
     pub changes: ChangeSet,
     /// The id this session had in the store before `cycle_id`, if it was cycled.
     pub cycled_from: Option<StoreKey>,
@@ -110,8 +109,43 @@ pub(crate) fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, 
     })
 }
 
-fn size_of(data: &HashMap<String, Vec<u8>>) -> usize {
-    data.iter().map(|(k, v)| k.len() + v.len()).sum()
+/// A session's keys and encoded values. Sessions hold a handful of keys: a vector searched
+/// in order beats hashing every key of every request.
+#[derive(Default)]
+pub(crate) struct SessionData(Vec<(String, Vec<u8>)>);
+
+impl SessionData {
+    pub fn get(&self, key: &str) -> Option<&Vec<u8>> {
+        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v)
+    }
+
+    pub fn contains_key(&self, key: &str) -> bool {
+        self.get(key).is_some()
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &String> {
+        self.0.iter().map(|(k, _)| k)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn insert(&mut self, key: &str, value: Vec<u8>) {
+        match self.0.iter_mut().find(|(k, _)| k == key) {
+            Some((_, v)) => *v = value,
+            None => self.0.push((key.to_string(), value)),
+        }
+    }
+
+    fn remove(&mut self, key: &str) -> Option<Vec<u8>> {
+        let at = self.0.iter().position(|(k, _)| k == key)?;
+        Some(self.0.swap_remove(at).1)
+    }
+
+    fn size(&self) -> usize {
+        self.0.iter().map(|(k, v)| k.len() + v.len()).sum()
+    }
 }
 
 impl Working {
@@ -120,7 +154,7 @@ impl Working {
             id: SessionId::generate(),
             origin: Origin::New { stale_cookie },
             created: now,
-            data: HashMap::new(),
+            data: SessionData::default(),
             changes: ChangeSet::new(),
             cycled_from: None,
             destroyed: None,
@@ -129,7 +163,7 @@ impl Working {
     }
 
     fn stored(verified: Verified, key: StoreKey, record: SessionRecord) -> Working {
-        let data: HashMap<_, _> = record.data.into_iter().collect();
+        let data = SessionData(record.data);
         Working {
             id: verified.id,
             origin: Origin::Stored {
@@ -138,7 +172,7 @@ impl Working {
                 current_key: verified.current_key,
             },
             created: record.created,
-            size: size_of(&data),
+            size: data.size(),
             data,
             changes: ChangeSet::new(),
             cycled_from: None,
@@ -163,7 +197,7 @@ impl Working {
         }
         self.size = size;
         self.changes.set(key, bytes.clone());
-        self.data.insert(key.to_string(), bytes);
+        self.data.insert(key, bytes);
         Ok(())
     }
 

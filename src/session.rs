@@ -60,7 +60,12 @@ impl<'r> FromRequest<'r> for Session<'r> {
             let cookie = req.cookies().get(&manager.config().cookie_name);
             match manager.load(cookie.map(|c| c.value())).await {
                 Ok(working) => {
-                    slot.lock().get_or_insert(working);
+                    let mut slot = slot.lock();
+                    if slot.is_none() {
+                        *slot = Some(working);
+                        // Its changes are now in flight: shutdown waits for them.
+                        manager.request_started();
+                    }
                 }
                 Err(e) => {
                     rocket::error!("session: cannot load the session: {e}");
