@@ -179,6 +179,10 @@ impl PostgresStore {
     /// instances starting together do it once, and sets the tables' persistence.
     async fn migrate(&self, unlogged: bool) -> Result<(), StoreError> {
         let mut tx = self.db.pool.begin().await.map_err(classify)?;
+        // "already exists, skipping" notices of a second start are noise in the app's log.
+        tx.execute("SET LOCAL client_min_messages = warning")
+            .await
+            .map_err(classify)?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
             .bind(MIGRATION_LOCK)
             .execute(&mut *tx)
