@@ -59,11 +59,7 @@ async fn the_snapshot_holds_no_session_id() {
     let file = dir.path("sessions.snapshot");
     let client = client_on(&file, json!({})).await;
     let cookie = post_with(&client, "/set/a/1", None).await.cookie.unwrap();
-    let id: SessionId = get_with(&client, "/id", Some(&cookie))
-        .await
-        .body
-        .parse()
-        .unwrap();
+    let id: SessionId = id_of(&client, &cookie).await;
     client.terminate().await;
     let bytes = std::fs::read(&file).unwrap();
     assert!(!bytes.windows(32).any(|w| w == id.as_bytes()));

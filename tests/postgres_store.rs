@@ -201,11 +201,7 @@ async fn the_database_holds_digests_of_ids_never_the_ids() {
     let clock = ManualClock::new(START);
     let client = configured_client(&url, &clock).await;
     let cookie = post_with(&client, "/set/a/1", None).await.cookie.unwrap();
-    let id: SessionId = get_with(&client, "/id", Some(&cookie))
-        .await
-        .body
-        .parse()
-        .unwrap();
+    let id: SessionId = id_of(&client, &cookie).await;
     let pool = pg::pool(&url).await;
     let keys: Vec<Vec<u8>> = sqlx::query_scalar("SELECT key FROM rocket_sessions")
         .fetch_all(&pool)
@@ -408,4 +404,26 @@ async fn concurrent_flushes_share_statements() {
     for cookie in &cookies {
         assert_eq!(get_with(&client, "/peek", Some(cookie)).await.body, "2");
     }
+}
+
+#[rocket::async_test]
+async fn launch_is_refused_when_the_schema_cannot_be_applied() {
+    let url = fresh_database().await;
+    // A table of the same name but another shape: the schema's index cannot be made.
+    let pool = pg::pool(&url).await;
+    sqlx::query("CREATE TABLE rocket_sessions (unrelated int)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let rocket = app(configured(&url, json!({})), &ManualClock::new(START), None);
+    launch_error(rocket).await;
+    assert_eq!(
+        count(
+            &url,
+            "SELECT count(*) FROM pg_tables WHERE tablename = 'rocket_sessions_schema'"
+        )
+        .await,
+        0,
+        "the failed migration left nothing behind"
+    );
 }

@@ -57,11 +57,7 @@ async fn fixation_an_unknown_but_validly_signed_id_is_never_adopted() {
     let store = store();
     let (client, _) = client_with(Some(store.clone()), json!({})).await;
     let cookie = post_with(&client, "/set/a/1", None).await.cookie.unwrap();
-    let id: SessionId = get_with(&client, "/id", Some(&cookie))
-        .await
-        .body
-        .parse()
-        .unwrap();
+    let id: SessionId = id_of(&client, &cookie).await;
     store.destroy(&id.store_key()).await.unwrap();
     let reply = post_with(&client, "/set/user/victim", Some(&cookie)).await;
     let new_id = get_with(&client, "/id", Some(&reply.cookie.unwrap()))
@@ -104,11 +100,7 @@ async fn log_out_everywhere_ends_every_session_of_one_user() {
             .await
             .cookie
             .unwrap();
-        let id: SessionId = get_with(&client, "/id", Some(&cookie))
-            .await
-            .body
-            .parse()
-            .unwrap();
+        let id: SessionId = id_of(&client, &cookie).await;
         manager
             .set(&id, "user_id", user.parse::<u64>().unwrap())
             .await
@@ -188,11 +180,7 @@ async fn a_corrupt_stored_value_fails_only_its_own_key() {
         .await
         .cookie
         .unwrap();
-    let id: SessionId = get_with(&client, "/id", Some(&cookie))
-        .await
-        .body
-        .parse()
-        .unwrap();
+    let id: SessionId = id_of(&client, &cookie).await;
     let mut corrupt = ChangeSet::new();
     corrupt.set("bad", vec![0xc1, 0xff, 0x00]); // 0xc1 is never valid MessagePack
     assert!(store

@@ -8,7 +8,7 @@ use rocket::serde::json::json;
 use rocket_server_sessions::store::{ChangeSet, SessionRecord, SessionStore};
 use rocket_server_sessions::{SessionId, StoreKey};
 
-use super::{client_with, get_with, post_with, START};
+use super::{client_with, get_with, id_of, post_with, START};
 
 /// The `ttl` the suite's stores must be made with.
 pub const TTL: u64 = 100;
@@ -342,11 +342,7 @@ pub async fn an_in_flight_request_cannot_revive_a_destroyed_session(store: Arc<d
 pub async fn a_signed_cookie_whose_session_is_gone_gets_a_new_id(store: Arc<dyn SessionStore>) {
     let (client, _) = client_with(Some(store.clone()), json!({})).await;
     let cookie = post_with(&client, "/set/a/1", None).await.cookie.unwrap();
-    let id: SessionId = get_with(&client, "/id", Some(&cookie))
-        .await
-        .body
-        .parse()
-        .unwrap();
+    let id: SessionId = id_of(&client, &cookie).await;
     store.destroy(&id.store_key()).await.unwrap();
     let after = post_with(&client, "/set/a/2", Some(&cookie)).await;
     let new = after.cookie.expect("a new cookie");
@@ -370,11 +366,7 @@ pub async fn an_idle_session_expires_after_the_store_ttl(store: Arc<dyn SessionS
 pub async fn the_manager_reaches_a_session_by_its_id(store: Arc<dyn SessionStore>) {
     let (client, _) = client_with(Some(store), json!({})).await;
     let cookie = post_with(&client, "/set/a/1", None).await.cookie.unwrap();
-    let id: SessionId = get_with(&client, "/id", Some(&cookie))
-        .await
-        .body
-        .parse()
-        .unwrap();
+    let id: SessionId = id_of(&client, &cookie).await;
     let manager = client
         .rocket()
         .state::<rocket_server_sessions::SessionManager>()

@@ -444,3 +444,12 @@ pub async fn launch_error(rocket: Rocket<Build>) -> rocket::Error {
         }
     }
 }
+
+/// The id of the session `cookie` (a raw cookie value) leads to, as the app sees it.
+pub async fn id_of(client: &Client, cookie: &str) -> rocket_server_sessions::SessionId {
+    get_with(client, "/id", Some(cookie))
+        .await
+        .body
+        .parse()
+        .expect("a session id")
+}
