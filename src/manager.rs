@@ -582,7 +582,9 @@ impl SessionManager {
 
     /// Deletes every session whose `key` holds `value`, e.g. all sessions of one user
     /// ("log out everywhere"); returns how many were deleted. Values compare by their
-    /// MessagePack encoding, so pass the same type the sessions were given.
+    /// MessagePack encoding, so pass the same type the sessions were given. Both stores scan
+    /// for it (no index on values, which would slow every flush): an occasional operation,
+    /// not one for every request.
     pub async fn destroy_where<T: Serialize>(
         &self,
         key: &str,
