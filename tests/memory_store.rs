@@ -151,13 +151,7 @@ async fn snapshots_are_also_written_periodically() {
         );
         rocket::tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    let loaded = MemoryStore::open(&rocket_server_sessions::config::MemoryStoreConfig {
-        ttl: TTL,
-        file_path: Some(file.clone()),
-        snapshot_interval: 0,
-        sweep_interval: 60,
-    })
-    .unwrap();
+    let loaded = open_snapshot(&file);
     assert_eq!(loaded.len(), 1);
     drop(client);
 }

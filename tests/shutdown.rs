@@ -9,7 +9,6 @@ use common::*;
 use rocket::serde::json::json;
 use rocket::tokio::sync::Notify;
 use rocket::{post, routes, State};
-use rocket_server_sessions::store::MemoryStore;
 use rocket_server_sessions::{ManualClock, Session, SessionError};
 
 /// Loads the session, then waits for the test to open the gate before changing it.
@@ -72,13 +71,7 @@ async fn changes_of_requests_in_flight_at_shutdown_reach_the_snapshot() {
     assert_eq!(status, 200);
     let _ = server.await.unwrap();
 
-    let store = MemoryStore::open(&rocket_server_sessions::config::MemoryStoreConfig {
-        ttl: 604_800,
-        file_path: Some(file),
-        snapshot_interval: 0,
-        sweep_interval: 60,
-    })
-    .unwrap();
+    let store = open_snapshot(&file);
     assert_eq!(store.len(), 1);
     let (client, _) = client_with(Some(Arc::new(store)), json!({})).await;
     let during = get_with(&client, "/get/during", Some(&cookie)).await;

@@ -453,3 +453,16 @@ pub async fn id_of(client: &Client, cookie: &str) -> rocket_server_sessions::Ses
         .parse()
         .expect("a session id")
 }
+
+/// A memory store read from the snapshot `file`, as a restarted app would read it.
+pub fn open_snapshot(file: &std::path::Path) -> rocket_server_sessions::store::MemoryStore {
+    rocket_server_sessions::store::MemoryStore::open(
+        &rocket_server_sessions::config::MemoryStoreConfig {
+            ttl: 604_800,
+            file_path: Some(file.to_path_buf()),
+            snapshot_interval: 0,
+            sweep_interval: 60,
+        },
+    )
+    .expect("the snapshot opens")
+}
