@@ -67,7 +67,9 @@ pub(crate) struct Working {
     pub origin: Origin,
     pub created: u64,
     pub data: SessionData,
-    pub changes: ChangeSet,
+    /// Keys set or removed in this request, each once; their values are taken from `data`
+    /// when the changes are flushed, so a `set` copies nothing.
+    changed: Vec<String>,
     /// The id this session had in the store before `cycle_id`, if it was cycled.
     pub cycled_from: Option<StoreKey>,
     /// A stored session destroyed in this request.
@@ -155,7 +157,7 @@ impl Working {
             origin: Origin::New { stale_cookie },
             created: now,
             data: SessionData::default(),
-            changes: ChangeSet::new(),
+            changed: Vec::new(),
             cycled_from: None,
             destroyed: None,
             size: 0,
@@ -174,7 +176,7 @@ impl Working {
             created: record.created,
             size: data.size(),
             data,
-            changes: ChangeSet::new(),
+            changed: Vec::new(),
             cycled_from: None,
             destroyed: None,
         }
@@ -196,16 +198,34 @@ impl Working {
             return Err(SessionError::TooLarge { size, limit });
         }
         self.size = size;
-        self.changes.set(key, bytes.clone());
         self.data.insert(key, bytes);
+        self.mark_changed(key);
         Ok(())
     }
 
     pub fn remove(&mut self, key: &str) {
         if let Some(v) = self.data.remove(key) {
             self.size -= key.len() + v.len();
-            self.changes.remove(key);
+            self.mark_changed(key);
         }
+    }
+
+    fn mark_changed(&mut self, key: &str) {
+        if !self.changed.iter().any(|k| k == key) {
+            self.changed.push(key.to_string());
+        }
+    }
+
+    /// Moves this request's changes out, values and all (the data is spent afterwards).
+    fn take_changes(&mut self) -> ChangeSet {
+        let mut changes = ChangeSet::new();
+        for key in std::mem::take(&mut self.changed) {
+            match self.data.remove(&key) {
+                Some(value) => changes.set(key, value),
+                None => changes.remove(key),
+            }
+        }
+        changes
     }
 
     /// The store key of the session as it is stored now, if it is.
@@ -344,11 +364,13 @@ impl SessionManager {
         if let Some(key) = w.destroyed {
             store.destroy(&key).await?;
         }
+        let nothing_stored = w.data.is_empty();
+        let changes = w.take_changes();
         if let Some(old) = w.cycled_from {
             // A cycled stored session moves to its new id; a collision gets another id.
             for _ in 0..3 {
                 let new = w.id.store_key();
-                if store.cycle(&old, &new, &w.changes, now).await? {
+                if store.cycle(&old, &new, &changes, now).await? {
                     return Ok(self.signed(&w.id, now));
                 }
                 if store.load(&old, now).await?.is_none() {
@@ -360,7 +382,7 @@ impl SessionManager {
         }
         match w.origin {
             Origin::New { stale_cookie } => {
-                if w.data.is_empty() {
+                if nothing_stored {
                     return Ok(match stale_cookie {
                         true => CookieAction::Remove,
                         false => CookieAction::Keep,
@@ -368,7 +390,7 @@ impl SessionManager {
                 }
                 for _ in 0..3 {
                     if store
-                        .create(&w.id.store_key(), w.created, &w.changes, now)
+                        .create(&w.id.store_key(), w.created, &changes, now)
                         .await?
                     {
                         return Ok(self.signed(&w.id, now));
@@ -383,10 +405,10 @@ impl SessionManager {
                 current_key,
             } => {
                 let refresh = self.refresh_due(issued, current_key, now);
-                if w.changes.is_empty() && !refresh {
+                if changes.is_empty() && !refresh {
                     return Ok(CookieAction::Keep);
                 }
-                if !store.update(&key, &w.changes, now).await? {
+                if !store.update(&key, &changes, now).await? {
                     // Destroyed or expired meanwhile: it stays that way.
                     return Ok(CookieAction::Remove);
                 }
@@ -446,14 +468,15 @@ impl SessionManager {
         })
     }
 
-    async fn write_by_id(&self, id: &SessionId, w: Working) -> Result<(), SessionError> {
-        if w.changes.is_empty() {
+    async fn write_by_id(&self, id: &SessionId, mut w: Working) -> Result<(), SessionError> {
+        let changes = w.take_changes();
+        if changes.is_empty() {
             return Ok(());
         }
         match self
             .inner
             .store
-            .update(&id.store_key(), &w.changes, self.now())
+            .update(&id.store_key(), &changes, self.now())
             .await?
         {
             true => Ok(()),
@@ -602,5 +625,45 @@ impl SessionManager {
     /// Makes the store durable now (the memory store writes its snapshot).
     pub async fn persist(&self) -> Result<(), SessionError> {
         Ok(self.inner.store.persist().await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn changes_hold_each_key_once_with_its_last_state() {
+        let mut w = Working::new(false, 0);
+        w.set_encoded("a", vec![1], 100).unwrap();
+        w.set_encoded("b", vec![2], 100).unwrap();
+        w.remove("a");
+        w.set_encoded("b", vec![3], 100).unwrap();
+        w.remove("never-set");
+        let changes: Vec<(String, Option<Vec<u8>>)> = w
+            .take_changes()
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.map(<[u8]>::to_vec)))
+            .collect();
+        assert_eq!(
+            changes,
+            vec![("a".to_string(), None), ("b".to_string(), Some(vec![3]))]
+        );
+    }
+
+    #[test]
+    fn a_set_past_the_size_limit_changes_nothing() {
+        let mut w = Working::new(false, 0);
+        w.set_encoded("a", vec![0; 10], 16).unwrap();
+        assert!(matches!(
+            w.set_encoded("b", vec![0; 10], 16),
+            Err(SessionError::TooLarge {
+                size: 22,
+                limit: 16
+            })
+        ));
+        assert_eq!(w.size, 11);
+        assert!(w.data.get("b").is_none());
+        assert_eq!(w.take_changes().len(), 1);
     }
 }

@@ -120,9 +120,7 @@ impl Session<'_> {
 
     /// The value of `key`, if it is set.
     pub fn try_get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, SessionError> {
-        // Decode outside the lock: only the bytes are copied under it.
-        let bytes = self.with(|w| w.data.get(key).cloned());
-        bytes.map(|b| decode(key, &b)).transpose()
+        self.with(|w| w.data.get(key).map(|b| decode(key, b)).transpose())
     }
 
     /// Whether `key` is set.
