@@ -101,15 +101,15 @@ fn classify(e: sqlx::Error) -> StoreError {
 }
 
 /// The keys and values a change set sets, and the keys it removes, as SQL arrays.
-fn split(changes: &ChangeSet) -> (Vec<String>, Vec<Vec<u8>>, Vec<String>) {
+fn split(changes: &ChangeSet) -> (Vec<&str>, Vec<&[u8]>, Vec<&str>) {
     let (mut names, mut values, mut removed) = (Vec::new(), Vec::new(), Vec::new());
     for (key, value) in changes.iter() {
         match value {
             Some(v) => {
-                names.push(key.to_string());
-                values.push(v.to_vec());
+                names.push(key);
+                values.push(v);
             }
-            None => removed.push(key.to_string()),
+            None => removed.push(key),
         }
     }
     (names, values, removed)
@@ -360,22 +360,16 @@ impl Db {
         let (mut removed_keys, mut removed_names) = (Vec::new(), Vec::new());
         let (mut set_keys, mut set_names, mut set_values) = (Vec::new(), Vec::new(), Vec::new());
         for p in batch {
-            keys.push(&p.key.0[..]);
+            let key = &p.key.0[..];
+            keys.push(key);
             expires.push(secs(p.expires));
             nows.push(secs(p.now));
-            for (name, value) in p.changes.iter() {
-                match value {
-                    Some(v) => {
-                        set_keys.push(&p.key.0[..]);
-                        set_names.push(name);
-                        set_values.push(v);
-                    }
-                    None => {
-                        removed_keys.push(&p.key.0[..]);
-                        removed_names.push(name);
-                    }
-                }
-            }
+            let (names, values, removed) = split(&p.changes);
+            set_keys.extend(std::iter::repeat(key).take(names.len()));
+            set_names.extend(names);
+            set_values.extend(values);
+            removed_keys.extend(std::iter::repeat(key).take(removed.len()));
+            removed_names.extend(removed);
         }
         let rows: Vec<Vec<u8>> = sqlx::query_scalar(
             "WITH input AS (
