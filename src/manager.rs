@@ -63,7 +63,8 @@ pub(crate) enum Origin {
 
 /// A request's session: what was loaded and what the handler changed.
 pub(crate) struct Working {
-    pub id: SessionId,
+    /// Drawn when first needed: a request that only reads a new session costs no CSPRNG call.
+    id: Option<SessionId>,
     pub origin: Origin,
     pub created: u64,
     pub data: SessionData,
@@ -153,7 +154,7 @@ impl SessionData {
 impl Working {
     fn new(stale_cookie: bool, now: u64) -> Working {
         Working {
-            id: SessionId::generate(),
+            id: None,
             origin: Origin::New { stale_cookie },
             created: now,
             data: SessionData::default(),
@@ -167,7 +168,7 @@ impl Working {
     fn stored(verified: Verified, key: StoreKey, record: SessionRecord) -> Working {
         let data = SessionData(record.data);
         Working {
-            id: verified.id,
+            id: Some(verified.id),
             origin: Origin::Stored {
                 key,
                 issued: verified.issued,
@@ -180,6 +181,11 @@ impl Working {
             cycled_from: None,
             destroyed: None,
         }
+    }
+
+    /// The session's id, drawn now if it has none yet.
+    pub fn id(&mut self) -> SessionId {
+        *self.id.get_or_insert_with(SessionId::generate)
     }
 
     pub fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, SessionError> {
@@ -240,7 +246,7 @@ impl Working {
         if let (None, Some(key)) = (self.cycled_from, self.stored_key()) {
             self.cycled_from = Some(key);
         }
-        self.id = SessionId::generate();
+        self.id = Some(SessionId::generate());
     }
 
     pub fn destroy(&mut self, now: u64) {
@@ -369,14 +375,14 @@ impl SessionManager {
         if let Some(old) = w.cycled_from {
             // A cycled stored session moves to its new id; a collision gets another id.
             for _ in 0..3 {
-                let new = w.id.store_key();
+                let new = w.id().store_key();
                 if store.cycle(&old, &new, &changes, now).await? {
-                    return Ok(self.signed(&w.id, now));
+                    return Ok(self.signed(&w.id(), now));
                 }
                 if store.load(&old, now).await?.is_none() {
                     return Ok(CookieAction::Remove);
                 }
-                w.id = SessionId::generate();
+                w.id = Some(SessionId::generate());
             }
             return Err(crate::error::StoreError::Other("no free session id".into()).into());
         }
@@ -390,12 +396,12 @@ impl SessionManager {
                 }
                 for _ in 0..3 {
                     if store
-                        .create(&w.id.store_key(), w.created, &changes, now)
+                        .create(&w.id().store_key(), w.created, &changes, now)
                         .await?
                     {
-                        return Ok(self.signed(&w.id, now));
+                        return Ok(self.signed(&w.id(), now));
                     }
-                    w.id = SessionId::generate();
+                    w.id = Some(SessionId::generate());
                 }
                 Err(crate::error::StoreError::Other("no free session id".into()).into())
             }
@@ -413,7 +419,7 @@ impl SessionManager {
                     return Ok(CookieAction::Remove);
                 }
                 Ok(match refresh {
-                    true => self.signed(&w.id, now),
+                    true => self.signed(&w.id(), now),
                     false => CookieAction::Keep,
                 })
             }

@@ -95,10 +95,11 @@ impl Session<'_> {
             .expect("a Session exists only once its slot is loaded"))
     }
 
-    /// This session's id (koyo: `current-session-id`). A new session has one from the start,
-    /// though it is stored, and sent, only once something is written to it.
+    /// This session's id (koyo: `current-session-id`). A new session gets its id when first
+    /// asked (then it stays for the request), though it is stored, and sent, only once
+    /// something is written to it.
     pub fn id(&self) -> SessionId {
-        self.with(|w| w.id)
+        self.with(|w| w.id())
     }
 
     /// Whether the session was made in this request rather than loaded from the store.
