@@ -138,6 +138,16 @@ pub struct MemoryStoreConfig {
 /// | `unlogged` | bool | `false` | create the tables UNLOGGED (faster, emptied after a crash) |
 /// | `sweep_interval` | seconds | 60 | delete expired sessions this often |
 /// | `sweep_batch` | rows | 1000 | at most this many sessions deleted per statement |
+/// | `cache` | sessions | 0 (off) | keep up to this many sessions in this instance's memory (see below) |
+///
+/// With `cache` set, a request whose session is cached makes no round trip to load it. Every
+/// instance announces its changes (`NOTIFY rocket_sessions`, in the statement that makes
+/// them), and a caching instance listens on one connection of its pool and drops what other
+/// instances change; while that connection is down it serves nothing from the cache. Another
+/// instance's change reaches the cache as soon as PostgreSQL delivers the notification,
+/// which is after the change commits: a request that races it by a fraction of a millisecond
+/// can still read the earlier value, as it could had it arrived a moment sooner. Sessions
+/// changed by hand in SQL are not announced: clear the cache by restarting, or leave it off.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PostgresStoreConfig {
     /// Name of the database under `[<profile>.databases]`.
@@ -152,8 +162,12 @@ pub struct PostgresStoreConfig {
     pub sweep_interval: u64,
     /// Most sessions deleted by one sweep statement.
     pub sweep_batch: u32,
+    /// Most sessions kept in this instance's memory; 0 turns the cache off.
+    pub cache: usize,
 }
 
+/// A larger cache than this is a mistake (it would hold gigabytes).
+const MAX_CACHE: usize = 10_000_000;
 const WEEK: u64 = 7 * 86_400;
 /// Durations above this are refused: they overflow nothing, and mean nothing either.
 const MAX_SECONDS: u64 = 100 * 365 * 86_400;
@@ -205,6 +219,7 @@ struct RawStore {
     migrate: Option<bool>,
     unlogged: Option<bool>,
     sweep_batch: Option<u32>,
+    cache: Option<usize>,
 }
 
 fn default_cookie_name() -> String {
@@ -403,6 +418,7 @@ impl RawStore {
                 refuse("migrate", self.migrate.is_some())?;
                 refuse("unlogged", self.unlogged.is_some())?;
                 refuse("sweep_batch", self.sweep_batch.is_some())?;
+                refuse("cache", self.cache.is_some())?;
                 let snapshot_interval = self.snapshot_interval.unwrap_or(30);
                 if snapshot_interval > MAX_SECONDS {
                     return Err(err("store.snapshot_interval", "too large".into()));
@@ -430,6 +446,10 @@ impl RawStore {
                 if sweep_batch == 0 {
                     return Err(err("store.sweep_batch", "must be at least 1".into()));
                 }
+                let cache = self.cache.unwrap_or(0);
+                if cache > MAX_CACHE {
+                    return Err(err("store.cache", format!("at most {MAX_CACHE} sessions")));
+                }
                 Ok(StoreConfig::Postgres(PostgresStoreConfig {
                     database,
                     ttl,
@@ -437,6 +457,7 @@ impl RawStore {
                     unlogged: self.unlogged.unwrap_or(false),
                     sweep_interval,
                     sweep_batch,
+                    cache,
                 }))
             }
             other => Err(err(

@@ -71,7 +71,7 @@ fn the_profile_table_merges_over_the_default_table_key_by_key() {
 #[test]
 fn postgres_store_settings_are_read() {
     let toml = format!(
-        "[prod.session]\nsecret_key = \"{KEY}\"\nstore = {{ kind = \"postgres\", database = \"db\", ttl = 30, migrate = false, unlogged = true, sweep_interval = 5, sweep_batch = 10 }}\n"
+        "[prod.session]\nsecret_key = \"{KEY}\"\nstore = {{ kind = \"postgres\", database = \"db\", ttl = 30, migrate = false, unlogged = true, sweep_interval = 5, sweep_batch = 10, cache = 500 }}\n"
     );
     match from_toml(&toml, "prod").unwrap().store {
         StoreConfig::Postgres(p) => {
@@ -82,9 +82,10 @@ fn postgres_store_settings_are_read() {
                     p.migrate,
                     p.unlogged,
                     p.sweep_interval,
-                    p.sweep_batch
+                    p.sweep_batch,
+                    p.cache
                 ),
-                ("db", 30, false, true, 5, 10)
+                ("db", 30, false, true, 5, 10, 500)
             );
         }
         other => panic!("{other:?}"),
@@ -179,6 +180,16 @@ const INVALID: &[(&str, &str, &str)] = &[
         "store = { kind = \"postgres\", sweep_batch = 0 }",
         "store.sweep_batch",
         "at least 1",
+    ),
+    (
+        "store = { kind = \"memory\", cache = 10 }",
+        "store.cache",
+        "memory",
+    ),
+    (
+        "store = { kind = \"postgres\", cache = 20000000 }",
+        "store.cache",
+        "at most",
     ),
     (
         "store = { kind = \"postgres\", database = \"\" }",

@@ -6,7 +6,7 @@
 //! so a crash at any point leaves either the old snapshot or the new one, whole.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::BuildHasherDefault;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,30 +14,13 @@ use std::sync::{Mutex, MutexGuard};
 
 use sha2::{Digest, Sha256};
 
-use super::{ChangeSet, SessionRecord, SessionStore};
+use super::{ChangeSet, DigestHasher, SessionRecord, SessionStore};
 use crate::config::MemoryStoreConfig;
 use crate::error::StoreError;
 use crate::id::StoreKey;
 
 const SHARDS: usize = 1024;
 const MAGIC: &[u8; 8] = b"RSSNAP\x00\x01";
-
-/// Store keys are SHA-256 digests, uniformly distributed already: hashing them again is waste.
-#[derive(Default)]
-struct DigestHasher(u64);
-
-impl Hasher for DigestHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8).take(1) {
-            let mut word = [0u8; 8];
-            word[..chunk.len()].copy_from_slice(chunk);
-            self.0 = u64::from_le_bytes(word);
-        }
-    }
-}
 
 type Shard = HashMap<StoreKey, Entry, BuildHasherDefault<DigestHasher>>;
 

@@ -97,19 +97,39 @@
 //! ```
 
 use std::collections::{BTreeMap, HashMap};
+use std::hash::Hasher;
 
 use crate::error::StoreError;
 use crate::id::StoreKey;
 
+mod cache;
 mod coalesce;
 mod memory;
 mod postgres;
 
+pub use cache::CacheStats;
 pub use memory::MemoryStore;
 pub use postgres::PostgresStore;
 
 pub(crate) fn memory_snapshot_fuzz(data: &[u8]) {
     let _ = memory::snapshot_decodes(data);
+}
+
+/// Store keys are SHA-256 digests, uniformly distributed already: hashing them again is waste.
+#[derive(Default)]
+pub(crate) struct DigestHasher(u64);
+
+impl Hasher for DigestHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8).take(1) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 = u64::from_le_bytes(word);
+        }
+    }
 }
 
 /// A session as a store returns it.

@@ -7,13 +7,16 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
-use rocket::tokio::sync::oneshot;
+use rocket::tokio::sync::{oneshot, Notify};
 
 use rocket::figment::providers::Serialized;
 use rocket::figment::Figment;
-use rocket_db_pools::sqlx::{self, postgres::PgPool, Executor, Row};
+use rocket_db_pools::sqlx::postgres::{PgListener, PgPool};
+use rocket_db_pools::sqlx::{self, Executor, Row};
 
+use super::cache::{self, Cache, CacheStats, Ticket, CHANNEL};
 use super::coalesce::{Batch, Coalescer};
 use super::{ChangeSet, SessionRecord, SessionStore};
 use crate::config::PostgresStoreConfig;
@@ -35,12 +38,18 @@ const MIGRATION_LOCK: i64 = 0x726f_636b_6573_7373;
 /// Built by the fairing from `store = { kind = "postgres", ... }` (see
 /// [`PostgresStoreConfig`]), on a pool it initialises from `[<profile>.databases.<database>]`
 /// or on the app's own pool (see [`Sessions::with_database`](crate::Sessions::with_database)).
+///
+/// Every change it makes is announced to the other instances on the database (`NOTIFY
+/// rocket_sessions`), so those that keep a local cache (`cache = N`, see
+/// [`PostgresStoreConfig`]) drop what changed elsewhere.
 pub struct PostgresStore {
     db: Db,
     ttl: u64,
     sweep_batch: u32,
     loads: Arc<Coalescer<PendingLoad, Db>>,
     updates: Arc<Coalescer<PendingUpdate, Db>>,
+    /// Stops the task that listens for announcements, when there is a cache.
+    stop: Arc<Notify>,
 }
 
 /// The pool and the statement count, shared by the store and its batch runners.
@@ -48,7 +57,13 @@ pub struct PostgresStore {
 struct Db {
     pool: PgPool,
     statements: Arc<AtomicU64>,
+    /// Tags this store's announcements, so that its own cache skips them.
+    instance: u64,
+    cache: Option<Arc<Cache>>,
 }
+
+/// A live session as a load finds it: the record and its expiry.
+type Found = Option<(SessionRecord, u64)>;
 
 impl Db {
     fn count(&self) {
@@ -60,7 +75,7 @@ impl Db {
 struct PendingLoad {
     key: StoreKey,
     now: u64,
-    done: oneshot::Sender<Result<Option<SessionRecord>, StoreError>>,
+    done: oneshot::Sender<Result<Found, StoreError>>,
 }
 
 /// An `update` waiting for its batch.
@@ -122,13 +137,22 @@ fn secs(t: u64) -> i64 {
 impl PostgresStore {
     /// A store on `pool`, applying the schema first when `config.migrate` is set (and checking
     /// that the database answers either way).
+    ///
+    /// With `config.cache` set, a task listens for the other instances' announcements on one
+    /// connection of `pool` for as long as the store lives.
     pub async fn new(
         pool: PgPool,
         config: &PostgresStoreConfig,
     ) -> Result<PostgresStore, StoreError> {
+        let mut tag = [0u8; 8];
+        getrandom::getrandom(&mut tag).map_err(|e| StoreError::Other(e.to_string()))?;
+        let instance = u64::from_be_bytes(tag);
+        let cache = (config.cache > 0).then(|| Arc::new(Cache::new(config.cache, instance)));
         let db = Db {
             pool,
             statements: Arc::new(AtomicU64::new(0)),
+            instance,
+            cache,
         };
         let store = PostgresStore {
             loads: Coalescer::new(db.clone(), LOAD_LEADERS),
@@ -136,13 +160,23 @@ impl PostgresStore {
             db,
             ttl: config.ttl,
             sweep_batch: config.sweep_batch,
+            stop: Arc::new(Notify::new()),
         };
         if config.migrate {
             store.migrate(config.unlogged).await?;
         } else {
             store.db.pool.execute("SELECT 1").await.map_err(classify)?;
         }
+        if let Some(cache) = &store.db.cache {
+            let listening = listen(store.db.pool.clone(), cache.clone(), store.stop.clone());
+            rocket::tokio::spawn(listening);
+        }
         Ok(store)
+    }
+
+    /// What the local cache has done, or `None` when it is off.
+    pub fn cache_stats(&self) -> Option<CacheStats> {
+        self.db.cache.as_ref().map(|c| c.stats())
     }
 
     /// A pool initialised the way `rocket_db_pools` does it, from `[<profile>.databases.<name>]`
@@ -173,6 +207,10 @@ impl PostgresStore {
 
     fn count(&self) {
         self.db.count();
+    }
+
+    fn cache(&self) -> Option<&Cache> {
+        self.db.cache.as_deref()
     }
 
     /// Applies what `migrations/` holds and is not yet applied, under an advisory lock so that
@@ -240,6 +278,61 @@ impl PostgresStore {
     }
 }
 
+impl Drop for PostgresStore {
+    fn drop(&mut self) {
+        self.stop.notify_one();
+    }
+}
+
+/// Keeps `cache` listening for announcements on a connection of `pool`, reconnecting when the
+/// connection is lost, until `stop` is notified or the pool is closed. The cache serves only
+/// while the connection is up.
+async fn listen(pool: PgPool, cache: Arc<Cache>, stop: Arc<Notify>) {
+    use rocket::tokio::{select, time::sleep};
+
+    let mut pause = Duration::from_millis(100);
+    loop {
+        let connect = async {
+            let mut listener = PgListener::connect_with(&pool).await?;
+            listener.listen(CHANNEL).await?;
+            Ok::<_, sqlx::Error>(listener)
+        };
+        let failed = select! {
+            _ = stop.notified() => return,
+            connected = connect => match connected {
+                Ok(mut listener) => {
+                    cache.set_listening(true);
+                    pause = Duration::from_millis(100);
+                    let end = loop {
+                        select! {
+                            _ = stop.notified() => break None,
+                            next = listener.try_recv() => match next {
+                                Ok(Some(note)) => cache.announced(note.payload()),
+                                Ok(None) => break Some("the connection was lost".to_string()),
+                                Err(sqlx::Error::PoolClosed) => break None,
+                                Err(e) => break Some(e.to_string()),
+                            },
+                        }
+                    };
+                    cache.set_listening(false);
+                    match end {
+                        None => return,
+                        Some(reason) => reason,
+                    }
+                }
+                Err(sqlx::Error::PoolClosed) => return,
+                Err(e) => e.to_string(),
+            },
+        };
+        rocket::warn!("session store: the cache is off until it listens again: {failed}");
+        select! {
+            _ = stop.notified() => return,
+            _ = sleep(pause) => {}
+        }
+        pause = (pause * 2).min(Duration::from_secs(5));
+    }
+}
+
 fn lost() -> StoreError {
     StoreError::Other("the batch that carried this call was lost".into())
 }
@@ -271,9 +364,9 @@ impl Batch<PendingLoad> for Db {
         for pending in batch {
             let answer = match &result {
                 Ok(found) => Ok(found
-                    .binary_search_by_key(&pending.key, |(k, _)| *k)
+                    .binary_search_by_key(&pending.key, |(k, _, _)| *k)
                     .ok()
-                    .map(|i| found[i].1.clone())),
+                    .map(|i| (found[i].1.clone(), found[i].2))),
                 Err(e) => Err(e.clone()),
             };
             let _ = pending.done.send(answer);
@@ -302,6 +395,14 @@ impl Batch<PendingUpdate> for Db {
                 Ok(live) => Ok(live.binary_search(&pending.key).is_ok()),
                 Err(e) => Err(e.clone()),
             };
+            // Before the answer, and before the next batch: the cache sees commits in order.
+            if let Some(cache) = &self.cache {
+                let live = matches!(answer, Ok(true));
+                cache.updated(
+                    &pending.key,
+                    live.then_some((&pending.changes, pending.expires)),
+                );
+            }
             let _ = pending.done.send(answer);
         }
     }
@@ -312,12 +413,12 @@ impl Db {
     async fn load_many(
         &self,
         batch: &[PendingLoad],
-    ) -> Result<Vec<(StoreKey, SessionRecord)>, StoreError> {
+    ) -> Result<Vec<(StoreKey, SessionRecord, u64)>, StoreError> {
         self.count();
         let keys: Vec<&[u8]> = batch.iter().map(|p| &p.key.0[..]).collect();
         let nows: Vec<i64> = batch.iter().map(|p| secs(p.now)).collect();
         let rows = sqlx::query(
-            "SELECT s.key, s.created_at, d.name, d.value
+            "SELECT s.key, s.created_at, s.expires_at, d.name, d.value
                FROM unnest($1::bytea[], $2::bigint[]) AS i(key, now)
                JOIN rocket_sessions s ON s.key = i.key AND s.expires_at > i.now
                LEFT JOIN rocket_session_data d ON d.session_id = s.id
@@ -328,24 +429,26 @@ impl Db {
         .fetch_all(&self.pool)
         .await
         .map_err(classify)?;
-        let mut found: Vec<(StoreKey, SessionRecord)> = Vec::new();
+        let mut found: Vec<(StoreKey, SessionRecord, u64)> = Vec::new();
         for row in &rows {
             let key: Vec<u8> = row.try_get(0).map_err(classify)?;
             let key = StoreKey(
                 key.try_into()
                     .map_err(|_| StoreError::Corrupt("a session key is not 32 bytes".into()))?,
             );
-            if found.last().map(|(k, _)| *k) != Some(key) {
+            if found.last().map(|(k, _, _)| *k) != Some(key) {
                 let created: i64 = row.try_get(1).map_err(classify)?;
+                let expires: i64 = row.try_get(2).map_err(classify)?;
                 let record = SessionRecord {
                     created: created.max(0) as u64,
                     data: Vec::new(),
                 };
-                found.push((key, record));
+                found.push((key, record, expires.max(0) as u64));
             }
-            let name: Option<String> = row.try_get(2).map_err(classify)?;
-            let value: Option<Vec<u8>> = row.try_get(3).map_err(classify)?;
-            if let (Some(name), Some(value), Some((_, record))) = (name, value, found.last_mut()) {
+            let name: Option<String> = row.try_get(3).map_err(classify)?;
+            let value: Option<Vec<u8>> = row.try_get(4).map_err(classify)?;
+            if let (Some(name), Some(value), Some((_, record, _))) = (name, value, found.last_mut())
+            {
                 record.data.push((name, value));
             }
         }
@@ -353,7 +456,8 @@ impl Db {
     }
 
     /// Extends each live session of the batch and applies its changes: one statement, so one
-    /// transaction and one commit. Returns the keys of the sessions that were live, sorted.
+    /// transaction and one commit, which announces the sessions whose data changed. Returns the
+    /// keys of the sessions that were live, sorted.
     async fn update_many(&self, batch: &[PendingUpdate]) -> Result<Vec<StoreKey>, StoreError> {
         self.count();
         let (mut keys, mut expires, mut nows) = (Vec::new(), Vec::new(), Vec::new());
@@ -371,7 +475,15 @@ impl Db {
             removed_keys.extend(std::iter::repeat(key).take(removed.len()));
             removed_names.extend(removed);
         }
-        let rows: Vec<Vec<u8>> = sqlx::query_scalar(
+        let changed: Vec<&StoreKey> = batch
+            .iter()
+            .filter(|p| !p.changes.is_empty())
+            .map(|p| &p.key)
+            .collect();
+        // Only changed data is announced: another cache holding an older expiry reloads early.
+        let announcement =
+            (!changed.is_empty()).then(|| cache::announcement(self.instance, changed.into_iter()));
+        let (rows, _): (Vec<Vec<u8>>, i64) = sqlx::query_as(
             "WITH input AS (
                 SELECT * FROM unnest($1::bytea[], $2::bigint[], $3::bigint[]) AS i(key, expires, now)
              ), s AS (
@@ -389,7 +501,9 @@ impl Db {
                   FROM s JOIN unnest($6::bytea[], $7::text[], $8::bytea[]) AS u(key, name, value)
                     ON u.key = s.key
                 ON CONFLICT (session_id, name) DO UPDATE SET value = excluded.value
-             ) SELECT key FROM s",
+             ), announced AS (
+                SELECT pg_notify('rocket_sessions', $9) WHERE $9 IS NOT NULL AND EXISTS (SELECT FROM s)
+             ) SELECT array(SELECT key FROM s), (SELECT count(*) FROM announced)",
         )
         .bind(&keys)
         .bind(&expires)
@@ -399,7 +513,8 @@ impl Db {
         .bind(&set_keys)
         .bind(&set_names)
         .bind(&set_values)
-        .fetch_all(&self.pool)
+        .bind(announcement)
+        .fetch_one(&self.pool)
         .await
         .map_err(classify)?;
         let mut live: Vec<StoreKey> = rows
@@ -414,13 +529,25 @@ impl Db {
 #[rocket::async_trait]
 impl SessionStore for PostgresStore {
     async fn load(&self, key: &StoreKey, now: u64) -> Result<Option<SessionRecord>, StoreError> {
+        let mut ticket: Option<Ticket> = None;
+        if let Some(cache) = self.cache() {
+            if let Some(record) = cache.get(key, now) {
+                return Ok(Some(record));
+            }
+            ticket = cache.ticket(key);
+        }
         let (done, answer) = oneshot::channel();
         self.loads.submit(PendingLoad {
             key: *key,
             now,
             done,
         });
-        answer.await.map_err(|_| lost())?
+        let found = answer.await.map_err(|_| lost())??;
+        if let (Some(cache), Some(ticket), Some((record, expires))) = (self.cache(), ticket, &found)
+        {
+            cache.fill(ticket, key, record, *expires);
+        }
+        Ok(found.map(|(record, _)| record))
     }
 
     async fn create(
@@ -454,6 +581,9 @@ impl SessionStore for PostgresStore {
             .await
             .map_err(classify)?;
             if made == 1 {
+                if let Some(cache) = self.cache() {
+                    cache.created(key, created, now.saturating_add(self.ttl), changes);
+                }
                 return Ok(true);
             }
             // The key is taken. Only an expired session may give it up.
@@ -498,7 +628,8 @@ impl SessionStore for PostgresStore {
     ) -> Result<bool, StoreError> {
         self.count();
         let (names, values, removed) = split(changes);
-        let moved = sqlx::query_scalar::<_, i64>(
+        let announcement = cache::announcement(self.db.instance, [old, new].into_iter());
+        let moved = sqlx::query_as::<_, (i64, i64)>(
             "WITH s AS (
                 UPDATE rocket_sessions SET key = $2, expires_at = $3
                  WHERE key = $1 AND expires_at > $4
@@ -511,7 +642,9 @@ impl SessionStore for PostgresStore {
                 INSERT INTO rocket_session_data (session_id, name, value)
                 SELECT s.id, u.name, u.value FROM s, unnest($6::text[], $7::bytea[]) AS u(name, value)
                 ON CONFLICT (session_id, name) DO UPDATE SET value = excluded.value
-             ) SELECT count(*) FROM s",
+             ), announced AS (
+                SELECT pg_notify('rocket_sessions', $8) WHERE EXISTS (SELECT FROM s)
+             ) SELECT (SELECT count(*) FROM s), (SELECT count(*) FROM announced)",
         )
         .bind(&old.0[..])
         .bind(&new.0[..])
@@ -520,10 +653,15 @@ impl SessionStore for PostgresStore {
         .bind(&removed)
         .bind(&names)
         .bind(&values)
+        .bind(announcement)
         .fetch_one(&self.db.pool)
         .await;
+        if let Some(cache) = self.cache() {
+            cache.drop_key(old);
+            cache.drop_key(new);
+        }
         match moved {
-            Ok(n) => Ok(n == 1),
+            Ok((n, _)) => Ok(n == 1),
             // The new id was taken between the check and the update.
             Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Ok(false),
             Err(e) => Err(classify(e)),
@@ -532,44 +670,83 @@ impl SessionStore for PostgresStore {
 
     async fn destroy(&self, key: &StoreKey) -> Result<(), StoreError> {
         self.count();
-        sqlx::query("DELETE FROM rocket_sessions WHERE key = $1")
-            .bind(&key.0[..])
-            .execute(&self.db.pool)
-            .await
-            .map_err(classify)?;
+        let done = sqlx::query(
+            "WITH d AS (
+                DELETE FROM rocket_sessions WHERE key = $1 RETURNING 1
+             ) SELECT pg_notify('rocket_sessions', $2) WHERE EXISTS (SELECT FROM d)",
+        )
+        .bind(&key.0[..])
+        .bind(cache::announcement(self.db.instance, [key].into_iter()))
+        .execute(&self.db.pool)
+        .await;
+        if let Some(cache) = self.cache() {
+            cache.drop_key(key);
+        }
+        done.map_err(classify)?;
         Ok(())
     }
 
     async fn destroy_where(&self, name: &str, value: &[u8]) -> Result<u64, StoreError> {
         self.count();
-        let done = sqlx::query(
-            "DELETE FROM rocket_sessions s USING rocket_session_data d
-              WHERE d.session_id = s.id AND d.name = $1 AND d.value = $2",
+        // Announces the deleted sessions by the first 8 bytes of their keys, as
+        // `cache::announcement` does, or `*` when there are too many to name.
+        let done: Result<(Vec<Vec<u8>>, i64), _> = sqlx::query_as(
+            "WITH d AS (
+                DELETE FROM rocket_sessions s USING rocket_session_data d
+                 WHERE d.session_id = s.id AND d.name = $1 AND d.value = $2
+                RETURNING s.key
+             ), announced AS (
+                SELECT pg_notify('rocket_sessions', CASE WHEN count(*) > $4 THEN $3 || ' *'
+                    ELSE $3 || string_agg(' ' || encode(substring(key FROM 1 FOR 8), 'hex'), '') END)
+                  FROM d HAVING count(*) > 0
+             ) SELECT array(SELECT key FROM d), (SELECT count(*) FROM announced)",
         )
         .bind(name)
         .bind(value)
-        .execute(&self.db.pool)
-        .await
-        .map_err(classify)?;
-        Ok(done.rows_affected())
+        .bind(format!("{:016x}", self.db.instance))
+        .bind(cache::MAX_NAMED as i64)
+        .fetch_one(&self.db.pool)
+        .await;
+        let (deleted, _) = done.map_err(|e| {
+            if let Some(cache) = self.cache() {
+                cache.clear(); // what was deleted is unknown
+            }
+            classify(e)
+        })?;
+        if let Some(cache) = self.cache() {
+            for key in deleted.iter().filter_map(|k| k.as_slice().try_into().ok()) {
+                cache.drop_key(&StoreKey(key));
+            }
+        }
+        Ok(deleted.len() as u64)
     }
 
     async fn sweep(&self, now: u64) -> Result<u64, StoreError> {
         let mut total = 0;
         loop {
             self.count();
-            let done = sqlx::query(
-                "DELETE FROM rocket_sessions WHERE id IN (
-                    SELECT id FROM rocket_sessions WHERE expires_at <= $1
-                     ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED)",
+            let (deleted, _): (i64, i64) = sqlx::query_as(
+                "WITH d AS (
+                    DELETE FROM rocket_sessions WHERE id IN (
+                        SELECT id FROM rocket_sessions WHERE expires_at <= $1
+                         ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED)
+                    RETURNING 1
+                 ), announced AS (
+                    SELECT pg_notify('rocket_sessions', $3) WHERE EXISTS (SELECT FROM d)
+                 ) SELECT (SELECT count(*) FROM d), (SELECT count(*) FROM announced)",
             )
             .bind(secs(now))
             .bind(i64::from(self.sweep_batch))
-            .execute(&self.db.pool)
+            .bind(cache::announcement_swept(self.db.instance, now))
+            .fetch_one(&self.db.pool)
             .await
             .map_err(classify)?;
-            total += done.rows_affected();
-            if done.rows_affected() < u64::from(self.sweep_batch) {
+            if let Some(cache) = self.cache() {
+                cache.drop_expired(now);
+            }
+            let deleted = deleted.max(0) as u64;
+            total += deleted;
+            if deleted < u64::from(self.sweep_batch) {
                 return Ok(total);
             }
         }

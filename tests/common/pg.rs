@@ -64,6 +64,7 @@ pub fn config(ttl: u64) -> PostgresStoreConfig {
         unlogged: false,
         sweep_interval: 60,
         sweep_batch: 1000,
+        cache: 0,
     }
 }
 

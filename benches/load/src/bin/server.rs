@@ -2,7 +2,8 @@
 //! `GET /counter` reads a u64 from the session, increments it and writes it back, and
 //! `GET /read` only reads it.
 //!
-//! `server MODE PORT` with MODE one of `bare`, `ours-memory`, `ours-postgres`, `rss-memory`
+//! `server MODE PORT` with MODE one of `bare`, `ours-memory`, `ours-postgres` (no cache),
+//! `ours-postgres-cache` (a local cache of 10,000 sessions), `rss-memory`
 //! (rocket-session-store), `flex-memory`, `flex-postgres` (rocket_flex_session). The PostgreSQL
 //! modes take `DATABASE_URL`. Two workers, logging off.
 
@@ -61,18 +62,21 @@ mod ours {
         Ok(session.get_or("count", 0u64)?.to_string())
     }
 
-    pub fn rocket(figment: Figment, postgres: bool) -> Rocket<Build> {
+    /// Where sessions live: memory, or PostgreSQL with a local cache of `Some(n)` sessions
+    /// (0: none).
+    pub fn rocket(figment: Figment, postgres_cache: Option<usize>) -> Rocket<Build> {
         let figment = figment
             .merge(("session.secret_key", KEY))
             .merge(("session.cookie_secure", false))
             .merge(("session.refresh_interval", 60));
-        let figment = match postgres {
-            false => figment
+        let figment = match postgres_cache {
+            None => figment
                 .merge(("session.store.kind", "memory"))
                 .merge(("session.store.file_path", "")),
-            true => figment
+            Some(cache) => figment
                 .merge(("session.store.kind", "postgres"))
                 .merge(("session.store.database", "sessions"))
+                .merge(("session.store.cache", cache))
                 .merge(("databases.sessions.url", database_url()))
                 .merge(("databases.sessions.max_connections", 16)),
         };
@@ -198,8 +202,9 @@ async fn main() {
     let figment = figment(port);
     let rocket = match mode {
         "bare" => bare::rocket(figment),
-        "ours-memory" => ours::rocket(figment, false),
-        "ours-postgres" => ours::rocket(figment, true),
+        "ours-memory" => ours::rocket(figment, None),
+        "ours-postgres" => ours::rocket(figment, Some(0)),
+        "ours-postgres-cache" => ours::rocket(figment, Some(10_000)),
         "rss-memory" => rss::rocket(figment),
         "flex-memory" => flex::rocket(figment, false).await,
         "flex-postgres" => flex::rocket(figment, true).await,

@@ -1,0 +1,432 @@
+//! The PostgreSQL store's local cache: sessions this instance has read or written, kept in
+//! memory so that a request whose session is cached makes no round trip to load it.
+//!
+//! Every instance sharing the database announces what it changes with `NOTIFY` on
+//! [`CHANNEL`], in the statement that changes it, so the announcement is delivered when the
+//! change commits. An instance with a cache listens on one connection of its pool and drops
+//! what the others change. While that connection is down nothing is announced to it, so the
+//! cache is emptied and serves nothing until it listens again.
+//!
+//! Two counters keep a slow load from filing what was true before a change: each shard counts
+//! its changes (`seq`), and the cache counts its listening connections (`epoch`). A load takes
+//! both before it asks the database and files its answer only if neither moved meanwhile.
+
+use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+use super::{ChangeSet, DigestHasher, SessionRecord};
+use crate::id::StoreKey;
+
+/// The channel every PostgreSQL store announces its changes on.
+pub(crate) const CHANNEL: &str = "rocket_sessions";
+
+const SHARDS: usize = 64;
+
+/// The first 8 bytes of a store key: what announcements name (8 bytes keep a batch of 256 in
+/// one announcement; two sessions that share them only cost each other a reload).
+pub(crate) fn prefix(key: &StoreKey) -> u64 {
+    let mut word = [0u8; 8];
+    word.copy_from_slice(&key.0[..8]);
+    u64::from_be_bytes(word)
+}
+
+struct Entry {
+    key: StoreKey,
+    created: u64,
+    expires: u64,
+    data: Vec<(String, Vec<u8>)>,
+}
+
+#[derive(Default)]
+struct Shard {
+    seq: u64,
+    entries: HashMap<u64, Entry, BuildHasherDefault<DigestHasher>>,
+}
+
+/// What a load must show to file its answer: the counters as they were before it asked.
+#[derive(Clone, Copy)]
+pub(crate) struct Ticket {
+    epoch: u64,
+    seq: u64,
+}
+
+/// Counts of what the cache did, for metrics and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CacheStats {
+    /// Loads answered from the cache.
+    pub hits: u64,
+    /// Loads that went to the database.
+    pub misses: u64,
+    /// Sessions dropped because another instance announced a change to them.
+    pub invalidations: u64,
+    /// Whether the cache is listening for announcements now (it serves nothing while not).
+    pub listening: bool,
+    /// Times the listening connection was (re)established.
+    pub connections: u64,
+}
+
+pub(crate) struct Cache {
+    shards: Box<[Mutex<Shard>]>,
+    per_shard: usize,
+    /// Announcements carrying this tag are this instance's own.
+    pub(crate) instance: u64,
+    epoch: AtomicU64,
+    listening: AtomicBool,
+    hits: AtomicU64,
+    misses: AtomicU64,
+    invalidations: AtomicU64,
+    connections: AtomicU64,
+}
+
+impl Cache {
+    pub(crate) fn new(capacity: usize, instance: u64) -> Cache {
+        Cache {
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            per_shard: capacity.div_ceil(SHARDS).max(1),
+            instance,
+            epoch: AtomicU64::new(0),
+            listening: AtomicBool::new(false),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+            invalidations: AtomicU64::new(0),
+            connections: AtomicU64::new(0),
+        }
+    }
+
+    fn shard(&self, prefix: u64) -> MutexGuard<'_, Shard> {
+        self.shards[(prefix % SHARDS as u64) as usize]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The live session under `key`, if cached.
+    pub(crate) fn get(&self, key: &StoreKey, now: u64) -> Option<SessionRecord> {
+        let found = if self.listening.load(Ordering::Acquire) {
+            let shard = self.shard(prefix(key));
+            shard
+                .entries
+                .get(&prefix(key))
+                .filter(|e| e.key == *key && e.expires > now)
+                .map(|e| SessionRecord {
+                    created: e.created,
+                    data: e.data.clone(),
+                })
+        } else {
+            None
+        };
+        let counter = match found {
+            Some(_) => &self.hits,
+            None => &self.misses,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        found
+    }
+
+    /// The counters a load of `key` takes before it asks the database.
+    pub(crate) fn ticket(&self, key: &StoreKey) -> Option<Ticket> {
+        let epoch = self.epoch.load(Ordering::Acquire);
+        if !self.listening.load(Ordering::Acquire) {
+            return None;
+        }
+        let seq = self.shard(prefix(key)).seq;
+        Some(Ticket { epoch, seq })
+    }
+
+    /// Files what a load found, unless `key` changed or the listener reconnected since the
+    /// load took `ticket`.
+    pub(crate) fn fill(
+        &self,
+        ticket: Ticket,
+        key: &StoreKey,
+        record: &SessionRecord,
+        expires: u64,
+    ) {
+        let mut shard = self.shard(prefix(key));
+        if shard.seq != ticket.seq
+            || self.epoch.load(Ordering::Acquire) != ticket.epoch
+            || !self.listening.load(Ordering::Acquire)
+        {
+            return;
+        }
+        self.file(
+            &mut shard,
+            key,
+            record.created,
+            expires,
+            record.data.clone(),
+        );
+    }
+
+    fn file(
+        &self,
+        shard: &mut Shard,
+        key: &StoreKey,
+        created: u64,
+        expires: u64,
+        data: Vec<(String, Vec<u8>)>,
+    ) {
+        if shard.entries.len() >= self.per_shard && !shard.entries.contains_key(&prefix(key)) {
+            // Full: make room. Any entry will do; a miss costs one load.
+            if let Some(victim) = shard.entries.keys().next().copied() {
+                shard.entries.remove(&victim);
+            }
+        }
+        let entry = Entry {
+            key: *key,
+            created,
+            expires,
+            data,
+        };
+        shard.entries.insert(prefix(key), entry);
+    }
+
+    /// Files a session this instance has just created.
+    pub(crate) fn created(&self, key: &StoreKey, created: u64, expires: u64, changes: &ChangeSet) {
+        let mut shard = self.shard(prefix(key));
+        shard.seq += 1;
+        if self.listening.load(Ordering::Acquire) {
+            let data = changes
+                .iter()
+                .filter_map(|(k, v)| Some((k.to_owned(), v?.to_vec())))
+                .collect();
+            self.file(&mut shard, key, created, expires, data);
+        }
+    }
+
+    /// Applies an update this instance has just committed: `Some` with the changes and the new
+    /// expiry when the session was live, `None` when it was not (or the outcome is unknown).
+    pub(crate) fn updated(&self, key: &StoreKey, outcome: Option<(&ChangeSet, u64)>) {
+        let mut shard = self.shard(prefix(key));
+        shard.seq += 1;
+        let p = prefix(key);
+        match (outcome, shard.entries.get_mut(&p)) {
+            (Some((changes, expires)), Some(entry)) if entry.key == *key => {
+                for (name, value) in changes.iter() {
+                    let at = entry.data.iter().position(|(k, _)| k == name);
+                    match (value, at) {
+                        (Some(v), Some(i)) => entry.data[i].1 = v.to_vec(),
+                        (Some(v), None) => entry.data.push((name.to_owned(), v.to_vec())),
+                        (None, Some(i)) => {
+                            entry.data.swap_remove(i);
+                        }
+                        (None, None) => {}
+                    }
+                }
+                entry.expires = expires;
+            }
+            (_, Some(entry)) if entry.key == *key => {
+                shard.entries.remove(&p);
+            }
+            _ => {}
+        }
+    }
+
+    /// Drops the session under `key` (destroyed, moved, or changed elsewhere).
+    pub(crate) fn drop_key(&self, key: &StoreKey) {
+        self.drop_prefix(prefix(key));
+    }
+
+    fn drop_prefix(&self, p: u64) {
+        let mut shard = self.shard(p);
+        shard.seq += 1;
+        shard.entries.remove(&p);
+    }
+
+    /// Drops the sessions whose expiry is at or before `t` (swept, here or elsewhere).
+    pub(crate) fn drop_expired(&self, t: u64) {
+        for shard in self.shards.iter() {
+            let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+            shard.seq += 1;
+            shard.entries.retain(|_, e| e.expires > t);
+        }
+    }
+
+    /// Drops everything.
+    pub(crate) fn clear(&self) {
+        for shard in self.shards.iter() {
+            let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+            shard.seq += 1;
+            shard.entries.clear();
+        }
+    }
+
+    /// The listening connection is up (after `LISTEN` has run) or down.
+    pub(crate) fn set_listening(&self, up: bool) {
+        // Down first, then empty, then a new epoch: a load that began before cannot file.
+        self.listening.store(false, Ordering::Release);
+        self.clear();
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        if up {
+            self.connections.fetch_add(1, Ordering::Relaxed);
+            self.listening.store(true, Ordering::Release);
+        }
+    }
+
+    /// Handles one announcement: `<instance>` then words, all numbers in hex: a key prefix (that
+    /// session changed), `<t` (sessions expiring at or before `t` were swept) or `*` (any
+    /// session may have changed). This instance's own are skipped; a word it cannot read
+    /// empties the cache, to be safe.
+    pub(crate) fn announced(&self, payload: &str) {
+        let mut words = payload.split(' ');
+        let from = words.next().and_then(|w| u64::from_str_radix(w, 16).ok());
+        if from == Some(self.instance) {
+            return;
+        }
+        if from.is_none() {
+            self.clear();
+            return;
+        }
+        for word in words {
+            let swept = word.strip_prefix('<').map(|t| u64::from_str_radix(t, 16));
+            match (swept, u64::from_str_radix(word, 16)) {
+                (Some(Ok(t)), _) => self.drop_expired(t),
+                (None, Ok(p)) => self.drop_prefix(p),
+                _ => self.clear(), // `*`, or unreadable
+            }
+            self.invalidations.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn stats(&self) -> CacheStats {
+        CacheStats {
+            hits: self.hits.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed),
+            invalidations: self.invalidations.load(Ordering::Relaxed),
+            listening: self.listening.load(Ordering::Acquire),
+            connections: self.connections.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// The announcement of changes to `keys` by `instance`.
+pub(crate) fn announcement<'a>(
+    instance: u64,
+    keys: impl ExactSizeIterator<Item = &'a StoreKey>,
+) -> String {
+    if keys.len() > MAX_NAMED {
+        return format!("{instance:016x} *");
+    }
+    let mut payload = format!("{instance:016x}");
+    for key in keys {
+        payload.push_str(&format!(" {:016x}", prefix(key)));
+    }
+    payload
+}
+
+/// The announcement that the sessions expiring at or before `t` were swept.
+pub(crate) fn announcement_swept(instance: u64, t: u64) -> String {
+    format!("{instance:016x} <{t:x}")
+}
+
+/// The most key prefixes one announcement names; a longer list becomes `*` (the payload of a
+/// notification is limited to 8000 bytes).
+pub(crate) const MAX_NAMED: usize = 400;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(n: u8) -> StoreKey {
+        StoreKey([n; 32])
+    }
+
+    fn record(v: &[u8]) -> SessionRecord {
+        SessionRecord {
+            created: 1,
+            data: vec![("a".into(), v.to_vec())],
+        }
+    }
+
+    fn listening() -> Cache {
+        let cache = Cache::new(100, 7);
+        cache.set_listening(true);
+        cache
+    }
+
+    #[test]
+    fn a_load_that_raced_a_change_files_nothing() {
+        let cache = listening();
+        let ticket = cache.ticket(&key(1)).unwrap();
+        cache.announced(&announcement(8, [key(1)].iter()));
+        cache.fill(ticket, &key(1), &record(b"old"), 100);
+        assert_eq!(cache.get(&key(1), 10), None);
+
+        let ticket = cache.ticket(&key(1)).unwrap();
+        cache.updated(&key(1), None);
+        cache.fill(ticket, &key(1), &record(b"old"), 100);
+        assert_eq!(cache.get(&key(1), 10), None);
+
+        let ticket = cache.ticket(&key(1)).unwrap();
+        cache.fill(ticket, &key(1), &record(b"now"), 100);
+        assert_eq!(cache.get(&key(1), 10), Some(record(b"now")));
+    }
+
+    #[test]
+    fn a_load_that_raced_a_reconnection_files_nothing() {
+        let cache = listening();
+        let ticket = cache.ticket(&key(1)).unwrap();
+        cache.set_listening(false);
+        cache.set_listening(true);
+        cache.fill(ticket, &key(1), &record(b"old"), 100);
+        assert_eq!(cache.get(&key(1), 10), None);
+
+        cache.set_listening(false);
+        assert!(cache.ticket(&key(1)).is_none(), "no filling while deaf");
+    }
+
+    #[test]
+    fn announcements_drop_what_they_name_and_skip_their_own() {
+        let cache = listening();
+        for n in 1..=4 {
+            let ticket = cache.ticket(&key(n)).unwrap();
+            cache.fill(ticket, &key(n), &record(b"x"), 100 + u64::from(n));
+        }
+        cache.announced(&announcement(7, [key(1)].iter()));
+        assert!(cache.get(&key(1), 10).is_some(), "its own announcement");
+        cache.announced(&announcement(8, [key(1)].iter()));
+        assert!(cache.get(&key(1), 10).is_none());
+        cache.announced(&announcement_swept(8, 102));
+        assert!(cache.get(&key(2), 10).is_none());
+        assert!(cache.get(&key(3), 10).is_some());
+        cache.announced("0000000000000008 *");
+        assert!(cache.get(&key(3), 10).is_none() && cache.get(&key(4), 10).is_none());
+
+        let ticket = cache.ticket(&key(5)).unwrap();
+        cache.fill(ticket, &key(5), &record(b"x"), 100);
+        cache.announced("garbage");
+        assert!(
+            cache.get(&key(5), 10).is_none(),
+            "unreadable: everything goes"
+        );
+    }
+
+    #[test]
+    fn the_cache_holds_at_most_its_capacity() {
+        let cache = Cache::new(SHARDS, 7);
+        cache.set_listening(true);
+        // 256 sessions, room for one per shard.
+        for n in 0..=255u8 {
+            let mut k = key(0);
+            k.0[7] = n;
+            let ticket = cache.ticket(&k).unwrap();
+            cache.fill(ticket, &k, &record(b"x"), 100);
+        }
+        let held: usize = cache
+            .shards
+            .iter()
+            .map(|s| s.lock().unwrap().entries.len())
+            .sum();
+        assert!(held <= SHARDS, "{held}");
+    }
+
+    #[test]
+    fn long_announcements_become_everything() {
+        let keys: Vec<StoreKey> = (0..=MAX_NAMED as u32)
+            .map(|n| StoreKey([n as u8; 32]))
+            .collect();
+        assert!(announcement(1, keys.iter()).ends_with(" *"));
+        assert!(announcement(1, keys[..MAX_NAMED].iter()).len() < 8000);
+    }
+}

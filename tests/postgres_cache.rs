@@ -1,0 +1,250 @@
+//! The PostgreSQL store's local cache (`cache = N`) against a real server: it must behave as
+//! the store without it does (the conformance suite), spare the round trips it exists to
+//! spare, and never keep what another instance changed. Run through `scripts/test`, or with
+//! DATABASE_URL set.
+
+#[macro_use]
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::conformance::TTL;
+use common::pg::{self, fresh_database};
+use common::*;
+use rocket::serde::json::json;
+use rocket_db_pools::sqlx;
+use rocket_server_sessions::store::{ChangeSet, PostgresStore, SessionRecord, SessionStore};
+use rocket_server_sessions::{SessionId, StoreKey};
+
+/// A store on `url` with a cache of `cache` sessions (0: none), listening once it returns.
+async fn store_on(url: &str, cache: usize) -> PostgresStore {
+    let mut config = pg::config(TTL);
+    config.cache = cache;
+    let store = PostgresStore::new(pg::pool(url).await, &config)
+        .await
+        .unwrap();
+    if cache > 0 {
+        eventually("the cache listens", || async {
+            store.cache_stats().unwrap().listening
+        })
+        .await;
+    }
+    store
+}
+
+async fn cached() -> Arc<dyn SessionStore> {
+    Arc::new(store_on(&fresh_database().await, 1000).await)
+}
+
+store_conformance!(cached);
+
+/// Waits up to 10 s for `check` to hold; fails the test naming `what` if it never does.
+async fn eventually<F, Fut>(what: &str, check: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !check().await {
+        assert!(Instant::now() < deadline, "never happened: {what}");
+        rocket::tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn key(n: u8) -> StoreKey {
+    SessionId::from_bytes([n; 32]).store_key()
+}
+
+fn set(name: &str, value: &[u8]) -> ChangeSet {
+    let mut changes = ChangeSet::new();
+    changes.set(name, value.to_vec());
+    changes
+}
+
+fn value_of(record: Option<SessionRecord>, name: &str) -> Option<Vec<u8>> {
+    record?
+        .data
+        .into_iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v)
+}
+
+#[rocket::async_test]
+async fn a_cached_session_is_loaded_without_a_statement() {
+    let store = store_on(&fresh_database().await, 1000).await;
+    assert!(store
+        .create(&key(1), START, &set("a", b"1"), START)
+        .await
+        .unwrap());
+
+    let before = store.statements();
+    for _ in 0..3 {
+        let loaded = store.load(&key(1), START).await.unwrap();
+        assert_eq!(value_of(loaded, "a"), Some(b"1".to_vec()));
+    }
+    assert_eq!(store.statements(), before, "a created session is cached");
+
+    // Its own update is applied to the cache as it commits.
+    assert!(store.update(&key(1), &set("a", b"2"), START).await.unwrap());
+    let before = store.statements();
+    let loaded = store.load(&key(1), START).await.unwrap();
+    assert_eq!(value_of(loaded, "a"), Some(b"2".to_vec()));
+    assert_eq!(store.statements(), before);
+    assert!(store.cache_stats().unwrap().hits >= 4);
+
+    // A cached session still expires.
+    assert_eq!(store.load(&key(1), START + TTL).await.unwrap(), None);
+}
+
+#[rocket::async_test]
+async fn without_a_cache_every_load_is_a_statement() {
+    let store = store_on(&fresh_database().await, 0).await;
+    assert_eq!(store.cache_stats(), None);
+    assert!(store
+        .create(&key(1), START, &set("a", b"1"), START)
+        .await
+        .unwrap());
+    let before = store.statements();
+    store.load(&key(1), START).await.unwrap();
+    store.load(&key(1), START).await.unwrap();
+    assert_eq!(store.statements() - before, 2);
+}
+
+async fn a_of(store: &PostgresStore, n: u8) -> Option<Vec<u8>> {
+    value_of(store.load(&key(n), START).await.unwrap(), "a")
+}
+
+async fn gone(store: &PostgresStore, n: u8) -> bool {
+    store.load(&key(n), START).await.unwrap().is_none()
+}
+
+#[rocket::async_test]
+async fn a_cache_never_keeps_what_another_instance_changed() {
+    let url = fresh_database().await;
+    let cached = &store_on(&url, 1000).await;
+    // The other instance keeps no cache of its own: it must announce its changes all the same.
+    let other = store_on(&url, 0).await;
+
+    for n in 1..=4 {
+        assert!(cached
+            .create(&key(n), START, &set("a", b"old"), START)
+            .await
+            .unwrap());
+        assert!(!gone(cached, n).await);
+    }
+    cached
+        .create(&key(9), START, &set("role", b"admin"), START)
+        .await
+        .unwrap();
+    assert!(!gone(cached, 9).await);
+
+    assert!(other
+        .update(&key(1), &set("a", b"new"), START)
+        .await
+        .unwrap());
+    eventually("an update elsewhere reaches the cache", || async move {
+        a_of(cached, 1).await == Some(b"new".to_vec())
+    })
+    .await;
+
+    other.destroy(&key(2)).await.unwrap();
+    eventually("a destroy elsewhere reaches the cache", || gone(cached, 2)).await;
+
+    assert!(other
+        .cycle(&key(3), &key(33), &ChangeSet::new(), START)
+        .await
+        .unwrap());
+    eventually("a cycle elsewhere reaches the cache", || gone(cached, 3)).await;
+    assert_eq!(a_of(cached, 33).await, Some(b"old".to_vec()));
+
+    assert_eq!(other.destroy_where("role", b"admin").await.unwrap(), 1);
+    eventually("a destroy_where elsewhere reaches the cache", || {
+        gone(cached, 9)
+    })
+    .await;
+    assert!(cached.cache_stats().unwrap().invalidations >= 4);
+
+    // What nobody changed is still served from the cache.
+    let before = cached.statements();
+    assert_eq!(a_of(cached, 4).await, Some(b"old".to_vec()));
+    assert_eq!(cached.statements(), before);
+}
+
+#[rocket::async_test]
+async fn a_cache_that_lost_its_listening_connection_serves_nothing_stale() {
+    let url = fresh_database().await;
+    let cached = store_on(&url, 1000).await;
+    let other = store_on(&url, 0).await;
+    assert!(cached
+        .create(&key(1), START, &set("a", b"old"), START)
+        .await
+        .unwrap());
+    assert!(cached.load(&key(1), START).await.unwrap().is_some());
+
+    // Cut the cache's connection: announcements made until it reconnects never reach it.
+    let admin = pg::pool(&url).await;
+    let cut: i64 = sqlx::query_scalar(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+          WHERE datname = current_database() AND query LIKE 'LISTEN%'",
+    )
+    .fetch_one(&admin)
+    .await
+    .unwrap();
+    assert_eq!(cut, 1, "one listening connection");
+    assert!(other
+        .update(&key(1), &set("a", b"new"), START)
+        .await
+        .unwrap());
+
+    eventually("the cache listens again", || async {
+        let stats = cached.cache_stats().unwrap();
+        stats.listening && stats.connections == 2
+    })
+    .await;
+    let loaded = cached.load(&key(1), START).await.unwrap();
+    assert_eq!(value_of(loaded, "a"), Some(b"new".to_vec()));
+}
+
+#[rocket::async_test]
+async fn over_http_a_cached_read_costs_no_statement_and_a_write_one() {
+    let store = Arc::new(store_on(&fresh_database().await, 1000).await);
+    let (client, _clock) =
+        client_with(Some(store.clone()), json!({ "refresh_interval": 30 })).await;
+    let cookie = get_with(&client, "/count", None).await.cookie.unwrap();
+
+    let before = store.statements();
+    assert_eq!(get_with(&client, "/count", Some(&cookie)).await.body, "2");
+    assert_eq!(store.statements() - before, 1, "the flush alone");
+
+    let before = store.statements();
+    assert_eq!(get_with(&client, "/peek", Some(&cookie)).await.body, "2");
+    assert_eq!(store.statements() - before, 0, "read from the cache");
+}
+
+#[rocket::async_test]
+async fn the_cache_is_chosen_by_configuration() {
+    let url = fresh_database().await;
+    let figment = figment(json!({ "store": {
+        "kind": "postgres", "database": "sessions", "ttl": TTL, "cache": 100
+    } }))
+    .merge(("databases.sessions.url", &url));
+    let clock = rocket_server_sessions::ManualClock::new(START);
+    let client = rocket::local::asynchronous::Client::untracked(app(figment, &clock, None))
+        .await
+        .expect("launches with a cache");
+    let cookie = get_with(&client, "/count", None).await.cookie.unwrap();
+    assert_eq!(get_with(&client, "/count", Some(&cookie)).await.body, "2");
+    let admin = pg::pool(&url).await;
+    eventually("the configured cache listens", || async {
+        let listening: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+              WHERE datname = current_database() AND query LIKE 'LISTEN%'",
+        )
+        .fetch_one(&admin)
+        .await
+        .unwrap();
+        listening == 1
+    })
+    .await;
+}
