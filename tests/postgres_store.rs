@@ -427,3 +427,72 @@ async fn launch_is_refused_when_the_schema_cannot_be_applied() {
         "the failed migration left nothing behind"
     );
 }
+
+#[rocket::async_test]
+async fn batches_cut_off_by_the_server_run_again_on_a_fresh_connection() {
+    let url = fresh_database().await;
+    let store = Arc::new(
+        PostgresStore::new(pg::pool(&url).await, &pg::config(TTL))
+            .await
+            .unwrap(),
+    );
+    let keys: Vec<_> = (0..16u8)
+        .map(|n| SessionId::from_bytes([n; 32]).store_key())
+        .collect();
+    let mut one = rocket_server_sessions::store::ChangeSet::new();
+    one.set("n", vec![1]);
+    for key in &keys {
+        assert!(store.create(key, START, &one, START).await.unwrap());
+    }
+
+    // Loads and updates without a pause, so that batch leaders keep their connections...
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let workers: Vec<_> = keys
+        .iter()
+        .map(|key| {
+            let (store, stop, key, one) = (store.clone(), stop.clone(), *key, one.clone());
+            rocket::tokio::spawn(async move {
+                let mut failures = Vec::new();
+                let mut calls = 0u32;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    if let Err(e) = store.load(&key, START).await {
+                        failures.push(e.to_string());
+                    }
+                    if let Err(e) = store.update(&key, &one, START).await {
+                        failures.push(e.to_string());
+                    }
+                    calls += 2;
+                }
+                (calls, failures)
+            })
+        })
+        .collect();
+    rocket::tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // ...then the server cuts every connection of the store, five times over.
+    let admin = pg::pool(&url).await;
+    for _ in 0..5 {
+        let cut: i64 = sqlx::query_scalar(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+              WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        .fetch_one(&admin)
+        .await
+        .unwrap();
+        assert!(cut >= 1);
+        rocket::tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let before = store.statements();
+    rocket::tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut failures = Vec::new();
+    for worker in workers {
+        let (calls, failed) = worker.await.unwrap();
+        assert!(calls > 0);
+        failures.extend(failed);
+    }
+    assert!(
+        store.statements() > before,
+        "the store went on after the cut"
+    );
+    assert!(failures.is_empty(), "{failures:?}");
+}

@@ -11,11 +11,15 @@ use rocket::tokio::sync::Semaphore;
 
 /// How a kind of queued work is batched and run.
 pub(crate) trait Batch<T>: Send + Sync + 'static {
+    /// What a leader keeps from one batch to the next (a database connection), dropped when
+    /// the queue runs dry.
+    type Held: Default + Send;
+
     /// Moves the items of the next batch out of `queue`.
     fn take(&self, queue: &mut Vec<T>) -> Vec<T>;
 
     /// Runs one batch, answering each of its items.
-    fn run(&self, batch: Vec<T>) -> impl Future<Output = ()> + Send;
+    fn run(&self, batch: Vec<T>, held: &mut Self::Held) -> impl Future<Output = ()> + Send;
 }
 
 /// A queue of `T` with at most `leaders` batches of it in flight.
@@ -53,13 +57,15 @@ impl<T: Send + 'static, B: Batch<T>> Coalescer<T, B> {
         let this = self.clone();
         // A task of its own: a request that goes away does not take the batch with it.
         rocket::tokio::spawn(async move {
+            let mut held = B::Held::default();
             loop {
                 let batch = this.runner.take(&mut this.queue());
                 if batch.is_empty() {
                     break;
                 }
-                this.runner.run(batch).await;
+                this.runner.run(batch, &mut held).await;
             }
+            drop(held);
             drop(permit);
             if !this.queue().is_empty() {
                 this.lead_if_free();

@@ -13,7 +13,8 @@ use rocket::tokio::sync::{oneshot, Notify};
 
 use rocket::figment::providers::Serialized;
 use rocket::figment::Figment;
-use rocket_db_pools::sqlx::postgres::{PgListener, PgPool};
+use rocket_db_pools::sqlx::pool::PoolConnection;
+use rocket_db_pools::sqlx::postgres::{PgConnection, PgListener, PgPool, Postgres};
 use rocket_db_pools::sqlx::{self, Executor, Row};
 
 use super::cache::{self, Cache, CacheStats, Ticket, CHANNEL};
@@ -354,13 +355,56 @@ fn take_distinct<T>(queue: &mut Vec<T>, key: impl Fn(&T) -> StoreKey) -> Vec<T> 
     batch
 }
 
+/// The connection a batch leader keeps while batches keep coming: the pool's check of a
+/// connection as it is handed out costs a round trip, once per run of batches instead of once
+/// per batch.
+type Held = Option<PoolConnection<Postgres>>;
+
+/// Whether a failure means the connection was broken (the server restarted, or closed it), so
+/// the batch is worth running again on a fresh one. Batches are idempotent: a load reads, an
+/// update sets values and an expiry.
+fn broken(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) | sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|c| c.starts_with("08") || c.starts_with("57P0")),
+        _ => false,
+    }
+}
+
+impl Db {
+    /// The held connection, acquired if none is held.
+    async fn held<'h>(&self, held: &'h mut Held) -> Result<&'h mut PgConnection, StoreError> {
+        match held {
+            Some(conn) => Ok(conn),
+            None => Ok(held.insert(self.pool.acquire().await.map_err(classify)?)),
+        }
+    }
+}
+
+/// After attempt `attempt` (from 0) of a statement failed with `e`: `Ok` to run it again on a
+/// fresh connection (once, when the connection was broken), or the error. A broken connection
+/// is never kept.
+fn after_failure(held: &mut Held, attempt: u32, e: sqlx::Error) -> Result<(), StoreError> {
+    if broken(&e) {
+        *held = None;
+        if attempt == 0 {
+            return Ok(());
+        }
+    }
+    Err(classify(e))
+}
+
 impl Batch<PendingLoad> for Db {
+    type Held = Held;
+
     fn take(&self, queue: &mut Vec<PendingLoad>) -> Vec<PendingLoad> {
         take_distinct(queue, |p| p.key)
     }
 
-    async fn run(&self, batch: Vec<PendingLoad>) {
-        let result = self.load_many(&batch).await;
+    async fn run(&self, batch: Vec<PendingLoad>, held: &mut Held) {
+        let result = self.load_many(&batch, held).await;
         for pending in batch {
             let answer = match &result {
                 Ok(found) => Ok(found
@@ -375,17 +419,19 @@ impl Batch<PendingLoad> for Db {
 }
 
 impl Batch<PendingUpdate> for Db {
+    type Held = Held;
+
     fn take(&self, queue: &mut Vec<PendingUpdate>) -> Vec<PendingUpdate> {
         take_distinct(queue, |p| p.key)
     }
 
-    async fn run(&self, batch: Vec<PendingUpdate>) {
-        let mut result = self.update_many(&batch).await;
+    async fn run(&self, batch: Vec<PendingUpdate>, held: &mut Held) {
+        let mut result = self.update_many(&batch, held).await;
         // Should two batches deadlock anyway, PostgreSQL fails one of them: run it again.
         for _ in 0..3 {
             match &result {
                 Err(StoreError::Other(m)) if m.contains("deadlock") => {
-                    result = self.update_many(&batch).await
+                    result = self.update_many(&batch, held).await
                 }
                 _ => break,
             }
@@ -408,27 +454,59 @@ impl Batch<PendingUpdate> for Db {
     }
 }
 
+/// The batched update: extends each live session, applies its per-key changes and announces
+/// the sessions whose data changed ($9, or NULL), in one statement.
+const UPDATE_MANY: &str = "WITH input AS (
+        SELECT * FROM unnest($1::bytea[], $2::bigint[], $3::bigint[]) AS i(key, expires, now)
+     ), s AS (
+        UPDATE rocket_sessions t SET expires_at = i.expires
+          FROM input i
+         WHERE t.key = i.key AND t.expires_at > i.now
+        RETURNING t.id, t.key
+     ), removed AS (
+        DELETE FROM rocket_session_data d
+         USING s, unnest($4::bytea[], $5::text[]) AS r(key, name)
+         WHERE r.key = s.key AND d.session_id = s.id AND d.name = r.name
+     ), upserted AS (
+        INSERT INTO rocket_session_data (session_id, name, value)
+        SELECT s.id, u.name, u.value
+          FROM s JOIN unnest($6::bytea[], $7::text[], $8::bytea[]) AS u(key, name, value)
+            ON u.key = s.key
+        ON CONFLICT (session_id, name) DO UPDATE SET value = excluded.value
+     ), announced AS (
+        SELECT pg_notify('rocket_sessions', $9) WHERE $9 IS NOT NULL AND EXISTS (SELECT FROM s)
+     ) SELECT array(SELECT key FROM s), (SELECT count(*) FROM announced)";
+
 impl Db {
     /// The live sessions among the batch's keys, sorted by key: one query.
     async fn load_many(
         &self,
         batch: &[PendingLoad],
+        held: &mut Held,
     ) -> Result<Vec<(StoreKey, SessionRecord, u64)>, StoreError> {
-        self.count();
         let keys: Vec<&[u8]> = batch.iter().map(|p| &p.key.0[..]).collect();
         let nows: Vec<i64> = batch.iter().map(|p| secs(p.now)).collect();
-        let rows = sqlx::query(
-            "SELECT s.key, s.created_at, s.expires_at, d.name, d.value
+        let mut attempt = 0;
+        let rows = loop {
+            self.count();
+            let conn = self.held(held).await?;
+            let rows = sqlx::query(
+                "SELECT s.key, s.created_at, s.expires_at, d.name, d.value
                FROM unnest($1::bytea[], $2::bigint[]) AS i(key, now)
                JOIN rocket_sessions s ON s.key = i.key AND s.expires_at > i.now
                LEFT JOIN rocket_session_data d ON d.session_id = s.id
               ORDER BY s.key",
-        )
-        .bind(&keys)
-        .bind(&nows)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(classify)?;
+            )
+            .bind(&keys)
+            .bind(&nows)
+            .fetch_all(conn)
+            .await;
+            match rows {
+                Ok(rows) => break rows,
+                Err(e) => after_failure(held, attempt, e)?,
+            }
+            attempt += 1;
+        };
         let mut found: Vec<(StoreKey, SessionRecord, u64)> = Vec::new();
         for row in &rows {
             let key: Vec<u8> = row.try_get(0).map_err(classify)?;
@@ -458,8 +536,11 @@ impl Db {
     /// Extends each live session of the batch and applies its changes: one statement, so one
     /// transaction and one commit, which announces the sessions whose data changed. Returns the
     /// keys of the sessions that were live, sorted.
-    async fn update_many(&self, batch: &[PendingUpdate]) -> Result<Vec<StoreKey>, StoreError> {
-        self.count();
+    async fn update_many(
+        &self,
+        batch: &[PendingUpdate],
+        held: &mut Held,
+    ) -> Result<Vec<StoreKey>, StoreError> {
         let (mut keys, mut expires, mut nows) = (Vec::new(), Vec::new(), Vec::new());
         let (mut removed_keys, mut removed_names) = (Vec::new(), Vec::new());
         let (mut set_keys, mut set_names, mut set_values) = (Vec::new(), Vec::new(), Vec::new());
@@ -483,40 +564,28 @@ impl Db {
         // Only changed data is announced: another cache holding an older expiry reloads early.
         let announcement =
             (!changed.is_empty()).then(|| cache::announcement(self.instance, changed.into_iter()));
-        let (rows, _): (Vec<Vec<u8>>, i64) = sqlx::query_as(
-            "WITH input AS (
-                SELECT * FROM unnest($1::bytea[], $2::bigint[], $3::bigint[]) AS i(key, expires, now)
-             ), s AS (
-                UPDATE rocket_sessions t SET expires_at = i.expires
-                  FROM input i
-                 WHERE t.key = i.key AND t.expires_at > i.now
-                RETURNING t.id, t.key
-             ), removed AS (
-                DELETE FROM rocket_session_data d
-                 USING s, unnest($4::bytea[], $5::text[]) AS r(key, name)
-                 WHERE r.key = s.key AND d.session_id = s.id AND d.name = r.name
-             ), upserted AS (
-                INSERT INTO rocket_session_data (session_id, name, value)
-                SELECT s.id, u.name, u.value
-                  FROM s JOIN unnest($6::bytea[], $7::text[], $8::bytea[]) AS u(key, name, value)
-                    ON u.key = s.key
-                ON CONFLICT (session_id, name) DO UPDATE SET value = excluded.value
-             ), announced AS (
-                SELECT pg_notify('rocket_sessions', $9) WHERE $9 IS NOT NULL AND EXISTS (SELECT FROM s)
-             ) SELECT array(SELECT key FROM s), (SELECT count(*) FROM announced)",
-        )
-        .bind(&keys)
-        .bind(&expires)
-        .bind(&nows)
-        .bind(&removed_keys)
-        .bind(&removed_names)
-        .bind(&set_keys)
-        .bind(&set_names)
-        .bind(&set_values)
-        .bind(announcement)
-        .fetch_one(&self.pool)
-        .await
-        .map_err(classify)?;
+        let mut attempt = 0;
+        let rows = loop {
+            self.count();
+            let conn = self.held(held).await?;
+            let done: Result<(Vec<Vec<u8>>, i64), _> = sqlx::query_as(UPDATE_MANY)
+                .bind(&keys)
+                .bind(&expires)
+                .bind(&nows)
+                .bind(&removed_keys)
+                .bind(&removed_names)
+                .bind(&set_keys)
+                .bind(&set_names)
+                .bind(&set_values)
+                .bind(&announcement)
+                .fetch_one(conn)
+                .await;
+            match done {
+                Ok((rows, _)) => break rows,
+                Err(e) => after_failure(held, attempt, e)?,
+            }
+            attempt += 1;
+        };
         let mut live: Vec<StoreKey> = rows
             .into_iter()
             .filter_map(|k| k.try_into().ok().map(StoreKey))
