@@ -2,7 +2,8 @@
 //! `GET /counter` reads a u64 from the session, increments it and writes it back, and
 //! `GET /read` only reads it.
 //!
-//! `server MODE PORT` with MODE one of `bare`, `ours-memory`, `ours-postgres` (no cache),
+//! `server MODE PORT` with MODE one of `bare`, `bare-cookie` (bare, with a 96-character cookie
+//! going back and forth), `ours-memory`, `ours-postgres` (no cache),
 //! `ours-postgres-cache` (a local cache of 10,000 sessions), `rss-memory`
 //! (rocket-session-store), `flex-memory`, `flex-postgres` (rocket_flex_session). The PostgreSQL
 //! modes take `DATABASE_URL`. Two workers, logging off.
@@ -45,6 +46,26 @@ mod bare {
 
     pub fn rocket(figment: Figment) -> Rocket<Build> {
         rocket::custom(figment).mount("/", routes![counter, read])
+    }
+}
+
+/// Bare Rocket whose client sends back a cookie as long as ours: what Rocket itself spends on
+/// a session cookie (parsing the header into the jar, one lookup), before any session layer.
+mod bare_cookie {
+    use super::*;
+    use rocket::http::CookieJar;
+
+    #[get("/counter")]
+    fn counter(jar: &CookieJar<'_>) -> &'static str {
+        if jar.get("session").is_none() {
+            // 96 characters, the length of our signed cookie's value.
+            jar.add(("session", "x".repeat(96)));
+        }
+        "1"
+    }
+
+    pub fn rocket(figment: Figment) -> Rocket<Build> {
+        rocket::custom(figment).mount("/", routes![counter])
     }
 }
 
@@ -202,6 +223,7 @@ async fn main() {
     let figment = figment(port);
     let rocket = match mode {
         "bare" => bare::rocket(figment),
+        "bare-cookie" => bare_cookie::rocket(figment),
         "ours-memory" => ours::rocket(figment, None),
         "ours-postgres" => ours::rocket(figment, Some(0)),
         "ours-postgres-cache" => ours::rocket(figment, Some(10_000)),
