@@ -53,17 +53,27 @@ pub(crate) fn decode_exact<const N: usize>(text: &[u8]) -> Option<[u8; N]> {
         return None;
     }
     let mut out = [0u8; N];
-    let mut written = 0;
-    for chunk in text.chunks(4) {
+    // Whole groups of four characters first, checked for strays once at the end: every
+    // sextet is below 64, so `INVALID` (0xff) shows in the OR of them all.
+    let (whole, tail) = text.split_at(text.len() / 4 * 4);
+    let mut strays = 0u8;
+    for (chunk, bytes) in whole.chunks_exact(4).zip(out.chunks_exact_mut(3)) {
+        let [a, b, c, d] = [chunk[0], chunk[1], chunk[2], chunk[3]].map(|c| SEXTETS[c as usize]);
+        strays |= a | b | c | d;
+        let n = (a as u32) << 18 | (b as u32) << 12 | (c as u32) << 6 | d as u32;
+        bytes.copy_from_slice(&n.to_be_bytes()[1..]);
+    }
+    if strays & 0xc0 != 0 {
+        return None;
+    }
+    if !tail.is_empty() {
         let mut n = 0u32;
-        for (i, &c) in chunk.iter().enumerate() {
+        for (i, &c) in tail.iter().enumerate() {
             n |= sextet(c)? << (18 - 6 * i);
         }
-        let bytes = n.to_be_bytes();
-        let len = chunk.len() - 1;
+        let len = tail.len() - 1;
         // The bits below the last whole byte must be zero.
         let spare = match len {
-            3 => 0,
             2 => n & 0xff,
             1 => n & 0xffff,
             _ => return None,
@@ -71,8 +81,7 @@ pub(crate) fn decode_exact<const N: usize>(text: &[u8]) -> Option<[u8; N]> {
         if spare != 0 {
             return None;
         }
-        out[written..written + len].copy_from_slice(&bytes[1..1 + len]);
-        written += len;
+        out[whole.len() / 4 * 3..].copy_from_slice(&n.to_be_bytes()[1..1 + len]);
     }
     Some(out)
 }
@@ -102,5 +111,19 @@ mod tests {
         assert_eq!(decode_exact::<3>(b"AQI+"), None, "standard alphabet");
         assert_eq!(decode_exact::<3>(b"AQI"), None, "short");
         assert_eq!(decode_exact::<2>(b"\xff\xfe\xfd"), None, "non-ASCII");
+    }
+
+    #[test]
+    fn a_stray_character_anywhere_is_refused() {
+        let bytes: [u8; 73] = std::array::from_fn(|i| (i * 41) as u8);
+        let text = encode(&bytes).into_bytes();
+        assert_eq!(decode_exact::<73>(&text), Some(bytes));
+        for at in 0..text.len() {
+            for stray in [b'=', b'+', b'/', b'.', 0, 0x80, 0xff] {
+                let mut bad = text.clone();
+                bad[at] = stray;
+                assert_eq!(decode_exact::<73>(&bad), None, "{stray} at {at}");
+            }
+        }
     }
 }

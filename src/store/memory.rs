@@ -170,11 +170,11 @@ fn lock(shard: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-#[rocket::async_trait]
-impl SessionStore for MemoryStore {
-    async fn load(&self, key: &StoreKey, now: u64) -> Result<Option<SessionRecord>, StoreError> {
+impl MemoryStore {
+    /// [`SessionStore::load`], without a future: the manager's path for this store.
+    pub(crate) fn load_now(&self, key: &StoreKey, now: u64) -> Option<SessionRecord> {
         let shard = self.shard(key);
-        Ok(shard
+        shard
             .get(key)
             .filter(|e| e.expires > now)
             .map(|e| SessionRecord {
@@ -184,7 +184,27 @@ impl SessionStore for MemoryStore {
                     .iter()
                     .map(|(k, v)| (k.to_string(), v.to_vec()))
                     .collect(),
-            }))
+            })
+    }
+
+    /// [`SessionStore::update`], without a future: the manager's path for this store.
+    pub(crate) fn update_now(&self, key: &StoreKey, changes: &ChangeSet, now: u64) -> bool {
+        let mut shard = self.shard(key);
+        let Some(entry) = shard.get_mut(key).filter(|e| e.expires > now) else {
+            return false;
+        };
+        entry.apply(changes);
+        entry.expires = now.saturating_add(self.ttl);
+        drop(shard);
+        self.changed();
+        true
+    }
+}
+
+#[rocket::async_trait]
+impl SessionStore for MemoryStore {
+    async fn load(&self, key: &StoreKey, now: u64) -> Result<Option<SessionRecord>, StoreError> {
+        Ok(self.load_now(key, now))
     }
 
     async fn create(
@@ -216,15 +236,7 @@ impl SessionStore for MemoryStore {
         changes: &ChangeSet,
         now: u64,
     ) -> Result<bool, StoreError> {
-        let mut shard = self.shard(key);
-        let Some(entry) = shard.get_mut(key).filter(|e| e.expires > now) else {
-            return Ok(false);
-        };
-        entry.apply(changes);
-        entry.expires = now.saturating_add(self.ttl);
-        drop(shard);
-        self.changed();
-        Ok(true)
+        Ok(self.update_now(key, changes, now))
     }
 
     async fn cycle(
