@@ -423,7 +423,7 @@ impl SessionManager {
                     return Ok(CookieAction::Keep);
                 }
                 let live = match &self.inner.memory {
-                    Some(memory) => memory.update_now(&key, &changes, now),
+                    Some(memory) => memory.update_now(&key, changes, now),
                     None => store.update(&key, &changes, now).await?,
                 };
                 if !live {

@@ -32,9 +32,15 @@ struct Entry {
 }
 
 impl Entry {
-    fn apply(&mut self, changes: &ChangeSet) {
-        for (key, value) in changes.iter() {
-            let at = self.data.iter().position(|(k, _)| &**k == key);
+    /// Applies changes given as `(key, Some(value))` sets and `(key, None)` removals, borrowed
+    /// (copied in) or owned (moved in).
+    fn apply<K, V>(&mut self, changes: impl IntoIterator<Item = (K, Option<V>)>)
+    where
+        K: AsRef<str> + Into<Box<str>>,
+        V: Into<Box<[u8]>>,
+    {
+        for (key, value) in changes {
+            let at = self.data.iter().position(|(k, _)| **k == *key.as_ref());
             match (at, value) {
                 (Some(i), Some(v)) => self.data[i].1 = v.into(),
                 (None, Some(v)) => self.data.push((key.into(), v.into())),
@@ -187,13 +193,19 @@ impl MemoryStore {
             })
     }
 
-    /// [`SessionStore::update`], without a future: the manager's path for this store.
-    pub(crate) fn update_now(&self, key: &StoreKey, changes: &ChangeSet, now: u64) -> bool {
+    /// [`SessionStore::update`], without a future and taking the changes: the manager's path
+    /// for this store.
+    pub(crate) fn update_now(&self, key: &StoreKey, changes: ChangeSet, now: u64) -> bool {
+        self.update_with(key, now, |entry| entry.apply(changes.into_changes()))
+    }
+
+    /// Changes the live session under `key` with `change` and extends its expiry.
+    fn update_with(&self, key: &StoreKey, now: u64, change: impl FnOnce(&mut Entry)) -> bool {
         let mut shard = self.shard(key);
         let Some(entry) = shard.get_mut(key).filter(|e| e.expires > now) else {
             return false;
         };
-        entry.apply(changes);
+        change(entry);
         entry.expires = now.saturating_add(self.ttl);
         drop(shard);
         self.changed();
@@ -223,7 +235,7 @@ impl SessionStore for MemoryStore {
             expires: now.saturating_add(self.ttl),
             data: Vec::with_capacity(changes.len()),
         };
-        entry.apply(changes);
+        entry.apply(changes.iter());
         shard.insert(*key, entry);
         drop(shard);
         self.changed();
@@ -236,7 +248,7 @@ impl SessionStore for MemoryStore {
         changes: &ChangeSet,
         now: u64,
     ) -> Result<bool, StoreError> {
-        Ok(self.update_now(key, changes, now))
+        Ok(self.update_with(key, now, |entry| entry.apply(changes.iter())))
     }
 
     async fn cycle(
@@ -252,7 +264,7 @@ impl SessionStore for MemoryStore {
         let Some(mut entry) = self.shard(old).remove(old).filter(|e| e.expires > now) else {
             return Ok(false);
         };
-        entry.apply(changes);
+        entry.apply(changes.iter());
         entry.expires = now.saturating_add(self.ttl);
         self.shard(new).insert(*new, entry);
         self.changed();

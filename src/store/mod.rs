@@ -96,7 +96,7 @@
 //! }
 //! ```
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::hash::Hasher;
 
 use crate::error::StoreError;
@@ -144,7 +144,9 @@ pub struct SessionRecord {
 /// Per-key changes to one session: each key is either set to new bytes or removed.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ChangeSet {
-    changes: BTreeMap<String, Option<Vec<u8>>>,
+    /// Sorted by key, each key once: a request changes a handful of keys, so a vector beats a
+    /// tree (and allocates once).
+    changes: Vec<(String, Option<Vec<u8>>)>,
 }
 
 impl ChangeSet {
@@ -155,12 +157,24 @@ impl ChangeSet {
 
     /// Sets `key` to `value`, replacing an earlier change of the same key.
     pub fn set(&mut self, key: impl Into<String>, value: Vec<u8>) {
-        self.changes.insert(key.into(), Some(value));
+        self.put(key.into(), Some(value));
     }
 
     /// Removes `key`, replacing an earlier change of the same key.
     pub fn remove(&mut self, key: impl Into<String>) {
-        self.changes.insert(key.into(), None);
+        self.put(key.into(), None);
+    }
+
+    fn put(&mut self, key: String, value: Option<Vec<u8>>) {
+        match self.changes.binary_search_by(|(k, _)| k.as_str().cmp(&key)) {
+            Ok(at) => self.changes[at].1 = value,
+            Err(at) => self.changes.insert(at, (key, value)),
+        }
+    }
+
+    /// The changes in key order, by value: `Some(bytes)` sets, `None` removes.
+    pub(crate) fn into_changes(self) -> impl Iterator<Item = (String, Option<Vec<u8>>)> {
+        self.changes.into_iter()
     }
 
     /// Whether there are no changes.
