@@ -248,3 +248,20 @@ async fn the_cache_is_chosen_by_configuration() {
     })
     .await;
 }
+
+#[rocket::async_test]
+async fn a_cache_on_a_pool_of_one_connection_is_refused() {
+    let url = fresh_database().await;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&url)
+        .await
+        .unwrap();
+    let mut config = pg::config(TTL);
+    config.cache = 100;
+    let refused = PostgresStore::new(pool, &config)
+        .await
+        .err()
+        .expect("refused");
+    assert!(refused.to_string().contains("store.cache"), "{refused}");
+}

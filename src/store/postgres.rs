@@ -145,6 +145,12 @@ impl PostgresStore {
         pool: PgPool,
         config: &PostgresStoreConfig,
     ) -> Result<PostgresStore, StoreError> {
+        if config.cache > 0 && pool.options().get_max_connections() < 2 {
+            // The listener would hold the only connection, and every store call would wait.
+            return Err(StoreError::Other(
+                "store.cache needs a pool of at least 2 connections (one of them listens)".into(),
+            ));
+        }
         let mut tag = [0u8; 8];
         getrandom::getrandom(&mut tag).map_err(|e| StoreError::Other(e.to_string()))?;
         let instance = u64::from_be_bytes(tag);
