@@ -265,3 +265,32 @@ async fn a_cache_on_a_pool_of_one_connection_is_refused() {
         .expect("refused");
     assert!(refused.to_string().contains("store.cache"), "{refused}");
 }
+
+#[rocket::async_test]
+async fn two_caching_instances_over_http_each_see_the_others_writes() {
+    let url = fresh_database().await;
+    let launch = |clock: &rocket_server_sessions::ManualClock| {
+        let figment = figment(json!({ "store": {
+            "kind": "postgres", "database": "sessions", "ttl": TTL, "cache": 100
+        } }))
+        .merge(("databases.sessions.url", &url));
+        rocket::local::asynchronous::Client::untracked(app(figment, clock, None))
+    };
+    let clock = rocket_server_sessions::ManualClock::new(START);
+    let (one, two) = (launch(&clock).await.unwrap(), launch(&clock).await.unwrap());
+    let cookie = get_with(&one, "/count", None).await.cookie.unwrap();
+    // Each instance counts in turn; before its turn it must have dropped its cached count.
+    let mut expected = 1;
+    for turn in 0..6 {
+        let here = if turn % 2 == 0 { &two } else { &one };
+        eventually("the other instance's write reaches this cache", || async {
+            get_with(here, "/peek", Some(&cookie)).await.body == expected.to_string()
+        })
+        .await;
+        expected += 1;
+        assert_eq!(
+            get_with(here, "/count", Some(&cookie)).await.body,
+            expected.to_string()
+        );
+    }
+}
