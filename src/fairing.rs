@@ -101,9 +101,9 @@ impl Sessions {
         &self,
         rocket: &Rocket<Build>,
         config: &SessionConfig,
-    ) -> Result<(Arc<dyn SessionStore>, Option<Arc<MemoryStore>>), StoreError> {
+    ) -> Result<Arc<dyn SessionStore>, StoreError> {
         if let Some(store) = self.store.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            return Ok((store, None));
+            return Ok(store);
         }
         match &config.store {
             StoreConfig::Memory(memory) => {
@@ -111,8 +111,7 @@ impl Sessions {
                 let store = rocket::tokio::task::spawn_blocking(move || MemoryStore::open(&memory))
                     .await
                     .map_err(|e| StoreError::Other(e.to_string()))??;
-                let store = Arc::new(store);
-                Ok((store.clone(), Some(store)))
+                Ok(Arc::new(store))
             }
             StoreConfig::Postgres(postgres) => {
                 let pool = match &self.app_pool {
@@ -129,7 +128,7 @@ impl Sessions {
                         pool
                     }
                 };
-                Ok((Arc::new(PostgresStore::new(pool, postgres).await?), None))
+                Ok(Arc::new(PostgresStore::new(pool, postgres).await?))
             }
         }
     }
@@ -186,8 +185,8 @@ impl Fairing for Sessions {
                 return Err(rocket);
             }
         };
-        let (store, memory) = match self.open_store(&rocket, &config).await {
-            Ok(opened) => opened,
+        let store = match self.open_store(&rocket, &config).await {
+            Ok(store) => store,
             Err(e) => {
                 rocket::error!(
                     "session store of profile `{}` cannot be opened: {e}",
@@ -196,7 +195,7 @@ impl Fairing for Sessions {
                 return Err(rocket);
             }
         };
-        let manager = SessionManager::new(config, store, memory, self.clock.clone());
+        let manager = SessionManager::new(config, store, self.clock.clone());
         if rocket.state::<SessionManager>().is_some() || self.manager.set(manager.clone()).is_err()
         {
             rocket::error!("the Sessions fairing was ignited twice; attach it once");

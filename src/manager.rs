@@ -17,7 +17,7 @@ use crate::config::SessionConfig;
 use crate::cookie::{CookieCodec, Verified};
 use crate::error::SessionError;
 use crate::id::{SessionId, StoreKey};
-use crate::store::{ChangeSet, MemoryStore, SessionRecord, SessionStore};
+use crate::store::{ChangeSet, SessionRecord, SessionStore};
 
 /// Longest cookie value looked at; longer ones are treated as absent (RFC 6265 asks browsers
 /// for 4096 bytes per cookie, and ours are 96).
@@ -41,8 +41,6 @@ struct Inner {
     config: SessionConfig,
     codec: CookieCodec,
     store: Arc<dyn SessionStore>,
-    /// The same store when it is the built-in memory store, called without boxed futures.
-    memory: Option<Arc<MemoryStore>>,
     clock: Arc<dyn Clock>,
     in_flight: AtomicUsize,
     idle: Notify,
@@ -264,7 +262,6 @@ impl SessionManager {
     pub(crate) fn new(
         config: SessionConfig,
         store: Arc<dyn SessionStore>,
-        memory: Option<Arc<MemoryStore>>,
         clock: Arc<dyn Clock>,
     ) -> SessionManager {
         let codec = CookieCodec::new(
@@ -278,7 +275,6 @@ impl SessionManager {
                 config,
                 codec,
                 store,
-                memory,
                 clock,
                 in_flight: AtomicUsize::new(0),
                 idle: Notify::new(),
@@ -317,11 +313,7 @@ impl SessionManager {
             return Ok(Working::new(cookie.is_some(), now));
         };
         let key = verified.id.store_key();
-        let record = match &self.inner.memory {
-            Some(memory) => memory.load_now(&key, now),
-            None => self.inner.store.load(&key, now).await?,
-        };
-        match record {
+        match self.inner.store.load(&key, now).await? {
             Some(record) if !self.past_max_lifetime(record.created, now) => {
                 Ok(Working::stored(verified, key, record))
             }
@@ -422,11 +414,7 @@ impl SessionManager {
                 if changes.is_empty() && !refresh {
                     return Ok(CookieAction::Keep);
                 }
-                let live = match &self.inner.memory {
-                    Some(memory) => memory.update_now(&key, changes, now),
-                    None => store.update(&key, &changes, now).await?,
-                };
-                if !live {
+                if !store.update(&key, &changes, now).await? {
                     // Destroyed or expired meanwhile: it stays that way.
                     return Ok(CookieAction::Remove);
                 }

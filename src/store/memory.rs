@@ -32,15 +32,9 @@ struct Entry {
 }
 
 impl Entry {
-    /// Applies changes given as `(key, Some(value))` sets and `(key, None)` removals, borrowed
-    /// (copied in) or owned (moved in).
-    fn apply<K, V>(&mut self, changes: impl IntoIterator<Item = (K, Option<V>)>)
-    where
-        K: AsRef<str> + Into<Box<str>>,
-        V: Into<Box<[u8]>>,
-    {
-        for (key, value) in changes {
-            let at = self.data.iter().position(|(k, _)| **k == *key.as_ref());
+    fn apply(&mut self, changes: &ChangeSet) {
+        for (key, value) in changes.iter() {
+            let at = self.data.iter().position(|(k, _)| &**k == key);
             match (at, value) {
                 (Some(i), Some(v)) => self.data[i].1 = v.into(),
                 (None, Some(v)) => self.data.push((key.into(), v.into())),
@@ -176,11 +170,11 @@ fn lock(shard: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-impl MemoryStore {
-    /// [`SessionStore::load`], without a future: the manager's path for this store.
-    pub(crate) fn load_now(&self, key: &StoreKey, now: u64) -> Option<SessionRecord> {
+#[rocket::async_trait]
+impl SessionStore for MemoryStore {
+    async fn load(&self, key: &StoreKey, now: u64) -> Result<Option<SessionRecord>, StoreError> {
         let shard = self.shard(key);
-        shard
+        Ok(shard
             .get(key)
             .filter(|e| e.expires > now)
             .map(|e| SessionRecord {
@@ -190,33 +184,7 @@ impl MemoryStore {
                     .iter()
                     .map(|(k, v)| (k.to_string(), v.to_vec()))
                     .collect(),
-            })
-    }
-
-    /// [`SessionStore::update`], without a future and taking the changes: the manager's path
-    /// for this store.
-    pub(crate) fn update_now(&self, key: &StoreKey, changes: ChangeSet, now: u64) -> bool {
-        self.update_with(key, now, |entry| entry.apply(changes.into_changes()))
-    }
-
-    /// Changes the live session under `key` with `change` and extends its expiry.
-    fn update_with(&self, key: &StoreKey, now: u64, change: impl FnOnce(&mut Entry)) -> bool {
-        let mut shard = self.shard(key);
-        let Some(entry) = shard.get_mut(key).filter(|e| e.expires > now) else {
-            return false;
-        };
-        change(entry);
-        entry.expires = now.saturating_add(self.ttl);
-        drop(shard);
-        self.changed();
-        true
-    }
-}
-
-#[rocket::async_trait]
-impl SessionStore for MemoryStore {
-    async fn load(&self, key: &StoreKey, now: u64) -> Result<Option<SessionRecord>, StoreError> {
-        Ok(self.load_now(key, now))
+            }))
     }
 
     async fn create(
@@ -235,7 +203,7 @@ impl SessionStore for MemoryStore {
             expires: now.saturating_add(self.ttl),
             data: Vec::with_capacity(changes.len()),
         };
-        entry.apply(changes.iter());
+        entry.apply(changes);
         shard.insert(*key, entry);
         drop(shard);
         self.changed();
@@ -248,7 +216,15 @@ impl SessionStore for MemoryStore {
         changes: &ChangeSet,
         now: u64,
     ) -> Result<bool, StoreError> {
-        Ok(self.update_with(key, now, |entry| entry.apply(changes.iter())))
+        let mut shard = self.shard(key);
+        let Some(entry) = shard.get_mut(key).filter(|e| e.expires > now) else {
+            return Ok(false);
+        };
+        entry.apply(changes);
+        entry.expires = now.saturating_add(self.ttl);
+        drop(shard);
+        self.changed();
+        Ok(true)
     }
 
     async fn cycle(
@@ -264,7 +240,7 @@ impl SessionStore for MemoryStore {
         let Some(mut entry) = self.shard(old).remove(old).filter(|e| e.expires > now) else {
             return Ok(false);
         };
-        entry.apply(changes.iter());
+        entry.apply(changes);
         entry.expires = now.saturating_add(self.ttl);
         self.shard(new).insert(*new, entry);
         self.changed();

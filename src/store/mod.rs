@@ -172,11 +172,6 @@ impl ChangeSet {
         }
     }
 
-    /// The changes in key order, by value: `Some(bytes)` sets, `None` removes.
-    pub(crate) fn into_changes(self) -> impl Iterator<Item = (String, Option<Vec<u8>>)> {
-        self.changes.into_iter()
-    }
-
     /// Whether there are no changes.
     pub fn is_empty(&self) -> bool {
         self.changes.is_empty()
