@@ -96,7 +96,10 @@ impl Cache {
     }
 
     fn shard(&self, prefix: u64) -> MutexGuard<'_, Shard> {
-        self.shards[(prefix % SHARDS as u64) as usize]
+        // Bits the shard's own hash table does not use: it indexes buckets by the low bits of
+        // the prefix and tags them with the top seven, so a shard chosen by either would crowd
+        // all its sessions into a fraction of the buckets or of the tags.
+        self.shards[((prefix >> 32) % SHARDS as u64) as usize]
             .lock()
             .unwrap_or_else(|p| p.into_inner())
     }
@@ -308,9 +311,11 @@ pub(crate) fn announcement<'a>(
     if keys.len() > MAX_NAMED {
         return format!("{instance:016x} *");
     }
+    use std::fmt::Write;
+
     let mut payload = format!("{instance:016x}");
     for key in keys {
-        payload.push_str(&format!(" {:016x}", prefix(key)));
+        let _ = write!(payload, " {:016x}", prefix(key));
     }
     payload
 }
