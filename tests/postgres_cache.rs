@@ -222,17 +222,25 @@ async fn over_http_a_cached_read_costs_no_statement_and_a_write_one() {
     assert_eq!(store.statements() - before, 0, "read from the cache");
 }
 
-#[rocket::async_test]
-async fn the_cache_is_chosen_by_configuration() {
-    let url = fresh_database().await;
+/// The test app on `url`, its store configured as PostgreSQL with `cache = 100`.
+async fn cached_client(
+    url: &str,
+    clock: &rocket_server_sessions::ManualClock,
+) -> rocket::local::asynchronous::Client {
     let figment = figment(json!({ "store": {
         "kind": "postgres", "database": "sessions", "ttl": TTL, "cache": 100
     } }))
-    .merge(("databases.sessions.url", &url));
-    let clock = rocket_server_sessions::ManualClock::new(START);
-    let client = rocket::local::asynchronous::Client::untracked(app(figment, &clock, None))
+    .merge(("databases.sessions.url", url));
+    rocket::local::asynchronous::Client::untracked(app(figment, clock, None))
         .await
-        .expect("launches with a cache");
+        .expect("launches with a cache")
+}
+
+#[rocket::async_test]
+async fn the_cache_is_chosen_by_configuration() {
+    let url = fresh_database().await;
+    let clock = rocket_server_sessions::ManualClock::new(START);
+    let client = cached_client(&url, &clock).await;
     let cookie = get_with(&client, "/count", None).await.cookie.unwrap();
     assert_eq!(get_with(&client, "/count", Some(&cookie)).await.body, "2");
     let admin = pg::pool(&url).await;
@@ -269,15 +277,11 @@ async fn a_cache_on_a_pool_of_one_connection_is_refused() {
 #[rocket::async_test]
 async fn two_caching_instances_over_http_each_see_the_others_writes() {
     let url = fresh_database().await;
-    let launch = |clock: &rocket_server_sessions::ManualClock| {
-        let figment = figment(json!({ "store": {
-            "kind": "postgres", "database": "sessions", "ttl": TTL, "cache": 100
-        } }))
-        .merge(("databases.sessions.url", &url));
-        rocket::local::asynchronous::Client::untracked(app(figment, clock, None))
-    };
     let clock = rocket_server_sessions::ManualClock::new(START);
-    let (one, two) = (launch(&clock).await.unwrap(), launch(&clock).await.unwrap());
+    let (one, two) = (
+        cached_client(&url, &clock).await,
+        cached_client(&url, &clock).await,
+    );
     let cookie = get_with(&one, "/count", None).await.cookie.unwrap();
     // Each instance counts in turn; before its turn it must have dropped its cached count.
     let mut expected = 1;
