@@ -88,6 +88,7 @@ pub mod error;
 mod fairing;
 mod id;
 mod manager;
+mod padded;
 mod session;
 pub mod store;
 

@@ -17,6 +17,7 @@ use crate::config::SessionConfig;
 use crate::cookie::{CookieCodec, Verified};
 use crate::error::SessionError;
 use crate::id::{SessionId, StoreKey};
+use crate::padded::Padded;
 use crate::store::{ChangeSet, SessionRecord, SessionStore};
 
 /// Longest cookie value looked at; longer ones are treated as absent (RFC 6265 asks browsers
@@ -42,7 +43,8 @@ struct Inner {
     codec: CookieCodec,
     store: Arc<dyn SessionStore>,
     clock: Arc<dyn Clock>,
-    in_flight: AtomicUsize,
+    /// Written by every request that loads a session: kept off the lines of the fields above.
+    in_flight: Padded<AtomicUsize>,
     idle: Notify,
     shutting_down: AtomicBool,
 }
@@ -68,9 +70,6 @@ pub(crate) struct Working {
     pub origin: Origin,
     pub created: u64,
     pub data: SessionData,
-    /// Keys set or removed in this request, each once; their values are taken from `data`
-    /// when the changes are flushed, so a `set` copies nothing.
-    changed: Vec<String>,
     /// The id this session had in the store before `cycle_id`, if it was cycled.
     pub cycled_from: Option<StoreKey>,
     /// A stored session destroyed in this request.
@@ -99,7 +98,12 @@ pub(crate) enum CookieAction {
 }
 
 pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, SessionError> {
-    rmp_serde::to_vec_named(value).map_err(|e| SessionError::Encode(e.to_string()))
+    // Room for the usual small value up front: one allocation rather than a vector that
+    // grows (a u64 above 2^32 would take two).
+    let mut bytes = Vec::with_capacity(32);
+    rmp_serde::encode::write_named(&mut bytes, value)
+        .map_err(|e| SessionError::Encode(e.to_string()))?;
+    Ok(bytes)
 }
 
 pub(crate) fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, SessionError> {
@@ -112,14 +116,39 @@ pub(crate) fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, 
     })
 }
 
-/// A session's keys and encoded values. Sessions hold a handful of keys: a vector searched
-/// in order beats hashing every key of every request.
+/// A session's keys and encoded values, and which of them this request changed. Sessions
+/// hold a handful of keys: a vector searched in order beats hashing every key of every
+/// request, and a flag per key tracks a change without copying the key.
 #[derive(Default)]
-pub(crate) struct SessionData(Vec<(String, Vec<u8>)>);
+pub(crate) struct SessionData {
+    entries: Vec<DataEntry>,
+    /// Keys removed in this request (and not set again since).
+    removed: Vec<String>,
+}
+
+struct DataEntry {
+    key: String,
+    value: Vec<u8>,
+    changed: bool,
+}
 
 impl SessionData {
+    fn loaded(data: Vec<(String, Vec<u8>)>) -> SessionData {
+        SessionData {
+            entries: data
+                .into_iter()
+                .map(|(key, value)| DataEntry {
+                    key,
+                    value,
+                    changed: false,
+                })
+                .collect(),
+            removed: Vec::new(),
+        }
+    }
+
     pub fn get(&self, key: &str) -> Option<&Vec<u8>> {
-        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v)
+        self.entries.iter().find(|e| e.key == key).map(|e| &e.value)
     }
 
     pub fn contains_key(&self, key: &str) -> bool {
@@ -127,27 +156,57 @@ impl SessionData {
     }
 
     pub fn keys(&self) -> impl Iterator<Item = &String> {
-        self.0.iter().map(|(k, _)| k)
+        self.entries.iter().map(|e| &e.key)
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.entries.is_empty()
     }
 
+    /// Sets `key` and marks it changed.
     fn insert(&mut self, key: &str, value: Vec<u8>) {
-        match self.0.iter_mut().find(|(k, _)| k == key) {
-            Some((_, v)) => *v = value,
-            None => self.0.push((key.to_string(), value)),
+        match self.entries.iter_mut().find(|e| e.key == key) {
+            Some(e) => {
+                e.value = value;
+                e.changed = true;
+            }
+            None => {
+                self.removed.retain(|k| k != key);
+                self.entries.push(DataEntry {
+                    key: key.to_string(),
+                    value,
+                    changed: true,
+                });
+            }
         }
     }
 
+    /// Removes `key`, if set, and remembers the removal.
     fn remove(&mut self, key: &str) -> Option<Vec<u8>> {
-        let at = self.0.iter().position(|(k, _)| k == key)?;
-        Some(self.0.swap_remove(at).1)
+        let at = self.entries.iter().position(|e| e.key == key)?;
+        let entry = self.entries.swap_remove(at);
+        self.removed.push(entry.key);
+        Some(entry.value)
     }
 
     fn size(&self) -> usize {
-        self.0.iter().map(|(k, v)| k.len() + v.len()).sum()
+        self.entries
+            .iter()
+            .map(|e| e.key.len() + e.value.len())
+            .sum()
+    }
+
+    /// Moves this request's changes out, values and all; the data is spent afterwards.
+    fn take_changes(&mut self) -> ChangeSet {
+        let changed = self.entries.iter().filter(|e| e.changed).count();
+        let mut changes = ChangeSet::with_capacity(changed + self.removed.len());
+        for key in self.removed.drain(..) {
+            changes.remove(key);
+        }
+        for e in self.entries.drain(..).filter(|e| e.changed) {
+            changes.set(e.key, e.value);
+        }
+        changes
     }
 }
 
@@ -158,7 +217,6 @@ impl Working {
             origin: Origin::New { stale_cookie },
             created: now,
             data: SessionData::default(),
-            changed: Vec::new(),
             cycled_from: None,
             destroyed: None,
             size: 0,
@@ -166,7 +224,7 @@ impl Working {
     }
 
     fn stored(verified: Verified, key: StoreKey, record: SessionRecord) -> Working {
-        let data = SessionData(record.data);
+        let data = SessionData::loaded(record.data);
         Working {
             id: Some(verified.id),
             origin: Origin::Stored {
@@ -177,7 +235,6 @@ impl Working {
             created: record.created,
             size: data.size(),
             data,
-            changed: Vec::new(),
             cycled_from: None,
             destroyed: None,
         }
@@ -205,33 +262,18 @@ impl Working {
         }
         self.size = size;
         self.data.insert(key, bytes);
-        self.mark_changed(key);
         Ok(())
     }
 
     pub fn remove(&mut self, key: &str) {
         if let Some(v) = self.data.remove(key) {
             self.size -= key.len() + v.len();
-            self.mark_changed(key);
-        }
-    }
-
-    fn mark_changed(&mut self, key: &str) {
-        if !self.changed.iter().any(|k| k == key) {
-            self.changed.push(key.to_string());
         }
     }
 
     /// Moves this request's changes out, values and all (the data is spent afterwards).
     fn take_changes(&mut self) -> ChangeSet {
-        let mut changes = ChangeSet::new();
-        for key in std::mem::take(&mut self.changed) {
-            match self.data.remove(&key) {
-                Some(value) => changes.set(key, value),
-                None => changes.remove(key),
-            }
-        }
-        changes
+        self.data.take_changes()
     }
 
     /// The store key of the session as it is stored now, if it is.
@@ -276,7 +318,7 @@ impl SessionManager {
                 codec,
                 store,
                 clock,
-                in_flight: AtomicUsize::new(0),
+                in_flight: Padded(AtomicUsize::new(0)),
                 idle: Notify::new(),
                 shutting_down: AtomicBool::new(false),
             }),
@@ -432,10 +474,13 @@ impl SessionManager {
 
     pub(crate) async fn request_finished(&self) {
         let left = self.inner.in_flight.fetch_sub(1, Ordering::SeqCst) - 1;
-        if left == 0 {
-            self.inner.idle.notify_waiters();
-        }
+        // Only `drain` waits, and only once `shutting_down` is set: before that, a request
+        // ends without touching the `Notify` (a lock). Both sides use SeqCst, so either this
+        // load sees the flag, or `drain`'s later read of `in_flight` sees this decrement.
         if self.inner.shutting_down.load(Ordering::SeqCst) {
+            if left == 0 {
+                self.inner.idle.notify_waiters();
+            }
             // A request that outlived the shutdown snapshot: make its changes durable too.
             if let Err(e) = self.inner.store.persist().await {
                 rocket::error!("session store: persisting after shutdown failed: {e}");
@@ -654,6 +699,42 @@ mod tests {
         assert_eq!(
             changes,
             vec![("a".to_string(), None), ("b".to_string(), Some(vec![3]))]
+        );
+    }
+
+    #[test]
+    fn only_the_keys_a_request_touched_are_changes_of_a_stored_session() {
+        let record = SessionRecord {
+            created: 0,
+            data: vec![
+                ("a".into(), vec![1]),
+                ("b".into(), vec![2]),
+                ("c".into(), vec![3]),
+            ],
+        };
+        let verified = Verified {
+            id: SessionId::from_bytes([1; 32]),
+            issued: 0,
+            current_key: true,
+        };
+        let mut w = Working::stored(verified, StoreKey([0; 32]), record);
+        w.remove("a");
+        w.set_encoded("a", vec![9], 100).unwrap();
+        w.set_encoded("b", vec![8], 100).unwrap();
+        w.remove("b");
+        assert_eq!(
+            w.get::<u8>("c").unwrap(),
+            Some(3),
+            "c is read, never written"
+        );
+        let changes: Vec<(String, Option<Vec<u8>>)> = w
+            .take_changes()
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.map(<[u8]>::to_vec)))
+            .collect();
+        assert_eq!(
+            changes,
+            vec![("a".to_string(), Some(vec![9])), ("b".to_string(), None)]
         );
     }
 

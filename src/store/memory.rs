@@ -18,6 +18,7 @@ use super::{ChangeSet, DigestHasher, SessionRecord, SessionStore};
 use crate::config::MemoryStoreConfig;
 use crate::error::StoreError;
 use crate::id::StoreKey;
+use crate::padded::Padded;
 
 const SHARDS: usize = 1024;
 const MAGIC: &[u8; 8] = b"RSSNAP\x00\x01";
@@ -36,6 +37,10 @@ impl Entry {
         for (key, value) in changes.iter() {
             let at = self.data.iter().position(|(k, _)| &**k == key);
             match (at, value) {
+                // A value of the same length (a counter, a flag) is overwritten in place.
+                (Some(i), Some(v)) if self.data[i].1.len() == v.len() => {
+                    self.data[i].1.copy_from_slice(v)
+                }
                 (Some(i), Some(v)) => self.data[i].1 = v.into(),
                 (None, Some(v)) => self.data.push((key.into(), v.into())),
                 (Some(i), None) => {
@@ -55,8 +60,9 @@ pub struct MemoryStore {
     shards: Box<[Mutex<Shard>]>,
     ttl: u64,
     file: Option<PathBuf>,
-    /// Bumped by every change; compared with `persisted` to skip needless snapshots.
-    changes: AtomicU64,
+    /// Bumped by every change; compared with `persisted` to skip needless snapshots. Kept off
+    /// the line of `shards`, which every request reads.
+    changes: Padded<AtomicU64>,
     persisted: AtomicU64,
     /// One snapshot write at a time.
     writing: rocket::tokio::sync::Mutex<()>,
@@ -69,7 +75,7 @@ impl MemoryStore {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
             ttl,
             file: None,
-            changes: AtomicU64::new(0),
+            changes: Padded(AtomicU64::new(0)),
             persisted: AtomicU64::new(0),
             writing: Default::default(),
         }

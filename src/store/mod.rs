@@ -155,6 +155,13 @@ impl ChangeSet {
         ChangeSet::default()
     }
 
+    /// No changes, with room for `n` without reallocating.
+    pub fn with_capacity(n: usize) -> ChangeSet {
+        ChangeSet {
+            changes: Vec::with_capacity(n),
+        }
+    }
+
     /// Sets `key` to `value`, replacing an earlier change of the same key.
     pub fn set(&mut self, key: impl Into<String>, value: Vec<u8>) {
         self.put(key.into(), Some(value));

@@ -101,9 +101,11 @@ pub async fn create_refuses_a_key_with_a_live_session(store: Arc<dyn SessionStor
 pub async fn update_applies_per_key_changes_and_keeps_other_keys(store: Arc<dyn SessionStore>) {
     let c = changes(&[("a", Some(b"1")), ("b", Some(b"2")), ("c", Some(b"3"))]);
     assert!(store.create(&key(1), START, &c, START).await.unwrap());
+    // `a` gets a longer value, `c` one of the same length, `b` goes, `d` comes.
     let c = changes(&[
         ("a", Some(b"one")),
         ("b", None),
+        ("c", Some(b"9")),
         ("d", Some(b"4")),
         ("zz", None),
     ]);
@@ -113,7 +115,18 @@ pub async fn update_applies_per_key_changes_and_keeps_other_keys(store: Arc<dyn 
         loaded.data,
         vec![
             ("a".into(), b"one".to_vec()),
-            ("c".into(), b"3".to_vec()),
+            ("c".into(), b"9".to_vec()),
+            ("d".into(), b"4".to_vec())
+        ]
+    );
+    let c = changes(&[("a", Some(b"two")), ("c", Some(b""))]);
+    assert!(store.update(&key(1), &c, START + 2).await.unwrap());
+    let loaded = sorted(store.load(&key(1), START + 2).await.unwrap()).unwrap();
+    assert_eq!(
+        loaded.data,
+        vec![
+            ("a".into(), b"two".to_vec()),
+            ("c".into(), b"".to_vec()),
             ("d".into(), b"4".to_vec())
         ]
     );
