@@ -118,37 +118,66 @@ pub(crate) fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, 
 
 /// A session's keys and encoded values, and which of them this request changed. Sessions
 /// hold a handful of keys: a vector searched in order beats hashing every key of every
-/// request, and a flag per key tracks a change without copying the key.
+/// request. The vector is the one the store returned (no copy), and changes are tracked by
+/// position in a bit set, not by copying keys.
 #[derive(Default)]
 pub(crate) struct SessionData {
-    entries: Vec<DataEntry>,
+    entries: Vec<(String, Vec<u8>)>,
+    /// Bit `i` set: `entries[i]` was set in this request.
+    changed: Bits,
     /// Keys removed in this request (and not set again since).
     removed: Vec<String>,
 }
 
-struct DataEntry {
-    key: String,
-    value: Vec<u8>,
-    changed: bool,
+/// A bit set whose first 64 bits need no allocation.
+#[derive(Default)]
+struct Bits {
+    low: u64,
+    high: Vec<u64>,
+}
+
+impl Bits {
+    fn get(&self, i: usize) -> bool {
+        match i {
+            0..=63 => self.low >> i & 1 == 1,
+            _ => self
+                .high
+                .get(i / 64 - 1)
+                .is_some_and(|w| w >> (i % 64) & 1 == 1),
+        }
+    }
+
+    fn put(&mut self, i: usize, on: bool) {
+        let word = match i {
+            0..=63 => &mut self.low,
+            _ => {
+                let at = i / 64 - 1;
+                if at >= self.high.len() {
+                    if !on {
+                        return;
+                    }
+                    self.high.resize(at + 1, 0);
+                }
+                &mut self.high[at]
+            }
+        };
+        match on {
+            true => *word |= 1 << (i % 64),
+            false => *word &= !(1 << (i % 64)),
+        }
+    }
 }
 
 impl SessionData {
-    fn loaded(data: Vec<(String, Vec<u8>)>) -> SessionData {
+    fn loaded(entries: Vec<(String, Vec<u8>)>) -> SessionData {
         SessionData {
-            entries: data
-                .into_iter()
-                .map(|(key, value)| DataEntry {
-                    key,
-                    value,
-                    changed: false,
-                })
-                .collect(),
-            removed: Vec::new(),
+            entries,
+            ..SessionData::default()
         }
     }
 
     pub fn get(&self, key: &str) -> Option<&Vec<u8>> {
-        self.entries.iter().find(|e| e.key == key).map(|e| &e.value)
+        self.entries.iter().find(|(k, _)| k == key).map(|(_, v)| v)
     }
 
     pub fn contains_key(&self, key: &str) -> bool {
@@ -156,7 +185,7 @@ impl SessionData {
     }
 
     pub fn keys(&self) -> impl Iterator<Item = &String> {
-        self.entries.iter().map(|e| &e.key)
+        self.entries.iter().map(|(k, _)| k)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -165,46 +194,50 @@ impl SessionData {
 
     /// Sets `key` and marks it changed.
     fn insert(&mut self, key: &str, value: Vec<u8>) {
-        match self.entries.iter_mut().find(|e| e.key == key) {
-            Some(e) => {
-                e.value = value;
-                e.changed = true;
+        let at = match self.entries.iter().position(|(k, _)| k == key) {
+            Some(at) => {
+                self.entries[at].1 = value;
+                at
             }
             None => {
                 self.removed.retain(|k| k != key);
-                self.entries.push(DataEntry {
-                    key: key.to_string(),
-                    value,
-                    changed: true,
-                });
+                self.entries.push((key.to_string(), value));
+                self.entries.len() - 1
             }
-        }
+        };
+        self.changed.put(at, true);
     }
 
     /// Removes `key`, if set, and remembers the removal.
     fn remove(&mut self, key: &str) -> Option<Vec<u8>> {
-        let at = self.entries.iter().position(|e| e.key == key)?;
-        let entry = self.entries.swap_remove(at);
-        self.removed.push(entry.key);
-        Some(entry.value)
+        let at = self.entries.iter().position(|(k, _)| k == key)?;
+        // `swap_remove` moves the last entry to `at`: its bit moves with it.
+        let last = self.entries.len() - 1;
+        self.changed.put(at, self.changed.get(last));
+        self.changed.put(last, false);
+        let (key, value) = self.entries.swap_remove(at);
+        self.removed.push(key);
+        Some(value)
     }
 
     fn size(&self) -> usize {
-        self.entries
-            .iter()
-            .map(|e| e.key.len() + e.value.len())
-            .sum()
+        self.entries.iter().map(|(k, v)| k.len() + v.len()).sum()
     }
 
     /// Moves this request's changes out, values and all; the data is spent afterwards.
     fn take_changes(&mut self) -> ChangeSet {
-        let changed = self.entries.iter().filter(|e| e.changed).count();
+        let changed = (0..self.entries.len())
+            .filter(|&i| self.changed.get(i))
+            .count();
         let mut changes = ChangeSet::with_capacity(changed + self.removed.len());
         for key in self.removed.drain(..) {
             changes.remove(key);
         }
-        for e in self.entries.drain(..).filter(|e| e.changed) {
-            changes.set(e.key, e.value);
+        let bits = std::mem::take(&mut self.changed);
+        for (i, (key, value)) in self.entries.drain(..).enumerate() {
+            if bits.get(i) {
+                changes.set(key, value);
+            }
         }
         changes
     }
@@ -736,6 +769,46 @@ mod tests {
             changes,
             vec![("a".to_string(), Some(vec![9])), ("b".to_string(), None)]
         );
+    }
+
+    #[test]
+    fn changes_are_tracked_across_removals_beyond_64_keys() {
+        let mut w = Working::new(false, 0);
+        for i in 0..150 {
+            w.set_encoded(&format!("k{i}"), vec![i as u8], 10_000)
+                .unwrap();
+        }
+        w.take_changes();
+        let record = SessionRecord {
+            created: 0,
+            data: (0..150).map(|i| (format!("k{i}"), vec![i as u8])).collect(),
+        };
+        let verified = Verified {
+            id: SessionId::from_bytes([1; 32]),
+            issued: 0,
+            current_key: true,
+        };
+        let mut w = Working::stored(verified, StoreKey([0; 32]), record);
+        // Set keys on both sides of bit 64 and 128, then remove keys so that changed and
+        // unchanged entries move into the removed ones' places.
+        for i in [3, 63, 64, 100, 128, 149] {
+            w.set_encoded(&format!("k{i}"), vec![200], 10_000).unwrap();
+        }
+        for i in [0, 64, 5, 70] {
+            w.remove(&format!("k{i}"));
+        }
+        let mut expected: Vec<(String, Option<Vec<u8>>)> = [3, 63, 100, 128, 149]
+            .iter()
+            .map(|i| (format!("k{i}"), Some(vec![200])))
+            .chain([0, 5, 64, 70].iter().map(|i| (format!("k{i}"), None)))
+            .collect();
+        expected.sort();
+        let changes: Vec<(String, Option<Vec<u8>>)> = w
+            .take_changes()
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.map(<[u8]>::to_vec)))
+            .collect();
+        assert_eq!(changes, expected);
     }
 
     #[test]
