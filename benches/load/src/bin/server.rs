@@ -6,10 +6,59 @@
 //! going back and forth), `ours-memory`, `ours-postgres` (no cache),
 //! `ours-postgres-cache` (a local cache of 10,000 sessions), `rss-memory`
 //! (rocket-session-store), `flex-memory`, `flex-postgres` (rocket_flex_session). The PostgreSQL
-//! modes take `DATABASE_URL`. Two workers, logging off.
+//! modes take `DATABASE_URL`. Two workers, logging off. With `BENCH_COUNT_ALLOCS` set, it
+//! counts heap allocations and reports the count for each line read on stdin.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use rocket::figment::Figment;
 use rocket::{get, routes, Build, Rocket};
+
+/// The system allocator, counting allocations when `BENCH_COUNT_ALLOCS` is set. Counting is a
+/// separate pass of `scripts/bench`, never a timed one: in timed runs the only cost is one
+/// load of a flag that is never written, the same for every mode.
+struct Counting;
+
+static COUNTING: AtomicBool = AtomicBool::new(false);
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if COUNTING.load(Ordering::Relaxed) {
+            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        }
+        System.alloc(layout)
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        System.dealloc(ptr, layout)
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, size: usize) -> *mut u8 {
+        if COUNTING.load(Ordering::Relaxed) {
+            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        }
+        System.realloc(ptr, layout, size)
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+/// With `BENCH_COUNT_ALLOCS` set: answers each line on stdin with the number of allocations
+/// (and reallocations) so far, on stdout.
+fn count_allocations_if_asked() {
+    if std::env::var_os("BENCH_COUNT_ALLOCS").is_none() {
+        return;
+    }
+    COUNTING.store(true, Ordering::Relaxed);
+    std::thread::spawn(|| {
+        let mut line = String::new();
+        while std::io::stdin().read_line(&mut line).unwrap_or(0) > 0 {
+            println!("{}", ALLOCATIONS.load(Ordering::Relaxed));
+            line.clear();
+        }
+    });
+}
 
 const KEY: &str = "bench key, 32 bytes at the least, not secret";
 /// Rocket's own secret key (private cookies, which rocket_flex_session uses): 64 bytes, base64.
@@ -220,6 +269,7 @@ async fn main() {
         [_, mode, port] => (mode.as_str(), port.parse().expect("a port")),
         _ => panic!("usage: server MODE PORT"),
     };
+    count_allocations_if_asked();
     let figment = figment(port);
     let rocket = match mode {
         "bare" => bare::rocket(figment),
