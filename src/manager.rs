@@ -365,6 +365,8 @@ impl SessionManager {
 
     /// The store sessions live in.
     pub fn store(&self) -> &dyn SessionStore {
+        // Calls must go through `&dyn`: on the `Arc` itself they would resolve to the `Arc`
+        // forwarding impl, one more boxed future per call.
         &*self.inner.store
     }
 
@@ -388,12 +390,12 @@ impl SessionManager {
             return Ok(Working::new(cookie.is_some(), now));
         };
         let key = verified.id.store_key();
-        match self.inner.store.load(&key, now).await? {
+        match self.store().load(&key, now).await? {
             Some(record) if !self.past_max_lifetime(record.created, now) => {
                 Ok(Working::stored(verified, key, record))
             }
             Some(_) => {
-                self.inner.store.destroy(&key).await?;
+                self.store().destroy(&key).await?;
                 Ok(Working::new(true, now))
             }
             None => Ok(Working::new(true, now)),
@@ -515,7 +517,7 @@ impl SessionManager {
                 self.inner.idle.notify_waiters();
             }
             // A request that outlived the shutdown snapshot: make its changes durable too.
-            if let Err(e) = self.inner.store.persist().await {
+            if let Err(e) = self.store().persist().await {
                 rocket::error!("session store: persisting after shutdown failed: {e}");
             }
         }
@@ -539,7 +541,7 @@ impl SessionManager {
     async fn load_by_id(&self, id: &SessionId) -> Result<Option<Working>, SessionError> {
         let now = self.now();
         let key = id.store_key();
-        Ok(match self.inner.store.load(&key, now).await? {
+        Ok(match self.store().load(&key, now).await? {
             Some(record) if !self.past_max_lifetime(record.created, now) => {
                 let verified = Verified {
                     id: *id,
@@ -558,8 +560,7 @@ impl SessionManager {
             return Ok(());
         }
         match self
-            .inner
-            .store
+            .store()
             .update(&id.store_key(), &changes, self.now())
             .await?
         {
@@ -675,8 +676,7 @@ impl SessionManager {
     pub async fn remove(&self, id: &SessionId, key: &str) -> Result<(), SessionError> {
         let mut changes = ChangeSet::new();
         changes.remove(key);
-        self.inner
-            .store
+        self.store()
             .update(&id.store_key(), &changes, self.now())
             .await?;
         Ok(())
@@ -684,7 +684,7 @@ impl SessionManager {
 
     /// Deletes session `id` from the store. Its cookie then leads to a new, empty session.
     pub async fn destroy(&self, id: &SessionId) -> Result<(), SessionError> {
-        Ok(self.inner.store.destroy(&id.store_key()).await?)
+        Ok(self.store().destroy(&id.store_key()).await?)
     }
 
     /// Deletes every session whose `key` holds `value`, e.g. all sessions of one user
@@ -697,18 +697,18 @@ impl SessionManager {
         key: &str,
         value: &T,
     ) -> Result<u64, SessionError> {
-        Ok(self.inner.store.destroy_where(key, &encode(value)?).await?)
+        Ok(self.store().destroy_where(key, &encode(value)?).await?)
     }
 
     /// Deletes expired sessions now; returns how many. The fairing also does this every
     /// `sweep_interval`.
     pub async fn sweep(&self) -> Result<u64, SessionError> {
-        Ok(self.inner.store.sweep(self.now()).await?)
+        Ok(self.store().sweep(self.now()).await?)
     }
 
     /// Makes the store durable now (the memory store writes its snapshot).
     pub async fn persist(&self) -> Result<(), SessionError> {
-        Ok(self.inner.store.persist().await?)
+        Ok(self.store().persist().await?)
     }
 }
 
