@@ -169,3 +169,89 @@ async fn the_manager_sweeps_expired_sessions() {
     assert_eq!(manager.sweep().await.unwrap(), 1);
     assert_eq!(store.len(), 1);
 }
+
+#[rocket::async_test]
+async fn a_snapshot_is_written_after_every_kind_of_change_and_only_then() {
+    use rocket_server_sessions::store::ChangeSet;
+
+    let dir = TempDir::new("snapshot-changes");
+    let file = dir.path("sessions.snapshot");
+    let store = open_snapshot(&file);
+    let key = |n: u8| SessionId::from_bytes([n; 32]).store_key();
+    let mut one = ChangeSet::new();
+    one.set("user", vec![1]);
+    assert!(
+        !persisted_anew(&store, &file).await,
+        "an empty, unchanged store is not written"
+    );
+
+    let now = START;
+    assert!(store.create(&key(1), now, &one, now).await.unwrap());
+    assert!(persisted_anew(&store, &file).await, "create");
+    assert!(
+        !persisted_anew(&store, &file).await,
+        "nothing changed since"
+    );
+
+    let mut two = ChangeSet::new();
+    two.set("user", vec![2]);
+    assert!(store.update(&key(1), &two, now).await.unwrap());
+    assert!(
+        persisted_anew(&store, &file).await,
+        "update in the same second"
+    );
+    assert!(store
+        .update(&key(1), &ChangeSet::new(), now + 1)
+        .await
+        .unwrap());
+    assert!(persisted_anew(&store, &file).await, "expiry extended");
+
+    assert!(store
+        .cycle(&key(1), &key(2), &ChangeSet::new(), now + 1)
+        .await
+        .unwrap());
+    assert!(persisted_anew(&store, &file).await, "cycle");
+    assert!(!store
+        .cycle(&key(1), &key(3), &ChangeSet::new(), now + 1)
+        .await
+        .unwrap());
+    assert!(
+        !persisted_anew(&store, &file).await,
+        "a refused cycle changes nothing"
+    );
+
+    assert!(store.create(&key(4), now, &one, now + 1).await.unwrap());
+    persisted_anew(&store, &file).await;
+    assert_eq!(store.destroy_where("user", &[1]).await.unwrap(), 1);
+    assert!(persisted_anew(&store, &file).await, "destroy_where");
+    assert_eq!(store.destroy_where("user", &[1]).await.unwrap(), 0);
+    assert!(
+        !persisted_anew(&store, &file).await,
+        "destroy_where that matched nothing"
+    );
+
+    store.destroy(&key(2)).await.unwrap();
+    assert!(persisted_anew(&store, &file).await, "destroy");
+    store.destroy(&key(2)).await.unwrap();
+    assert!(
+        !persisted_anew(&store, &file).await,
+        "destroy of a missing session"
+    );
+
+    assert!(store.create(&key(5), now, &one, now + 1).await.unwrap());
+    persisted_anew(&store, &file).await;
+    assert_eq!(store.sweep(now + 1 + 604_800).await.unwrap(), 1);
+    assert!(persisted_anew(&store, &file).await, "sweep");
+    assert_eq!(store.sweep(now + 1 + 604_800).await.unwrap(), 0);
+    assert!(
+        !persisted_anew(&store, &file).await,
+        "a sweep that removed nothing"
+    );
+}
+
+/// Removes `file`, persists `store` (whose snapshot `file` is) and says whether it was written.
+async fn persisted_anew(store: &MemoryStore, file: &Path) -> bool {
+    let _ = std::fs::remove_file(file);
+    store.persist().await.unwrap();
+    file.exists()
+}

@@ -18,12 +18,36 @@ use super::{ChangeSet, DigestHasher, SessionRecord, SessionStore};
 use crate::config::MemoryStoreConfig;
 use crate::error::StoreError;
 use crate::id::StoreKey;
-use crate::padded::Padded;
 
 const SHARDS: usize = 1024;
 const MAGIC: &[u8; 8] = b"RSSNAP\x00\x01";
 
-type Shard = HashMap<StoreKey, Entry, BuildHasherDefault<DigestHasher>>;
+/// One shard's sessions, and how many times they changed: counted here, under the shard's
+/// lock, rather than in one counter every request on every core would write.
+#[derive(Default)]
+struct Shard {
+    sessions: HashMap<StoreKey, Entry, BuildHasherDefault<DigestHasher>>,
+    changes: u64,
+}
+
+impl Shard {
+    fn changed(&mut self) {
+        self.changes = self.changes.wrapping_add(1);
+    }
+}
+
+impl std::ops::Deref for Shard {
+    type Target = HashMap<StoreKey, Entry, BuildHasherDefault<DigestHasher>>;
+    fn deref(&self) -> &Self::Target {
+        &self.sessions
+    }
+}
+
+impl std::ops::DerefMut for Shard {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.sessions
+    }
+}
 
 #[derive(Clone)]
 struct Entry {
@@ -60,9 +84,8 @@ pub struct MemoryStore {
     shards: Box<[Mutex<Shard>]>,
     ttl: u64,
     file: Option<PathBuf>,
-    /// Bumped by every change; compared with `persisted` to skip needless snapshots. Kept off
-    /// the line of `shards`, which every request reads.
-    changes: Padded<AtomicU64>,
+    /// The shards' change counts summed when the last snapshot was taken: a snapshot with
+    /// nothing changed since is skipped.
     persisted: AtomicU64,
     /// One snapshot write at a time.
     writing: rocket::tokio::sync::Mutex<()>,
@@ -75,7 +98,6 @@ impl MemoryStore {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
             ttl,
             file: None,
-            changes: Padded(AtomicU64::new(0)),
             persisted: AtomicU64::new(0),
             writing: Default::default(),
         }
@@ -145,8 +167,11 @@ impl MemoryStore {
         lock(&self.shards[u16::from_le_bytes([key.0[30], key.0[31]]) as usize % SHARDS])
     }
 
-    fn changed(&self) {
-        self.changes.fetch_add(1, Ordering::Release);
+    /// The sum of the shards' change counts: it moves whenever anything changed.
+    fn generation(&self) -> u64 {
+        self.shards
+            .iter()
+            .fold(0u64, |sum, s| sum.wrapping_add(lock(s).changes))
     }
 
     /// Writes the snapshot now if anything changed since the last one.
@@ -155,11 +180,10 @@ impl MemoryStore {
             return Ok(());
         };
         let _one_at_a_time = self.writing.lock().await;
-        let generation = self.changes.load(Ordering::Acquire);
-        if generation == self.persisted.load(Ordering::Acquire) {
+        if self.generation() == self.persisted.load(Ordering::Acquire) {
             return Ok(());
         }
-        let bytes = encode_snapshot(self);
+        let (bytes, generation) = encode_snapshot(self);
         rocket::tokio::task::spawn_blocking(move || write_atomically(&path, &bytes))
             .await
             .map_err(|e| StoreError::Other(format!("snapshot task failed: {e}")))??;
@@ -211,8 +235,7 @@ impl SessionStore for MemoryStore {
         };
         entry.apply(changes);
         shard.insert(*key, entry);
-        drop(shard);
-        self.changed();
+        shard.changed();
         Ok(true)
     }
 
@@ -227,9 +250,13 @@ impl SessionStore for MemoryStore {
             return Ok(false);
         };
         entry.apply(changes);
-        entry.expires = now.saturating_add(self.ttl);
-        drop(shard);
-        self.changed();
+        // Within the same second the expiry stays as it is: not writing it leaves the entry's
+        // line clean in the other core's cache.
+        let expires = now.saturating_add(self.ttl);
+        if entry.expires != expires {
+            entry.expires = expires;
+        }
+        shard.changed();
         Ok(true)
     }
 
@@ -243,19 +270,31 @@ impl SessionStore for MemoryStore {
         if self.shard(new).contains_key(new) {
             return Ok(false);
         }
-        let Some(mut entry) = self.shard(old).remove(old).filter(|e| e.expires > now) else {
-            return Ok(false);
+        let mut entry = {
+            let mut shard = self.shard(old);
+            match shard.remove(old) {
+                Some(entry) => {
+                    shard.changed();
+                    match entry.expires > now {
+                        true => entry,
+                        false => return Ok(false),
+                    }
+                }
+                None => return Ok(false),
+            }
         };
         entry.apply(changes);
         entry.expires = now.saturating_add(self.ttl);
-        self.shard(new).insert(*new, entry);
-        self.changed();
+        let mut shard = self.shard(new);
+        shard.insert(*new, entry);
+        shard.changed();
         Ok(true)
     }
 
     async fn destroy(&self, key: &StoreKey) -> Result<(), StoreError> {
-        if self.shard(key).remove(key).is_some() {
-            self.changed();
+        let mut shard = self.shard(key);
+        if shard.remove(key).is_some() {
+            shard.changed();
         }
         Ok(())
     }
@@ -266,10 +305,10 @@ impl SessionStore for MemoryStore {
             let mut shard = lock(shard);
             let before = shard.len();
             shard.retain(|_, e| !e.data.iter().any(|(k, v)| &**k == name && &**v == value));
-            removed += (before - shard.len()) as u64;
-        }
-        if removed > 0 {
-            self.changed();
+            if shard.len() < before {
+                removed += (before - shard.len()) as u64;
+                shard.changed();
+            }
         }
         Ok(removed)
     }
@@ -281,13 +320,13 @@ impl SessionStore for MemoryStore {
                 let mut shard = lock(shard);
                 let before = shard.len();
                 shard.retain(|_, e| e.expires > now);
+                if shard.len() < before {
+                    shard.changed();
+                }
                 (before - shard.len()) as u64
             };
             // Let requests waiting on this worker run between shards.
             rocket::tokio::task::yield_now().await;
-        }
-        if removed > 0 {
-            self.changed();
         }
         Ok(removed)
     }
@@ -334,15 +373,18 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
 
 /// The snapshot format: `MAGIC`, a u64 count, then per session its 32-byte key, `created` and
 /// `expires` (u64 each), a u32 count of keys and per key a u32-length-prefixed name and value;
-/// last, the SHA-256 of everything before it. Integers are big-endian.
-fn encode_snapshot(store: &MemoryStore) -> Vec<u8> {
+/// last, the SHA-256 of everything before it. Integers are big-endian. Also returns the
+/// store's generation as of what was encoded.
+fn encode_snapshot(store: &MemoryStore) -> (Vec<u8>, u64) {
     let mut out = Vec::with_capacity(64);
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&0u64.to_be_bytes());
     let mut count = 0u64;
+    let mut generation = 0u64;
     for shard in store.shards.iter() {
         // Encode under the shard's lock: it is one pass of memcpy, shorter than a clone would be.
         let shard = lock(shard);
+        generation = generation.wrapping_add(shard.changes);
         for (key, e) in shard.iter() {
             count += 1;
             out.extend_from_slice(&key.0);
@@ -360,7 +402,7 @@ fn encode_snapshot(store: &MemoryStore) -> Vec<u8> {
     out[8..16].copy_from_slice(&count.to_be_bytes());
     let digest = Sha256::digest(&out);
     out.extend_from_slice(&digest);
-    out
+    (out, generation)
 }
 
 /// Whether `bytes` decode as a snapshot (for the fuzz target).
@@ -452,7 +494,7 @@ mod tests {
     #[test]
     fn a_snapshot_decodes_to_what_was_encoded() {
         let store = store_with_two_sessions();
-        let mut entries = decode_snapshot(&encode_snapshot(&store)).unwrap();
+        let mut entries = decode_snapshot(&encode_snapshot(&store).0).unwrap();
         entries.sort_by_key(|(k, _)| *k);
         assert_eq!(entries.len(), 2);
         assert_eq!(entries[0].0, StoreKey([1; 32]));
@@ -470,7 +512,7 @@ mod tests {
 
     #[test]
     fn every_truncation_and_flipped_byte_of_a_snapshot_is_refused() {
-        let bytes = encode_snapshot(&store_with_two_sessions());
+        let (bytes, _) = encode_snapshot(&store_with_two_sessions());
         for len in 0..bytes.len() {
             assert!(decode_snapshot(&bytes[..len]).is_err(), "length {len}");
         }
