@@ -89,6 +89,37 @@ impl RequestSession {
     }
 }
 
+/// What a flush writes, decided before any store call.
+enum Plan {
+    /// Nothing to write.
+    Done(CookieAction),
+    /// No handler loaded the session, and its cookie is due for a refresh: extend its life.
+    Refresh(SessionId),
+    /// Write a loaded session: delete the one destroyed in the request, if any, then `step`.
+    Write {
+        destroy: Option<StoreKey>,
+        changes: ChangeSet,
+        /// The session's id, if it has one yet.
+        id: Option<SessionId>,
+        step: Step,
+    },
+}
+
+enum Step {
+    Nothing(CookieAction),
+    /// Move the stored session `old` to the id, applying the changes.
+    Cycle {
+        old: StoreKey,
+    },
+    Create {
+        created: u64,
+    },
+    Update {
+        key: StoreKey,
+        refresh: bool,
+    },
+}
+
 /// What the response does with the session cookie.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum CookieAction {
@@ -420,83 +451,133 @@ impl SessionManager {
     /// Writes a request's session to the store and says what the response does with the
     /// cookie. `working` is `None` when no handler asked for the session: then only the
     /// lifetime of the cookie's session is extended, if a refresh is due.
-    pub(crate) async fn flush(
-        &self,
+    ///
+    /// What to write is decided at once, and only that compact [`Plan`] is carried across the
+    /// store calls: a future holding the whole session (twice, as async functions hold their
+    /// arguments) would make the response fairing's boxed future too large for the
+    /// allocator's per-thread cache.
+    pub(crate) fn flush<'a>(
+        &'a self,
         working: Option<Working>,
         cookie: Option<&str>,
-    ) -> Result<CookieAction, SessionError> {
+    ) -> impl std::future::Future<Output = Result<CookieAction, SessionError>> + Send + 'a {
         let now = self.now();
-        let store = &*self.inner.store;
+        let plan = self.plan(working, cookie, now);
+        self.write(plan, now)
+    }
+
+    fn plan(&self, working: Option<Working>, cookie: Option<&str>, now: u64) -> Plan {
         let Some(mut w) = working else {
-            let Some(v) = self.verify(cookie, now) else {
-                return Ok(CookieAction::Keep);
+            return match self.verify(cookie, now) {
+                Some(v) if self.refresh_due(v.issued, v.current_key, now) => Plan::Refresh(v.id),
+                _ => Plan::Done(CookieAction::Keep),
             };
-            if !self.refresh_due(v.issued, v.current_key, now) {
-                return Ok(CookieAction::Keep);
-            }
-            return Ok(
-                match store
-                    .update(&v.id.store_key(), &ChangeSet::new(), now)
-                    .await?
-                {
-                    true => self.signed(&v.id, now),
-                    false => CookieAction::Remove,
-                },
-            );
         };
-        if let Some(key) = w.destroyed {
-            store.destroy(&key).await?;
-        }
         let nothing_stored = w.data.is_empty();
         let changes = w.take_changes();
-        if let Some(old) = w.cycled_from {
-            // A cycled stored session moves to its new id; a collision gets another id.
-            for _ in 0..3 {
-                let new = w.id().store_key();
-                if store.cycle(&old, &new, &changes, now).await? {
-                    return Ok(self.signed(&w.id(), now));
-                }
-                if store.load(&old, now).await?.is_none() {
-                    return Ok(CookieAction::Remove);
-                }
-                w.id = Some(SessionId::generate());
+        let step = match (w.cycled_from, w.origin) {
+            // A cycled stored session moves to its new id.
+            (Some(old), _) => Step::Cycle { old },
+            (None, Origin::New { stale_cookie }) if nothing_stored => {
+                Step::Nothing(match stale_cookie {
+                    true => CookieAction::Remove,
+                    false => CookieAction::Keep,
+                })
             }
-            return Err(crate::error::StoreError::Other("no free session id".into()).into());
-        }
-        match w.origin {
-            Origin::New { stale_cookie } => {
-                if nothing_stored {
-                    return Ok(match stale_cookie {
-                        true => CookieAction::Remove,
-                        false => CookieAction::Keep,
-                    });
+            (None, Origin::New { .. }) => Step::Create { created: w.created },
+            (
+                None,
+                Origin::Stored {
+                    key,
+                    issued,
+                    current_key,
+                },
+            ) => {
+                let refresh = self.refresh_due(issued, current_key, now);
+                if changes.is_empty() && !refresh {
+                    Step::Nothing(CookieAction::Keep)
+                } else {
+                    Step::Update { key, refresh }
                 }
-                for _ in 0..3 {
-                    if store
-                        .create(&w.id().store_key(), w.created, &changes, now)
+            }
+        };
+        Plan::Write {
+            destroy: w.destroyed,
+            changes,
+            id: w.id,
+            step,
+        }
+    }
+
+    async fn write(&self, plan: Plan, now: u64) -> Result<CookieAction, SessionError> {
+        let store = self.store();
+        let (destroy, changes, mut id, step) = match plan {
+            Plan::Done(action) => return Ok(action),
+            Plan::Refresh(id) => {
+                return Ok(
+                    match store
+                        .update(&id.store_key(), &ChangeSet::new(), now)
                         .await?
                     {
-                        return Ok(self.signed(&w.id(), now));
+                        true => self.signed(&id, now),
+                        false => CookieAction::Remove,
+                    },
+                )
+            }
+            Plan::Write {
+                destroy,
+                changes,
+                id,
+                step,
+            } => (destroy, changes, id, step),
+        };
+        if let Some(key) = destroy {
+            store.destroy(&key).await?;
+        }
+        // A new id is drawn only when one is needed, and again on a collision.
+        let mut id = move |fresh: bool| -> SessionId {
+            if fresh {
+                id = None;
+            }
+            *id.get_or_insert_with(SessionId::generate)
+        };
+        match step {
+            Step::Nothing(action) => Ok(action),
+            Step::Cycle { old } => {
+                let mut fresh = false;
+                for _ in 0..3 {
+                    let new = id(fresh);
+                    if store.cycle(&old, &new.store_key(), &changes, now).await? {
+                        return Ok(self.signed(&new, now));
                     }
-                    w.id = Some(SessionId::generate());
+                    if store.load(&old, now).await?.is_none() {
+                        return Ok(CookieAction::Remove);
+                    }
+                    fresh = true;
                 }
                 Err(crate::error::StoreError::Other("no free session id".into()).into())
             }
-            Origin::Stored {
-                key,
-                issued,
-                current_key,
-            } => {
-                let refresh = self.refresh_due(issued, current_key, now);
-                if changes.is_empty() && !refresh {
-                    return Ok(CookieAction::Keep);
+            Step::Create { created } => {
+                let mut fresh = false;
+                for _ in 0..3 {
+                    let new = id(fresh);
+                    if store
+                        .create(&new.store_key(), created, &changes, now)
+                        .await?
+                    {
+                        return Ok(self.signed(&new, now));
+                    }
+                    fresh = true;
                 }
+                Err(crate::error::StoreError::Other("no free session id".into()).into())
+            }
+            Step::Update { key, refresh } => {
                 if !store.update(&key, &changes, now).await? {
                     // Destroyed or expired meanwhile: it stays that way.
                     return Ok(CookieAction::Remove);
                 }
                 Ok(match refresh {
-                    true => self.signed(&w.id(), now),
+                    true => self.signed(&id(false), now),
                     false => CookieAction::Keep,
                 })
             }
