@@ -170,11 +170,11 @@ struct Bits {
 impl Bits {
     fn get(&self, i: usize) -> bool {
         match i {
-            0..=63 => self.low >> i & 1 == 1,
+            0..=63 => (self.low >> i) & 1 == 1,
             _ => self
                 .high
                 .get(i / 64 - 1)
-                .is_some_and(|w| w >> (i % 64) & 1 == 1),
+                .is_some_and(|w| (w >> (i % 64)) & 1 == 1),
         }
     }
 
@@ -890,6 +890,61 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.map(<[u8]>::to_vec)))
             .collect();
         assert_eq!(changes, expected);
+    }
+
+    #[test]
+    fn changes_match_a_model_over_random_edits_of_stored_sessions() {
+        // xorshift: deterministic, so a failure names its seed.
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move |n: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % n
+        };
+        for seed in 0..500 {
+            let mut model: std::collections::HashMap<String, Vec<u8>> = (0..next(100))
+                .map(|i| (format!("k{}", next(150)), vec![i as u8]))
+                .collect();
+            let record = SessionRecord {
+                created: 0,
+                data: model.clone().into_iter().collect(),
+            };
+            let verified = Verified {
+                id: SessionId::from_bytes([1; 32]),
+                issued: 0,
+                current_key: true,
+            };
+            let mut w = Working::stored(verified, StoreKey([0; 32]), record);
+            let mut touched = std::collections::BTreeSet::new();
+            for op in 0..next(200) {
+                let key = format!("k{}", next(150));
+                if next(3) == 0 {
+                    if model.remove(&key).is_some() {
+                        touched.insert(key.clone());
+                    }
+                    w.remove(&key);
+                } else {
+                    let value = vec![(op % 251) as u8, 7];
+                    model.insert(key.clone(), value.clone());
+                    touched.insert(key.clone());
+                    w.set_encoded(&key, value, usize::MAX).unwrap();
+                }
+            }
+            let expected: Vec<(String, Option<Vec<u8>>)> = touched
+                .into_iter()
+                .map(|k| {
+                    let v = model.get(&k).cloned();
+                    (k, v)
+                })
+                .collect();
+            let changes: Vec<(String, Option<Vec<u8>>)> = w
+                .take_changes()
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.map(<[u8]>::to_vec)))
+                .collect();
+            assert_eq!(changes, expected, "seed {seed}");
+        }
     }
 
     #[test]
