@@ -87,6 +87,7 @@ mod cookie;
 pub mod error;
 mod fairing;
 mod id;
+mod in_flight;
 mod manager;
 mod padded;
 mod session;

@@ -5,7 +5,7 @@
 //! the handler's edits are buffered in [`Working`] → [`SessionManager::flush`] writes them in
 //! one store call and says which cookie the response carries.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use rocket::tokio::sync::Notify;
@@ -17,7 +17,7 @@ use crate::config::SessionConfig;
 use crate::cookie::{CookieCodec, Verified};
 use crate::error::SessionError;
 use crate::id::{SessionId, StoreKey};
-use crate::padded::Padded;
+use crate::in_flight::InFlight;
 use crate::store::{ChangeSet, SessionRecord, SessionStore};
 
 /// Longest cookie value looked at; longer ones are treated as absent (RFC 6265 asks browsers
@@ -43,8 +43,8 @@ struct Inner {
     codec: CookieCodec,
     store: Arc<dyn SessionStore>,
     clock: Arc<dyn Clock>,
-    /// Written by every request that loads a session: kept off the lines of the fields above.
-    in_flight: Padded<AtomicUsize>,
+    /// Requests that loaded a session and have not flushed it yet.
+    in_flight: InFlight,
     idle: Notify,
     shutting_down: AtomicBool,
 }
@@ -382,7 +382,7 @@ impl SessionManager {
                 codec,
                 store,
                 clock,
-                in_flight: Padded(AtomicUsize::new(0)),
+                in_flight: InFlight::default(),
                 idle: Notify::new(),
                 shutting_down: AtomicBool::new(false),
             }),
@@ -585,18 +585,16 @@ impl SessionManager {
     }
 
     pub(crate) fn request_started(&self) {
-        self.inner.in_flight.fetch_add(1, Ordering::SeqCst);
+        self.inner.in_flight.start();
     }
 
     pub(crate) async fn request_finished(&self) {
-        let left = self.inner.in_flight.fetch_sub(1, Ordering::SeqCst) - 1;
+        self.inner.in_flight.finish();
         // Only `drain` waits, and only once `shutting_down` is set: before that, a request
         // ends without touching the `Notify` (a lock). Both sides use SeqCst, so either this
-        // load sees the flag, or `drain`'s later read of `in_flight` sees this decrement.
+        // load sees the flag, or `drain`'s later check of `in_flight` sees this request end.
         if self.inner.shutting_down.load(Ordering::SeqCst) {
-            if left == 0 {
-                self.inner.idle.notify_waiters();
-            }
+            self.inner.idle.notify_waiters();
             // A request that outlived the shutdown snapshot: make its changes durable too.
             if let Err(e) = self.store().persist().await {
                 rocket::error!("session store: persisting after shutdown failed: {e}");
@@ -610,7 +608,7 @@ impl SessionManager {
         let wait = async {
             loop {
                 let idle = self.inner.idle.notified();
-                if self.inner.in_flight.load(Ordering::SeqCst) == 0 {
+                if self.inner.in_flight.is_idle() {
                     return;
                 }
                 idle.await;
