@@ -795,6 +795,24 @@ impl SessionManager {
 mod tests {
     use super::*;
 
+    /// A session loaded from the store with `record`.
+    fn stored(record: SessionRecord) -> Working {
+        let verified = Verified {
+            id: SessionId::from_bytes([1; 32]),
+            issued: 0,
+            current_key: true,
+        };
+        Working::stored(verified, StoreKey([0; 32]), record)
+    }
+
+    /// The request's changes, in key order, as owned pairs.
+    fn changes_of(w: &mut Working) -> Vec<(String, Option<Vec<u8>>)> {
+        w.take_changes()
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.map(<[u8]>::to_vec)))
+            .collect()
+    }
+
     #[test]
     fn changes_hold_each_key_once_with_its_last_state() {
         let mut w = Working::new(false, 0);
@@ -803,11 +821,7 @@ mod tests {
         w.remove("a");
         w.set_encoded("b", vec![3], 100).unwrap();
         w.remove("never-set");
-        let changes: Vec<(String, Option<Vec<u8>>)> = w
-            .take_changes()
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.map(<[u8]>::to_vec)))
-            .collect();
+        let changes = changes_of(&mut w);
         assert_eq!(
             changes,
             vec![("a".to_string(), None), ("b".to_string(), Some(vec![3]))]
@@ -824,12 +838,7 @@ mod tests {
                 ("c".into(), vec![3]),
             ],
         };
-        let verified = Verified {
-            id: SessionId::from_bytes([1; 32]),
-            issued: 0,
-            current_key: true,
-        };
-        let mut w = Working::stored(verified, StoreKey([0; 32]), record);
+        let mut w = stored(record);
         w.remove("a");
         w.set_encoded("a", vec![9], 100).unwrap();
         w.set_encoded("b", vec![8], 100).unwrap();
@@ -839,11 +848,7 @@ mod tests {
             Some(3),
             "c is read, never written"
         );
-        let changes: Vec<(String, Option<Vec<u8>>)> = w
-            .take_changes()
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.map(<[u8]>::to_vec)))
-            .collect();
+        let changes = changes_of(&mut w);
         assert_eq!(
             changes,
             vec![("a".to_string(), Some(vec![9])), ("b".to_string(), None)]
@@ -852,22 +857,11 @@ mod tests {
 
     #[test]
     fn changes_are_tracked_across_removals_beyond_64_keys() {
-        let mut w = Working::new(false, 0);
-        for i in 0..150 {
-            w.set_encoded(&format!("k{i}"), vec![i as u8], 10_000)
-                .unwrap();
-        }
-        w.take_changes();
         let record = SessionRecord {
             created: 0,
             data: (0..150).map(|i| (format!("k{i}"), vec![i as u8])).collect(),
         };
-        let verified = Verified {
-            id: SessionId::from_bytes([1; 32]),
-            issued: 0,
-            current_key: true,
-        };
-        let mut w = Working::stored(verified, StoreKey([0; 32]), record);
+        let mut w = stored(record);
         // Set keys on both sides of bit 64 and 128, then remove keys so that changed and
         // unchanged entries move into the removed ones' places.
         for i in [3, 63, 64, 100, 128, 149] {
@@ -882,11 +876,7 @@ mod tests {
             .chain([0, 5, 64, 70].iter().map(|i| (format!("k{i}"), None)))
             .collect();
         expected.sort();
-        let changes: Vec<(String, Option<Vec<u8>>)> = w
-            .take_changes()
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.map(<[u8]>::to_vec)))
-            .collect();
+        let changes = changes_of(&mut w);
         assert_eq!(changes, expected);
     }
 
@@ -908,12 +898,7 @@ mod tests {
                 created: 0,
                 data: model.clone().into_iter().collect(),
             };
-            let verified = Verified {
-                id: SessionId::from_bytes([1; 32]),
-                issued: 0,
-                current_key: true,
-            };
-            let mut w = Working::stored(verified, StoreKey([0; 32]), record);
+            let mut w = stored(record);
             let mut touched = std::collections::BTreeSet::new();
             for op in 0..next(200) {
                 let key = format!("k{}", next(150));
@@ -936,12 +921,7 @@ mod tests {
                     (k, v)
                 })
                 .collect();
-            let changes: Vec<(String, Option<Vec<u8>>)> = w
-                .take_changes()
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.map(<[u8]>::to_vec)))
-                .collect();
-            assert_eq!(changes, expected, "seed {seed}");
+            assert_eq!(changes_of(&mut w), expected, "seed {seed}");
         }
     }
 
