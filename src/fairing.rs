@@ -12,7 +12,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::{SameSite, SessionConfig, StoreConfig};
 use crate::error::StoreError;
 use crate::manager::{CookieAction, RequestSession, SessionManager};
-use crate::store::{MemoryStore, PostgresStore, SessionStore};
+use crate::store::{MemoryStore, PostgresStore, SessionStore, StoreHandle};
 use rocket_db_pools::sqlx::PgPool;
 
 /// The fairing that gives a Rocket application sessions.
@@ -33,7 +33,7 @@ use rocket_db_pools::sqlx::PgPool;
 /// loaded a session (up to Rocket's grace and mercy periods) and persists the store.
 pub struct Sessions {
     clock: Arc<dyn Clock>,
-    store: Mutex<Option<Arc<dyn SessionStore>>>,
+    store: Mutex<Option<StoreHandle>>,
     app_pool: Option<AppPool>,
     /// A pool the fairing made itself, closed once the last flush is done.
     own_pool: OnceLock<PgPool>,
@@ -92,8 +92,8 @@ impl Sessions {
 
     /// Uses `store` instead of building the configured one; the `store` table's `kind` is then
     /// ignored, and its intervals still apply.
-    pub fn with_store(self, store: impl SessionStore) -> Sessions {
-        *self.store.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(store));
+    pub fn with_store<S: SessionStore>(self, store: S) -> Sessions {
+        *self.store.lock().unwrap_or_else(|p| p.into_inner()) = Some(StoreHandle::new(store));
         self
     }
 
@@ -101,7 +101,7 @@ impl Sessions {
         &self,
         rocket: &Rocket<Build>,
         config: &SessionConfig,
-    ) -> Result<Arc<dyn SessionStore>, StoreError> {
+    ) -> Result<StoreHandle, StoreError> {
         if let Some(store) = self.store.lock().unwrap_or_else(|p| p.into_inner()).take() {
             return Ok(store);
         }
@@ -111,7 +111,7 @@ impl Sessions {
                 let store = rocket::tokio::task::spawn_blocking(move || MemoryStore::open(&memory))
                     .await
                     .map_err(|e| StoreError::Other(e.to_string()))??;
-                Ok(Arc::new(store))
+                Ok(StoreHandle::new(store))
             }
             StoreConfig::Postgres(postgres) => {
                 let pool = match &self.app_pool {
@@ -128,7 +128,7 @@ impl Sessions {
                         pool
                     }
                 };
-                Ok(Arc::new(PostgresStore::new(pool, postgres).await?))
+                Ok(StoreHandle::new(PostgresStore::new(pool, postgres).await?))
             }
         }
     }
@@ -248,7 +248,10 @@ impl Fairing for Sessions {
             true => None,
             false => req.cookies().get(&config.cookie_name),
         };
-        let action = manager.flush(working, cookie.map(|c| c.value())).await;
+        let action = manager
+            .flush(working, cookie.map(|c| c.value()))
+            .finish()
+            .await;
         let header = match action {
             Ok(CookieAction::Keep) => None,
             Ok(CookieAction::Set(value)) => Some(cookie_header(config, value, config.shelf_life)),

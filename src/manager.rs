@@ -5,6 +5,8 @@
 //! the handler's edits are buffered in [`Working`] → [`SessionManager::flush`] writes them in
 //! one store call and says which cookie the response carries.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -18,7 +20,7 @@ use crate::cookie::{CookieCodec, Verified};
 use crate::error::SessionError;
 use crate::id::{SessionId, StoreKey};
 use crate::in_flight::InFlight;
-use crate::store::{ChangeSet, SessionRecord, SessionStore};
+use crate::store::{ChangeSet, MemoryStore, SessionRecord, SessionStore, StoreHandle};
 
 /// Longest cookie value looked at; longer ones are treated as absent (RFC 6265 asks browsers
 /// for 4096 bytes per cookie, and ours are 96).
@@ -42,6 +44,8 @@ struct Inner {
     config: SessionConfig,
     codec: CookieCodec,
     store: Arc<dyn SessionStore>,
+    /// The same store when it is the built-in memory store, for the request path's direct calls.
+    memory: Option<Arc<MemoryStore>>,
     clock: Arc<dyn Clock>,
     /// Requests that loaded a session and have not flushed it yet.
     in_flight: InFlight,
@@ -128,6 +132,22 @@ pub(crate) enum CookieAction {
     Remove,
 }
 
+/// A flush: done at once, or store calls still to make.
+pub(crate) enum Flush<'a> {
+    Done(Result<CookieAction, SessionError>),
+    Pending(Pin<Box<dyn Future<Output = Result<CookieAction, SessionError>> + Send + 'a>>),
+}
+
+impl Flush<'_> {
+    /// What the response does with the cookie, once the store calls are made.
+    pub async fn finish(self) -> Result<CookieAction, SessionError> {
+        match self {
+            Flush::Done(done) => done,
+            Flush::Pending(write) => write.await,
+        }
+    }
+}
+
 pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, SessionError> {
     // Room for the usual small value up front: one allocation rather than a vector that
     // grows (a u64 above 2^32 would take two).
@@ -135,6 +155,55 @@ pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, SessionError> {
     rmp_serde::encode::write_named(&mut bytes, value)
         .map_err(|e| SessionError::Encode(e.to_string()))?;
     Ok(bytes)
+}
+
+/// A value's MessagePack bytes, written on the stack while they fit (numbers, flags, short
+/// strings), so setting a key allocates only when its stored value has to grow.
+pub(crate) struct Encoded {
+    inline: [u8; 64],
+    len: usize,
+    /// All the bytes, once they no longer fit `inline`.
+    spilled: Vec<u8>,
+}
+
+impl Encoded {
+    pub fn new<T: Serialize>(value: &T) -> Result<Encoded, SessionError> {
+        let mut out = Encoded {
+            inline: [0; 64],
+            len: 0,
+            spilled: Vec::new(),
+        };
+        rmp_serde::encode::write_named(&mut out, value)
+            .map_err(|e| SessionError::Encode(e.to_string()))?;
+        Ok(out)
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        match self.spilled.is_empty() {
+            true => &self.inline[..self.len],
+            false => &self.spilled,
+        }
+    }
+}
+
+impl std::io::Write for Encoded {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.spilled.is_empty() {
+            if let Some(room) = self.inline.get_mut(self.len..self.len + buf.len()) {
+                room.copy_from_slice(buf);
+                self.len += buf.len();
+                return Ok(buf.len());
+            }
+            self.spilled.reserve(self.len + buf.len());
+            self.spilled.extend_from_slice(&self.inline[..self.len]);
+        }
+        self.spilled.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 pub(crate) fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, SessionError> {
@@ -224,15 +293,18 @@ impl SessionData {
     }
 
     /// Sets `key` and marks it changed.
-    fn insert(&mut self, key: &str, value: Vec<u8>) {
+    fn insert(&mut self, key: &str, value: &[u8]) {
         let at = match self.entries.iter().position(|(k, _)| k == key) {
             Some(at) => {
-                self.entries[at].1 = value;
+                // The old value's buffer takes the new one: no allocation unless it grows.
+                let old = &mut self.entries[at].1;
+                old.clear();
+                old.extend_from_slice(value);
                 at
             }
             None => {
                 self.removed.retain(|k| k != key);
-                self.entries.push((key.to_string(), value));
+                self.entries.push((key.to_string(), value.to_vec()));
                 self.entries.len() - 1
             }
         };
@@ -257,20 +329,21 @@ impl SessionData {
 
     /// Moves this request's changes out, values and all; the data is spent afterwards.
     fn take_changes(&mut self) -> ChangeSet {
-        let changed = (0..self.entries.len())
-            .filter(|&i| self.changed.get(i))
-            .count();
-        let mut changes = ChangeSet::with_capacity(changed + self.removed.len());
-        for key in self.removed.drain(..) {
-            changes.remove(key);
-        }
         let bits = std::mem::take(&mut self.changed);
-        for (i, (key, value)) in self.entries.drain(..).enumerate() {
-            if bits.get(i) {
-                changes.set(key, value);
-            }
-        }
-        changes
+        let mut at = 0;
+        // Same layout in and out (`Option<Vec>` costs no space), so this collects in place:
+        // no allocation for the usual request.
+        let mut changes: Vec<(String, Option<Vec<u8>>)> = std::mem::take(&mut self.entries)
+            .into_iter()
+            .filter(|_| {
+                at += 1;
+                bits.get(at - 1)
+            })
+            .map(|(key, value)| (key, Some(value)))
+            .collect();
+        // A removed key is not among the entries: every key occurs once.
+        changes.extend(self.removed.drain(..).map(|key| (key, None)));
+        ChangeSet::from_distinct(changes)
     }
 }
 
@@ -316,7 +389,7 @@ impl Working {
     pub fn set_encoded(
         &mut self,
         key: &str,
-        bytes: Vec<u8>,
+        bytes: &[u8],
         limit: usize,
     ) -> Result<(), SessionError> {
         let old = self.data.get(key).map_or(0, |v| key.len() + v.len());
@@ -367,7 +440,7 @@ impl Working {
 impl SessionManager {
     pub(crate) fn new(
         config: SessionConfig,
-        store: Arc<dyn SessionStore>,
+        store: StoreHandle,
         clock: Arc<dyn Clock>,
     ) -> SessionManager {
         let codec = CookieCodec::new(
@@ -380,7 +453,8 @@ impl SessionManager {
             inner: Arc::new(Inner {
                 config,
                 codec,
-                store,
+                store: store.any,
+                memory: store.memory,
                 clock,
                 in_flight: InFlight::default(),
                 idle: Notify::new(),
@@ -421,7 +495,11 @@ impl SessionManager {
             return Ok(Working::new(cookie.is_some(), now));
         };
         let key = verified.id.store_key();
-        match self.store().load(&key, now).await? {
+        let record = match &self.inner.memory {
+            Some(memory) => memory.load_now(&key, now),
+            None => self.store().load(&key, now).await?,
+        };
+        match record {
             Some(record) if !self.past_max_lifetime(record.created, now) => {
                 Ok(Working::stored(verified, key, record))
             }
@@ -452,18 +530,57 @@ impl SessionManager {
     /// cookie. `working` is `None` when no handler asked for the session: then only the
     /// lifetime of the cookie's session is extended, if a refresh is due.
     ///
-    /// What to write is decided at once, and only that compact [`Plan`] is carried across the
-    /// store calls: a future holding the whole session (twice, as async functions hold their
-    /// arguments) would make the response fairing's boxed future too large for the
-    /// allocator's per-thread cache.
-    pub(crate) fn flush<'a>(
-        &'a self,
-        working: Option<Working>,
-        cookie: Option<&str>,
-    ) -> impl std::future::Future<Output = Result<CookieAction, SessionError>> + Send + 'a {
+    /// What to write is decided at once, as a compact [`Plan`]. A plan that needs no store
+    /// call, or only an update of the built-in memory store, is carried out at once; any
+    /// other is returned as a boxed future, so the response fairing's own future stays small
+    /// (a large one would be copied into its box on every request, and a future holding the
+    /// whole session would not fit the allocator's per-thread cache).
+    pub(crate) fn flush(&self, working: Option<Working>, cookie: Option<&str>) -> Flush<'_> {
         let now = self.now();
-        let plan = self.plan(working, cookie, now);
-        self.write(plan, now)
+        match (
+            self.plan(working, cookie, now),
+            self.inner.memory.as_deref(),
+        ) {
+            (
+                Plan::Done(action)
+                | Plan::Write {
+                    destroy: None,
+                    step: Step::Nothing(action),
+                    ..
+                },
+                _,
+            ) => Flush::Done(Ok(action)),
+            (
+                Plan::Write {
+                    destroy: None,
+                    changes,
+                    id,
+                    step: Step::Update { key, refresh },
+                },
+                Some(memory),
+            ) => {
+                let updated = memory.update_now(&key, &changes, now);
+                Flush::Done(Ok(self.updated(updated, refresh, id, now)))
+            }
+            (plan, _) => Flush::Pending(Box::pin(self.write(plan, now))),
+        }
+    }
+
+    /// The cookie after an update of a stored session: removed if the session was gone,
+    /// re-issued if a refresh was due.
+    fn updated(
+        &self,
+        updated: bool,
+        refresh: bool,
+        id: Option<SessionId>,
+        now: u64,
+    ) -> CookieAction {
+        match (updated, refresh, id) {
+            // Destroyed or expired meanwhile: it stays that way.
+            (false, _, _) => CookieAction::Remove,
+            (true, true, Some(id)) => self.signed(&id, now),
+            (true, _, _) => CookieAction::Keep,
+        }
     }
 
     fn plan(&self, working: Option<Working>, cookie: Option<&str>, now: u64) -> Plan {
@@ -572,14 +689,8 @@ impl SessionManager {
                 Err(crate::error::StoreError::Other("no free session id".into()).into())
             }
             Step::Update { key, refresh } => {
-                if !store.update(&key, &changes, now).await? {
-                    // Destroyed or expired meanwhile: it stays that way.
-                    return Ok(CookieAction::Remove);
-                }
-                Ok(match refresh {
-                    true => self.signed(&id(false), now),
-                    false => CookieAction::Keep,
-                })
+                let updated = store.update(&key, &changes, now).await?;
+                Ok(self.updated(updated, refresh, Some(id(false)), now))
             }
         }
     }
@@ -694,7 +805,7 @@ impl SessionManager {
             .load_by_id(id)
             .await?
             .ok_or(SessionError::UnknownSession)?;
-        w.set_encoded(key, encode(&value)?, self.inner.config.max_session_size)?;
+        w.set_encoded(key, &encode(&value)?, self.inner.config.max_session_size)?;
         self.write_by_id(id, w).await
     }
 
@@ -745,7 +856,7 @@ impl SessionManager {
             .or(default)
             .ok_or_else(|| SessionError::MissingKey(key.to_string()))?;
         let new = f(old);
-        w.set_encoded(key, encode(&new)?, self.inner.config.max_session_size)?;
+        w.set_encoded(key, &encode(&new)?, self.inner.config.max_session_size)?;
         self.write_by_id(id, w).await?;
         Ok(new)
     }
@@ -814,12 +925,31 @@ mod tests {
     }
 
     #[test]
+    fn values_encode_the_same_on_the_stack_and_spilled_to_the_heap() {
+        for len in [0, 1, 50, 61, 62, 63, 64, 65, 200, 5000] {
+            let value = "x".repeat(len);
+            let encoded = Encoded::new(&value).unwrap();
+            assert_eq!(
+                encoded.as_bytes(),
+                encode(&value).unwrap(),
+                "{len} characters"
+            );
+            assert_eq!(encoded.spilled.is_empty(), encoded.as_bytes().len() <= 64);
+        }
+        let nested = vec![vec![u64::MAX; 7]; 3];
+        assert_eq!(
+            Encoded::new(&nested).unwrap().as_bytes(),
+            encode(&nested).unwrap()
+        );
+    }
+
+    #[test]
     fn changes_hold_each_key_once_with_its_last_state() {
         let mut w = Working::new(false, 0);
-        w.set_encoded("a", vec![1], 100).unwrap();
-        w.set_encoded("b", vec![2], 100).unwrap();
+        w.set_encoded("a", &[1], 100).unwrap();
+        w.set_encoded("b", &[2], 100).unwrap();
         w.remove("a");
-        w.set_encoded("b", vec![3], 100).unwrap();
+        w.set_encoded("b", &[3], 100).unwrap();
         w.remove("never-set");
         let changes = changes_of(&mut w);
         assert_eq!(
@@ -840,8 +970,8 @@ mod tests {
         };
         let mut w = stored(record);
         w.remove("a");
-        w.set_encoded("a", vec![9], 100).unwrap();
-        w.set_encoded("b", vec![8], 100).unwrap();
+        w.set_encoded("a", &[9], 100).unwrap();
+        w.set_encoded("b", &[8], 100).unwrap();
         w.remove("b");
         assert_eq!(
             w.get::<u8>("c").unwrap(),
@@ -865,7 +995,7 @@ mod tests {
         // Set keys on both sides of bit 64 and 128, then remove keys so that changed and
         // unchanged entries move into the removed ones' places.
         for i in [3, 63, 64, 100, 128, 149] {
-            w.set_encoded(&format!("k{i}"), vec![200], 10_000).unwrap();
+            w.set_encoded(&format!("k{i}"), &[200], 10_000).unwrap();
         }
         for i in [0, 64, 5, 70] {
             w.remove(&format!("k{i}"));
@@ -911,7 +1041,7 @@ mod tests {
                     let value = vec![(op % 251) as u8, 7];
                     model.insert(key.clone(), value.clone());
                     touched.insert(key.clone());
-                    w.set_encoded(&key, value, usize::MAX).unwrap();
+                    w.set_encoded(&key, &value, usize::MAX).unwrap();
                 }
             }
             let expected: Vec<(String, Option<Vec<u8>>)> = touched
@@ -928,9 +1058,9 @@ mod tests {
     #[test]
     fn a_set_past_the_size_limit_changes_nothing() {
         let mut w = Working::new(false, 0);
-        w.set_encoded("a", vec![0; 10], 16).unwrap();
+        w.set_encoded("a", &[0; 10], 16).unwrap();
         assert!(matches!(
-            w.set_encoded("b", vec![0; 10], 16),
+            w.set_encoded("b", &[0; 10], 16),
             Err(SessionError::TooLarge {
                 size: 22,
                 limit: 16

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::error::SessionError;
 use crate::id::SessionId;
-use crate::manager::{decode, encode, RequestSession, SessionManager, Working};
+use crate::manager::{decode, Encoded, RequestSession, SessionManager, Working};
 
 /// The current request's session.
 ///
@@ -137,9 +137,9 @@ impl Session<'_> {
     /// Stores `value` under `key` (koyo: `session-set!`). [`SessionError::TooLarge`] when the
     /// session would exceed `max_session_size`; the session is then unchanged.
     pub fn set<T: Serialize>(&self, key: &str, value: T) -> Result<(), SessionError> {
-        let bytes = encode(&value)?;
+        let bytes = Encoded::new(&value)?;
         let limit = self.manager.config().max_session_size;
-        self.with(|w| w.set_encoded(key, bytes, limit))
+        self.with(|w| w.set_encoded(key, bytes.as_bytes(), limit))
     }
 
     /// Replaces the value of `key` by `f` of it and returns the new value (koyo:

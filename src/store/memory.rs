@@ -192,6 +192,41 @@ impl MemoryStore {
     }
 }
 
+impl MemoryStore {
+    /// [`SessionStore::load`] without a future: the memory store never waits.
+    pub(crate) fn load_now(&self, key: &StoreKey, now: u64) -> Option<SessionRecord> {
+        let shard = self.shard(key);
+        shard
+            .get(key)
+            .filter(|e| e.expires > now)
+            .map(|e| SessionRecord {
+                created: e.created,
+                data: e
+                    .data
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_vec()))
+                    .collect(),
+            })
+    }
+
+    /// [`SessionStore::update`] without a future.
+    pub(crate) fn update_now(&self, key: &StoreKey, changes: &ChangeSet, now: u64) -> bool {
+        let mut shard = self.shard(key);
+        let Some(entry) = shard.get_mut(key).filter(|e| e.expires > now) else {
+            return false;
+        };
+        entry.apply(changes);
+        // Within the same second the expiry stays as it is: not writing it leaves the entry's
+        // line clean in the other core's cache.
+        let expires = now.saturating_add(self.ttl);
+        if entry.expires != expires {
+            entry.expires = expires;
+        }
+        shard.changed();
+        true
+    }
+}
+
 fn lock(shard: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
     // A panic while holding a shard lock cannot leave an entry half-written (every change is
     // one insert, assignment or removal), so the data behind a poisoned lock is sound.
@@ -203,18 +238,7 @@ fn lock(shard: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
 #[rocket::async_trait]
 impl SessionStore for MemoryStore {
     async fn load(&self, key: &StoreKey, now: u64) -> Result<Option<SessionRecord>, StoreError> {
-        let shard = self.shard(key);
-        Ok(shard
-            .get(key)
-            .filter(|e| e.expires > now)
-            .map(|e| SessionRecord {
-                created: e.created,
-                data: e
-                    .data
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_vec()))
-                    .collect(),
-            }))
+        Ok(self.load_now(key, now))
     }
 
     async fn create(
@@ -245,19 +269,7 @@ impl SessionStore for MemoryStore {
         changes: &ChangeSet,
         now: u64,
     ) -> Result<bool, StoreError> {
-        let mut shard = self.shard(key);
-        let Some(entry) = shard.get_mut(key).filter(|e| e.expires > now) else {
-            return Ok(false);
-        };
-        entry.apply(changes);
-        // Within the same second the expiry stays as it is: not writing it leaves the entry's
-        // line clean in the other core's cache.
-        let expires = now.saturating_add(self.ttl);
-        if entry.expires != expires {
-            entry.expires = expires;
-        }
-        shard.changed();
-        Ok(true)
+        Ok(self.update_now(key, changes, now))
     }
 
     async fn cycle(

@@ -162,6 +162,12 @@ impl ChangeSet {
         }
     }
 
+    /// Changes in which every key occurs once, in any order.
+    pub(crate) fn from_distinct(mut changes: Vec<(String, Option<Vec<u8>>)>) -> ChangeSet {
+        changes.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        ChangeSet { changes }
+    }
+
     /// Sets `key` to `value`, replacing an earlier change of the same key.
     pub fn set(&mut self, key: impl Into<String>, value: Vec<u8>) {
         self.put(key.into(), Some(value));
@@ -307,5 +313,42 @@ impl<S: SessionStore + ?Sized> SessionStore for std::sync::Arc<S> {
     }
     async fn persist(&self) -> Result<(), StoreError> {
         (**self).persist().await
+    }
+}
+
+/// A store as the session manager holds it: behind `dyn` for every call, and, when it is the
+/// built-in memory store, also by its type, so that a request's load and update can call it
+/// directly (it never waits) instead of through a boxed future each.
+#[derive(Clone)]
+pub(crate) struct StoreHandle {
+    pub any: std::sync::Arc<dyn SessionStore>,
+    pub memory: Option<std::sync::Arc<MemoryStore>>,
+}
+
+impl StoreHandle {
+    pub fn new<S: SessionStore>(store: S) -> StoreHandle {
+        use std::any::Any;
+        use std::sync::Arc;
+        let store: Box<dyn Any> = Box::new(store);
+        let store = match store.downcast::<MemoryStore>() {
+            Ok(memory) => return StoreHandle::memory(Arc::new(*memory)),
+            Err(other) => other,
+        };
+        let store = match store.downcast::<Arc<MemoryStore>>() {
+            Ok(memory) => return StoreHandle::memory(*memory),
+            Err(other) => other,
+        };
+        let any: Arc<dyn SessionStore> = match store.downcast::<Arc<dyn SessionStore>>() {
+            Ok(shared) => *shared,
+            Err(other) => Arc::new(*other.downcast::<S>().expect("the box holds the store")),
+        };
+        StoreHandle { any, memory: None }
+    }
+
+    fn memory(memory: std::sync::Arc<MemoryStore>) -> StoreHandle {
+        StoreHandle {
+            any: memory.clone(),
+            memory: Some(memory),
+        }
     }
 }
