@@ -78,6 +78,9 @@ pub(crate) struct Working {
     pub cycled_from: Option<StoreKey>,
     /// A stored session destroyed in this request.
     pub destroyed: Option<StoreKey>,
+    /// When the request loaded it (Unix seconds): its flush writes as of then too, so a
+    /// request reads the clock once.
+    at: u64,
     pub size: usize,
 }
 
@@ -357,10 +360,11 @@ impl Working {
             cycled_from: None,
             destroyed: None,
             size: 0,
+            at: now,
         }
     }
 
-    fn stored(verified: Verified, key: StoreKey, record: SessionRecord) -> Working {
+    fn stored(verified: Verified, key: StoreKey, record: SessionRecord, now: u64) -> Working {
         let data = SessionData::loaded(record.data);
         Working {
             id: Some(verified.id),
@@ -374,6 +378,7 @@ impl Working {
             data,
             cycled_from: None,
             destroyed: None,
+            at: now,
         }
     }
 
@@ -428,7 +433,8 @@ impl Working {
         self.id = Some(SessionId::generate());
     }
 
-    pub fn destroy(&mut self, now: u64) {
+    pub fn destroy(&mut self) {
+        let now = self.at;
         let destroyed = self.cycled_from.or(self.stored_key()).or(self.destroyed);
         let had_cookie =
             destroyed.is_some() || matches!(self.origin, Origin::New { stale_cookie: true });
@@ -501,7 +507,7 @@ impl SessionManager {
         };
         match record {
             Some(record) if !self.past_max_lifetime(record.created, now) => {
-                Ok(Working::stored(verified, key, record))
+                Ok(Working::stored(verified, key, record, now))
             }
             Some(_) => {
                 self.store().destroy(&key).await?;
@@ -528,7 +534,8 @@ impl SessionManager {
 
     /// Writes a request's session to the store and says what the response does with the
     /// cookie. `working` is `None` when no handler asked for the session: then only the
-    /// lifetime of the cookie's session is extended, if a refresh is due.
+    /// lifetime of the cookie's session is extended, if a refresh is due. A loaded session is
+    /// written as of the time it was loaded: the request's one reading of the clock.
     ///
     /// What to write is decided at once, as a compact [`Plan`]. A plan that needs no store
     /// call, or only an update of the built-in memory store, is carried out at once; any
@@ -536,7 +543,7 @@ impl SessionManager {
     /// (a large one would be copied into its box on every request, and a future holding the
     /// whole session would not fit the allocator's per-thread cache).
     pub(crate) fn flush(&self, working: Option<Working>, cookie: Option<&str>) -> Flush<'_> {
-        let now = self.now();
+        let now = working.as_ref().map_or_else(|| self.now(), |w| w.at);
         match (
             self.plan(working, cookie, now),
             self.inner.memory.as_deref(),
@@ -738,7 +745,7 @@ impl SessionManager {
                     issued: now,
                     current_key: true,
                 };
-                Some(Working::stored(verified, key, record))
+                Some(Working::stored(verified, key, record, now))
             }
             _ => None,
         })
@@ -913,7 +920,7 @@ mod tests {
             issued: 0,
             current_key: true,
         };
-        Working::stored(verified, StoreKey([0; 32]), record)
+        Working::stored(verified, StoreKey([0; 32]), record, 0)
     }
 
     /// The request's changes, in key order, as owned pairs.

@@ -182,7 +182,6 @@ impl Session<'_> {
     /// and the response removes the cookie. The guard then holds a new, empty session, so
     /// whatever is set afterwards (a farewell message, say) starts that one.
     pub fn destroy(&self) {
-        let now = self.manager.now();
-        self.with(|w| w.destroy(now))
+        self.with(|w| w.destroy())
     }
 }
