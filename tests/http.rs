@@ -19,7 +19,7 @@ async fn counted(
     session: rocket::serde::json::Value,
 ) -> (Client, ManualClock, Arc<Counting<MemoryStore>>) {
     let store = Counting::new(MemoryStore::new(TTL));
-    let (client, clock) = client_with(Some(store.clone()), session).await;
+    let (client, clock) = client_with(store.clone(), session).await;
     (client, clock, store)
 }
 
@@ -148,11 +148,8 @@ async fn malformed_truncated_and_oversized_cookies_start_a_new_session() {
 #[rocket::async_test]
 async fn a_cookie_signed_with_another_key_is_refused() {
     let (client, _, _) = counted(json!({})).await;
-    let (other, _) = client_with(
-        None,
-        json!({ "secret_key": "another key that is long enough!!" }),
-    )
-    .await;
+    let (other, _) =
+        client_on_config(json!({ "secret_key": "another key that is long enough!!" })).await;
     let foreign = get_with(&other, "/count", None).await.cookie.unwrap();
     let reply = get_with(&client, "/count", Some(&foreign)).await;
     assert_eq!(reply.body, "1");
@@ -296,9 +293,9 @@ async fn setting_after_destroy_starts_a_new_session() {
 async fn a_cookie_signed_with_a_previous_key_is_accepted_and_reissued() {
     let old_key = "the key we used last month, 32+ bytes";
     let store = Arc::new(MemoryStore::new(TTL));
-    let (old, _) = client_with(Some(store.clone()), json!({ "secret_key": old_key })).await;
+    let (old, _) = client_with(store.clone(), json!({ "secret_key": old_key })).await;
     let (new, _) = client_with(
-        Some(store),
+        store,
         json!({ "previous_secret_keys": [old_key], "refresh_interval": 60 }),
     )
     .await;

@@ -13,7 +13,8 @@ use rocket::serde::json::json;
 use rocket_server_sessions::store::{MemoryStore, SessionStore};
 use rocket_server_sessions::{ManualClock, SessionId, SessionManager};
 
-async fn memory() -> Arc<dyn SessionStore> {
+/// By its type, so the app calls it directly, as it does the memory store it builds itself.
+async fn memory() -> Arc<MemoryStore> {
     Arc::new(MemoryStore::new(TTL))
 }
 
@@ -34,7 +35,7 @@ async fn client_on(file: &Path, extra: rocket::serde::json::Value) -> Client {
         }
     }
     let clock = ManualClock::new(START);
-    Client::untracked(app(figment(session), &clock, None))
+    Client::untracked(app(figment(session), &clock))
         .await
         .expect("launches")
 }
@@ -159,7 +160,7 @@ async fn snapshots_are_also_written_periodically() {
 #[rocket::async_test]
 async fn the_manager_sweeps_expired_sessions() {
     let store = Arc::new(MemoryStore::new(TTL));
-    let (client, clock) = client_with(Some(store.clone()), json!({})).await;
+    let (client, clock) = client_with(store.clone(), json!({})).await;
     post_with(&client, "/set/a/1", None).await;
     clock.advance(50);
     post_with(&client, "/set/a/2", None).await;

@@ -209,8 +209,7 @@ async fn a_cache_that_lost_its_listening_connection_serves_nothing_stale() {
 #[rocket::async_test]
 async fn over_http_a_cached_read_costs_no_statement_and_a_write_one() {
     let store = Arc::new(store_on(&fresh_database().await, 1000).await);
-    let (client, _clock) =
-        client_with(Some(store.clone()), json!({ "refresh_interval": 30 })).await;
+    let (client, _clock) = client_with(store.clone(), json!({ "refresh_interval": 30 })).await;
     let cookie = get_with(&client, "/count", None).await.cookie.unwrap();
 
     let before = store.statements();
@@ -231,7 +230,7 @@ async fn cached_client(
         "kind": "postgres", "database": "sessions", "ttl": TTL, "cache": 100
     } }))
     .merge(("databases.sessions.url", url));
-    rocket::local::asynchronous::Client::untracked(app(figment, clock, None))
+    rocket::local::asynchronous::Client::untracked(app(figment, clock))
         .await
         .expect("launches with a cache")
 }

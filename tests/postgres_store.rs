@@ -35,7 +35,7 @@ fn configured(url: &str, store: rocket::serde::json::Value) -> rocket::figment::
 }
 
 async fn configured_client(url: &str, clock: &ManualClock) -> Client {
-    Client::untracked(app(configured(url, json!({})), clock, None))
+    Client::untracked(app(configured(url, json!({})), clock))
         .await
         .expect("launches on PostgreSQL")
 }
@@ -100,7 +100,7 @@ async fn without_the_apps_database_attached_first_launch_is_refused() {
 async fn launch_is_refused_when_the_database_is_unreachable() {
     let port = free_port();
     let url = format!("postgres://postgres@127.0.0.1:{port}/nothing");
-    let rocket = app(configured(&url, json!({})), &ManualClock::new(START), None);
+    let rocket = app(configured(&url, json!({})), &ManualClock::new(START));
     launch_error(rocket).await;
 }
 
@@ -222,7 +222,7 @@ async fn the_database_holds_digests_of_ids_never_the_ids() {
 #[rocket::async_test]
 async fn each_request_costs_at_most_one_statement_for_load_and_one_for_flush() {
     let store = Arc::new(fresh_store(TTL).await);
-    let (client, clock) = client_with(Some(store.clone()), json!({ "refresh_interval": 30 })).await;
+    let (client, clock) = client_with(store.clone(), json!({ "refresh_interval": 30 })).await;
     let statements = || store.statements();
 
     let before = statements();
@@ -386,7 +386,7 @@ async fn a_database_outage_answers_503_then_recovers_without_a_restart() {
 #[rocket::async_test]
 async fn concurrent_flushes_share_statements() {
     let store = Arc::new(fresh_store(TTL).await);
-    let (client, _) = client_with(Some(store.clone()), json!({})).await;
+    let (client, _) = client_with(store.clone(), json!({})).await;
     let mut cookies = Vec::new();
     for _ in 0..50 {
         cookies.push(get_with(&client, "/count", None).await.cookie.unwrap());
@@ -415,7 +415,7 @@ async fn launch_is_refused_when_the_schema_cannot_be_applied() {
         .execute(&pool)
         .await
         .unwrap();
-    let rocket = app(configured(&url, json!({})), &ManualClock::new(START), None);
+    let rocket = app(configured(&url, json!({})), &ManualClock::new(START));
     launch_error(rocket).await;
     assert_eq!(
         count(

@@ -35,7 +35,7 @@ fn store() -> Arc<MemoryStore> {
 #[rocket::async_test]
 async fn fixation_an_attacker_chosen_id_is_replaced_and_nothing_is_stored_under_it() {
     let store = store();
-    let (client, _) = client_with(Some(store.clone()), json!({})).await;
+    let (client, _) = client_with(store.clone(), json!({})).await;
     // A well-formed value around an id of the attacker's choosing, with a forged tag.
     let chosen = SessionId::from_bytes([7; 32]);
     let mut raw = chosen.as_bytes().to_vec();
@@ -55,7 +55,7 @@ async fn fixation_an_attacker_chosen_id_is_replaced_and_nothing_is_stored_under_
 #[rocket::async_test]
 async fn fixation_an_unknown_but_validly_signed_id_is_never_adopted() {
     let store = store();
-    let (client, _) = client_with(Some(store.clone()), json!({})).await;
+    let (client, _) = client_with(store.clone(), json!({})).await;
     let cookie = post_with(&client, "/set/a/1", None).await.cookie.unwrap();
     let id: SessionId = id_of(&client, &cookie).await;
     store.destroy(&id.store_key()).await.unwrap();
@@ -70,7 +70,7 @@ async fn fixation_an_unknown_but_validly_signed_id_is_never_adopted() {
 #[rocket::async_test]
 async fn logout_removal_cookie_matches_name_path_and_domain() {
     let (client, _) = client_with(
-        Some(store()),
+        store(),
         json!({ "cookie_path": "/app", "cookie_domain": "example.com" }),
     )
     .await;
@@ -92,7 +92,7 @@ async fn logout_removal_cookie_matches_name_path_and_domain() {
 #[rocket::async_test]
 async fn log_out_everywhere_ends_every_session_of_one_user() {
     let store = store();
-    let (client, _) = client_with(Some(store.clone()), json!({})).await;
+    let (client, _) = client_with(store.clone(), json!({})).await;
     let manager = client.rocket().state::<SessionManager>().unwrap();
     let mut cookies = Vec::new();
     for user in ["42", "42", "42", "7"] {
@@ -116,7 +116,7 @@ async fn log_out_everywhere_ends_every_session_of_one_user() {
 
 #[rocket::async_test]
 async fn max_lifetime_ends_a_session_however_active_it_is() {
-    let (client, clock) = client_with(Some(store()), json!({ "max_lifetime": 100 })).await;
+    let (client, clock) = client_with(store(), json!({ "max_lifetime": 100 })).await;
     let cookie = get_with(&client, "/count", None).await.cookie.unwrap();
     let mut current = cookie;
     for _ in 0..9 {
@@ -137,7 +137,7 @@ async fn max_lifetime_ends_a_session_however_active_it_is() {
 
 #[rocket::async_test]
 async fn max_lifetime_survives_cycling_the_id() {
-    let (client, clock) = client_with(Some(store()), json!({ "max_lifetime": 100 })).await;
+    let (client, clock) = client_with(store(), json!({ "max_lifetime": 100 })).await;
     let cookie = get_with(&client, "/count", None).await.cookie.unwrap();
     clock.advance(60);
     let cycled = post_with(&client, "/cycle", Some(&cookie))
@@ -152,7 +152,7 @@ async fn max_lifetime_survives_cycling_the_id() {
 
 #[rocket::async_test]
 async fn new_ids_never_reuse_a_live_one() {
-    let (client, _) = client_with(Some(store()), json!({})).await;
+    let (client, _) = client_with(store(), json!({})).await;
     let mut ids = std::collections::HashSet::new();
     for _ in 0..200 {
         let cookie = get_with(&client, "/count", None).await.cookie.unwrap();
@@ -164,7 +164,7 @@ async fn new_ids_never_reuse_a_live_one() {
 async fn a_cookie_value_over_4_kib_is_treated_as_absent() {
     let store = rocket_server_sessions::store::MemoryStore::new(TTL);
     let store = Counting::new(store);
-    let (client, _) = client_with(Some(store.clone()), json!({})).await;
+    let (client, _) = client_with(store.clone(), json!({})).await;
     let huge = "A".repeat(4097);
     let reply = get_with(&client, "/untouched", Some(&huge)).await;
     assert_eq!((reply.status, reply.body.as_str()), (Status::Ok, "true"));
@@ -175,7 +175,7 @@ async fn a_cookie_value_over_4_kib_is_treated_as_absent() {
 #[rocket::async_test]
 async fn a_corrupt_stored_value_fails_only_its_own_key() {
     let store = store();
-    let (client, _) = client_with(Some(store.clone()), json!({})).await;
+    let (client, _) = client_with(store.clone(), json!({})).await;
     let cookie = post_with(&client, "/set/good/fine", None)
         .await
         .cookie
@@ -204,7 +204,7 @@ async fn a_corrupt_stored_value_fails_only_its_own_key() {
 
 #[rocket::async_test]
 async fn host_prefixed_cookies_are_served_with_their_rules() {
-    let (client, _) = client_with(Some(store()), json!({ "cookie_name": "__Host-session" })).await;
+    let (client, _) = client_with(store(), json!({ "cookie_name": "__Host-session" })).await;
     let res = client.get("/count").dispatch().await;
     let header = res.headers().get_one("Set-Cookie").unwrap().to_string();
     assert!(header.starts_with("__Host-session="), "{header}");
@@ -228,7 +228,6 @@ async fn host_prefix_rules_are_enforced_at_launch() {
         let rocket = app(
             figment(session.clone()),
             &rocket_server_sessions::ManualClock::new(START),
-            None,
         );
         let error = launch_error(rocket).await;
         assert!(

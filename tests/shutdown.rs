@@ -34,7 +34,7 @@ async fn changes_of_requests_in_flight_at_shutdown_reach_the_snapshot() {
     let figment = figment(json!({ "store": { "file_path": &file, "snapshot_interval": 0 } }))
         .merge(("port", port))
         .merge(("shutdown.ctrlc", false));
-    let rocket = app(figment, &clock, None)
+    let rocket = app(figment, &clock)
         .manage(gate.clone())
         .mount("/", routes![gated])
         .ignite()
@@ -73,7 +73,7 @@ async fn changes_of_requests_in_flight_at_shutdown_reach_the_snapshot() {
 
     let store = open_snapshot(&file);
     assert_eq!(store.len(), 1);
-    let (client, _) = client_with(Some(Arc::new(store)), json!({})).await;
+    let (client, _) = client_with(Arc::new(store), json!({})).await;
     let during = get_with(&client, "/get/during", Some(&cookie)).await;
     assert_eq!(during.body, "2", "the in-flight change was persisted");
     assert_eq!(

@@ -352,3 +352,45 @@ impl StoreHandle {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    #[test]
+    fn the_memory_store_is_recognised_by_value_and_in_an_arc() {
+        let by_value = StoreHandle::new(MemoryStore::new(60));
+        let memory = by_value.memory.expect("a MemoryStore is recognised");
+        assert!(std::ptr::addr_eq(
+            Arc::as_ptr(&memory),
+            Arc::as_ptr(&by_value.any)
+        ));
+
+        let shared = Arc::new(MemoryStore::new(60));
+        let handle = StoreHandle::new(shared.clone());
+        assert!(
+            Arc::ptr_eq(&handle.memory.unwrap(), &shared),
+            "the same store, not a copy"
+        );
+        assert!(std::ptr::addr_eq(
+            Arc::as_ptr(&handle.any),
+            Arc::as_ptr(&shared)
+        ));
+    }
+
+    #[test]
+    fn any_other_store_goes_through_dyn_unwrapped() {
+        let shared: Arc<dyn SessionStore> = Arc::new(MemoryStore::new(60));
+        let handle = StoreHandle::new(shared.clone());
+        assert!(
+            handle.memory.is_none(),
+            "behind dyn, a store is not looked into"
+        );
+        assert!(
+            Arc::ptr_eq(&handle.any, &shared),
+            "an Arc<dyn> is used as it is"
+        );
+    }
+}

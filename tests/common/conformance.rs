@@ -72,7 +72,9 @@ fn sorted(record: Option<SessionRecord>) -> Option<SessionRecord> {
     })
 }
 
-pub async fn create_then_load_returns_data_and_creation_time(store: Arc<dyn SessionStore>) {
+pub async fn create_then_load_returns_data_and_creation_time(
+    store: Arc<impl SessionStore + ?Sized>,
+) {
     let c = changes(&[("a", Some(b"1")), ("b", Some(b"\x00\xff"))]);
     assert!(store.create(&key(1), START - 5, &c, START).await.unwrap());
     let loaded = sorted(store.load(&key(1), START).await.unwrap());
@@ -89,7 +91,7 @@ pub async fn create_then_load_returns_data_and_creation_time(store: Arc<dyn Sess
     assert_eq!(store.load(&key(2), START).await.unwrap(), None);
 }
 
-pub async fn create_refuses_a_key_with_a_live_session(store: Arc<dyn SessionStore>) {
+pub async fn create_refuses_a_key_with_a_live_session(store: Arc<impl SessionStore + ?Sized>) {
     let first = changes(&[("who", Some(b"first"))]);
     let second = changes(&[("who", Some(b"second"))]);
     assert!(store.create(&key(1), START, &first, START).await.unwrap());
@@ -98,7 +100,9 @@ pub async fn create_refuses_a_key_with_a_live_session(store: Arc<dyn SessionStor
     assert_eq!(loaded.data, vec![("who".into(), b"first".to_vec())]);
 }
 
-pub async fn update_applies_per_key_changes_and_keeps_other_keys(store: Arc<dyn SessionStore>) {
+pub async fn update_applies_per_key_changes_and_keeps_other_keys(
+    store: Arc<impl SessionStore + ?Sized>,
+) {
     let c = changes(&[("a", Some(b"1")), ("b", Some(b"2")), ("c", Some(b"3"))]);
     assert!(store.create(&key(1), START, &c, START).await.unwrap());
     // `a` gets a longer value, `c` one of the same length, `b` goes, `d` comes.
@@ -132,13 +136,13 @@ pub async fn update_applies_per_key_changes_and_keeps_other_keys(store: Arc<dyn 
     );
 }
 
-pub async fn update_of_a_missing_session_changes_nothing(store: Arc<dyn SessionStore>) {
+pub async fn update_of_a_missing_session_changes_nothing(store: Arc<impl SessionStore + ?Sized>) {
     let c = changes(&[("a", Some(b"1"))]);
     assert!(!store.update(&key(1), &c, START).await.unwrap());
     assert_eq!(store.load(&key(1), START).await.unwrap(), None);
 }
 
-pub async fn sessions_expire_ttl_after_their_last_write(store: Arc<dyn SessionStore>) {
+pub async fn sessions_expire_ttl_after_their_last_write(store: Arc<impl SessionStore + ?Sized>) {
     let c = changes(&[("a", Some(b"1"))]);
     assert!(store.create(&key(1), START, &c, START).await.unwrap());
     assert!(store
@@ -155,7 +159,7 @@ pub async fn sessions_expire_ttl_after_their_last_write(store: Arc<dyn SessionSt
         .unwrap());
 }
 
-pub async fn update_extends_the_expiry(store: Arc<dyn SessionStore>) {
+pub async fn update_extends_the_expiry(store: Arc<impl SessionStore + ?Sized>) {
     let c = changes(&[("a", Some(b"1"))]);
     assert!(store.create(&key(1), START, &c, START).await.unwrap());
     assert!(store
@@ -170,7 +174,9 @@ pub async fn update_extends_the_expiry(store: Arc<dyn SessionStore>) {
     assert_eq!(store.load(&key(1), START + 60 + TTL).await.unwrap(), None);
 }
 
-pub async fn cycle_moves_the_session_and_keeps_its_creation_time(store: Arc<dyn SessionStore>) {
+pub async fn cycle_moves_the_session_and_keeps_its_creation_time(
+    store: Arc<impl SessionStore + ?Sized>,
+) {
     let c = changes(&[("a", Some(b"1")), ("b", Some(b"2"))]);
     assert!(store.create(&key(1), START - 9, &c, START).await.unwrap());
     let c = changes(&[("b", None), ("user", Some(b"ada"))]);
@@ -187,7 +193,7 @@ pub async fn cycle_moves_the_session_and_keeps_its_creation_time(store: Arc<dyn 
     );
 }
 
-pub async fn cycle_refuses_a_missing_session_or_a_taken_id(store: Arc<dyn SessionStore>) {
+pub async fn cycle_refuses_a_missing_session_or_a_taken_id(store: Arc<impl SessionStore + ?Sized>) {
     let c = changes(&[("a", Some(b"1"))]);
     assert!(!store.cycle(&key(1), &key(2), &c, START).await.unwrap());
     assert_eq!(store.load(&key(2), START).await.unwrap(), None);
@@ -200,7 +206,7 @@ pub async fn cycle_refuses_a_missing_session_or_a_taken_id(store: Arc<dyn Sessio
     assert!(store.load(&key(1), START).await.unwrap().is_some());
 }
 
-pub async fn destroy_deletes_the_session(store: Arc<dyn SessionStore>) {
+pub async fn destroy_deletes_the_session(store: Arc<impl SessionStore + ?Sized>) {
     let c = changes(&[("a", Some(b"1"))]);
     assert!(store.create(&key(1), START, &c, START).await.unwrap());
     store.destroy(&key(1)).await.unwrap();
@@ -208,7 +214,9 @@ pub async fn destroy_deletes_the_session(store: Arc<dyn SessionStore>) {
     store.destroy(&key(1)).await.unwrap();
 }
 
-pub async fn destroy_where_deletes_exactly_the_matching_sessions(store: Arc<dyn SessionStore>) {
+pub async fn destroy_where_deletes_exactly_the_matching_sessions(
+    store: Arc<impl SessionStore + ?Sized>,
+) {
     let user = |id: &[u8]| changes(&[("user_id", Some(id)), ("theme", Some(b"dark"))]);
     assert!(store
         .create(&key(1), START, &user(b"42"), START)
@@ -231,7 +239,7 @@ pub async fn destroy_where_deletes_exactly_the_matching_sessions(store: Arc<dyn 
     assert!(store.load(&key(4), START).await.unwrap().is_some());
 }
 
-pub async fn sweep_deletes_only_expired_sessions(store: Arc<dyn SessionStore>) {
+pub async fn sweep_deletes_only_expired_sessions(store: Arc<impl SessionStore + ?Sized>) {
     let c = changes(&[("a", Some(b"1"))]);
     assert!(store.create(&key(1), START, &c, START).await.unwrap());
     assert!(store.create(&key(2), START, &c, START + 50).await.unwrap());
@@ -243,9 +251,9 @@ pub async fn sweep_deletes_only_expired_sessions(store: Arc<dyn SessionStore>) {
 }
 
 pub async fn first_visit_counts_one_and_the_cookie_brings_the_count_back(
-    store: Arc<dyn SessionStore>,
+    store: Arc<impl SessionStore + ?Sized>,
 ) {
-    let (client, _) = client_with(Some(store), json!({})).await;
+    let (client, _) = client_with(store, json!({})).await;
     let first = get_with(&client, "/count", None).await;
     assert_eq!((first.status, first.body.as_str()), (Status::Ok, "1"));
     let cookie = first
@@ -257,8 +265,10 @@ pub async fn first_visit_counts_one_and_the_cookie_brings_the_count_back(
     assert_eq!(third.body, "3");
 }
 
-pub async fn a_session_nothing_was_written_to_is_not_stored(store: Arc<dyn SessionStore>) {
-    let (client, _) = client_with(Some(store.clone()), json!({})).await;
+pub async fn a_session_nothing_was_written_to_is_not_stored(
+    store: Arc<impl SessionStore + ?Sized>,
+) {
+    let (client, _) = client_with(store.clone(), json!({})).await;
     let reply = get_with(&client, "/id", None).await;
     assert_eq!(reply.status, Status::Ok);
     assert!(reply.set_cookies.is_empty(), "{:?}", reply.set_cookies);
@@ -267,9 +277,9 @@ pub async fn a_session_nothing_was_written_to_is_not_stored(store: Arc<dyn Sessi
 }
 
 pub async fn concurrent_requests_changing_different_keys_both_persist(
-    store: Arc<dyn SessionStore>,
+    store: Arc<impl SessionStore + ?Sized>,
 ) {
-    let (client, _) = client_with(Some(store), json!({})).await;
+    let (client, _) = client_with(store, json!({})).await;
     let cookie = post_with(&client, "/set/base/0", None)
         .await
         .cookie
@@ -288,8 +298,8 @@ pub async fn concurrent_requests_changing_different_keys_both_persist(
     );
 }
 
-pub async fn a_destroyed_session_cannot_be_replayed(store: Arc<dyn SessionStore>) {
-    let (client, _) = client_with(Some(store), json!({})).await;
+pub async fn a_destroyed_session_cannot_be_replayed(store: Arc<impl SessionStore + ?Sized>) {
+    let (client, _) = client_with(store, json!({})).await;
     let cookie = post_with(&client, "/set/user/ada", None)
         .await
         .cookie
@@ -311,8 +321,8 @@ pub async fn a_destroyed_session_cannot_be_replayed(store: Arc<dyn SessionStore>
     );
 }
 
-pub async fn cycled_id_keeps_data_and_kills_the_old_cookie(store: Arc<dyn SessionStore>) {
-    let (client, _) = client_with(Some(store), json!({})).await;
+pub async fn cycled_id_keeps_data_and_kills_the_old_cookie(store: Arc<impl SessionStore + ?Sized>) {
+    let (client, _) = client_with(store, json!({})).await;
     let first = post_with(&client, "/set/user/ada", None).await;
     let old = first.cookie.unwrap();
     let old_id = get_with(&client, "/id", Some(&old)).await.body;
@@ -325,8 +335,10 @@ pub async fn cycled_id_keeps_data_and_kills_the_old_cookie(store: Arc<dyn Sessio
     assert_eq!(replay.body, "true", "the old cookie leads to a new session");
 }
 
-pub async fn an_in_flight_request_cannot_revive_a_destroyed_session(store: Arc<dyn SessionStore>) {
-    let (client, _) = client_with(Some(store), json!({})).await;
+pub async fn an_in_flight_request_cannot_revive_a_destroyed_session(
+    store: Arc<impl SessionStore + ?Sized>,
+) {
+    let (client, _) = client_with(store, json!({})).await;
     let cookie = post_with(&client, "/set/user/ada", None)
         .await
         .cookie
@@ -352,8 +364,10 @@ pub async fn an_in_flight_request_cannot_revive_a_destroyed_session(store: Arc<d
     );
 }
 
-pub async fn a_signed_cookie_whose_session_is_gone_gets_a_new_id(store: Arc<dyn SessionStore>) {
-    let (client, _) = client_with(Some(store.clone()), json!({})).await;
+pub async fn a_signed_cookie_whose_session_is_gone_gets_a_new_id(
+    store: Arc<impl SessionStore + ?Sized>,
+) {
+    let (client, _) = client_with(store.clone(), json!({})).await;
     let cookie = post_with(&client, "/set/a/1", None).await.cookie.unwrap();
     let id: SessionId = id_of(&client, &cookie).await;
     store.destroy(&id.store_key()).await.unwrap();
@@ -364,8 +378,8 @@ pub async fn a_signed_cookie_whose_session_is_gone_gets_a_new_id(store: Arc<dyn 
     assert_eq!(store.load(&id.store_key(), START).await.unwrap(), None);
 }
 
-pub async fn an_idle_session_expires_after_the_store_ttl(store: Arc<dyn SessionStore>) {
-    let (client, clock) = client_with(Some(store), json!({})).await;
+pub async fn an_idle_session_expires_after_the_store_ttl(store: Arc<impl SessionStore + ?Sized>) {
+    let (client, clock) = client_with(store, json!({})).await;
     let cookie = get_with(&client, "/count", None).await.cookie.unwrap();
     clock.advance(TTL - 1);
     let kept = get_with(&client, "/count", Some(&cookie)).await;
@@ -376,8 +390,8 @@ pub async fn an_idle_session_expires_after_the_store_ttl(store: Arc<dyn SessionS
     assert_eq!(get_with(&client, "/count", Some(&cookie)).await.body, "1");
 }
 
-pub async fn the_manager_reaches_a_session_by_its_id(store: Arc<dyn SessionStore>) {
-    let (client, _) = client_with(Some(store), json!({})).await;
+pub async fn the_manager_reaches_a_session_by_its_id(store: Arc<impl SessionStore + ?Sized>) {
+    let (client, _) = client_with(store, json!({})).await;
     let cookie = post_with(&client, "/set/a/1", None).await.cookie.unwrap();
     let id: SessionId = id_of(&client, &cookie).await;
     let manager = client

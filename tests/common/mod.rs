@@ -180,17 +180,29 @@ async fn manager_set(
     Ok("ok")
 }
 
-/// The test app: every route above, the sessions fairing with `clock`, and `store` when given
-/// (else the configured one).
-pub fn app(
+/// The test app: every route above and the sessions fairing with `clock`, on the store the
+/// configuration names.
+pub fn app(figment: Figment, clock: &ManualClock) -> Rocket<Build> {
+    app_of(figment, Sessions::fairing().with_clock(clock.clone()))
+}
+
+/// The test app on `store` instead of the configured one. A `MemoryStore` or
+/// `Arc<MemoryStore>` takes the fairing's direct path to the memory store, as the configured
+/// memory store does; any other store, the path through `dyn SessionStore`.
+pub fn app_with_store(
     figment: Figment,
     clock: &ManualClock,
-    store: Option<Arc<dyn SessionStore>>,
+    store: impl SessionStore,
 ) -> Rocket<Build> {
-    let mut sessions = Sessions::fairing().with_clock(clock.clone());
-    if let Some(store) = store {
-        sessions = sessions.with_store(store);
-    }
+    app_of(
+        figment,
+        Sessions::fairing()
+            .with_clock(clock.clone())
+            .with_store(store),
+    )
+}
+
+fn app_of(figment: Figment, sessions: Sessions) -> Rocket<Build> {
     rocket::custom(figment)
         .attach(sessions)
         .manage(Arc::new(rocket::tokio::sync::Barrier::new(2)))
@@ -217,12 +229,18 @@ pub fn app(
 }
 
 /// A client for `app` with the default test configuration and a fresh clock.
-pub async fn client_with(
-    store: Option<Arc<dyn SessionStore>>,
-    session: Value,
-) -> (Client, ManualClock) {
+pub async fn client_with(store: impl SessionStore, session: Value) -> (Client, ManualClock) {
     let clock = ManualClock::new(START);
-    let client = Client::untracked(app(figment(session), &clock, store))
+    let client = Client::untracked(app_with_store(figment(session), &clock, store))
+        .await
+        .expect("the test app launches");
+    (client, clock)
+}
+
+/// A client of the test app on the configured store, and the app's clock.
+pub async fn client_on_config(session: Value) -> (Client, ManualClock) {
+    let clock = ManualClock::new(START);
+    let client = Client::untracked(app(figment(session), &clock))
         .await
         .expect("the test app launches");
     (client, clock)
