@@ -5,7 +5,8 @@
 //! `server MODE PORT` with MODE one of `bare`, `bare-cookie` (bare, with a 96-character cookie
 //! going back and forth), `ours-memory`, `ours-postgres` (no cache),
 //! `ours-postgres-cache` (a local cache of 10,000 sessions), `rss-memory`
-//! (rocket-session-store), `flex-memory`, `flex-postgres` (rocket_flex_session). The PostgreSQL
+//! (rocket-session-store), `flex-memory`, `flex-postgres` (rocket_flex_session),
+//! `private-cookie` (Rocket's private cookies, no store). The PostgreSQL
 //! modes take `DATABASE_URL`. Two workers, logging off. With `BENCH_COUNT_ALLOCS` set, it
 //! counts heap allocations and reports the count for each line read on stdin.
 
@@ -156,6 +157,36 @@ mod ours {
     }
 }
 
+/// Rocket's private cookies: the session's data in the cookie itself, encrypted and
+/// authenticated by Rocket (AES-256-GCM under its `secret_key`), the client-side alternative to
+/// a session store. A changed value is a new cookie on every response.
+mod private_cookie {
+    use super::*;
+    use rocket::http::CookieJar;
+
+    fn count(jar: &CookieJar<'_>) -> u64 {
+        jar.get_private("count")
+            .and_then(|c| c.value().parse().ok())
+            .unwrap_or(0)
+    }
+
+    #[get("/counter")]
+    fn counter(jar: &CookieJar<'_>) -> String {
+        let n = count(jar) + 1;
+        jar.add_private(("count", n.to_string()));
+        n.to_string()
+    }
+
+    #[get("/read")]
+    fn read(jar: &CookieJar<'_>) -> String {
+        count(jar).to_string()
+    }
+
+    pub fn rocket(figment: Figment) -> Rocket<Build> {
+        rocket::custom(figment).mount("/", routes![counter, read])
+    }
+}
+
 mod rss {
     use super::*;
     use rocket::http::private::cookie::CookieBuilder;
@@ -278,6 +309,7 @@ async fn main() {
         "ours-postgres" => ours::rocket(figment, Some(0)),
         "ours-postgres-cache" => ours::rocket(figment, Some(10_000)),
         "rss-memory" => rss::rocket(figment),
+        "private-cookie" => private_cookie::rocket(figment),
         "flex-memory" => flex::rocket(figment, false).await,
         "flex-postgres" => flex::rocket(figment, true).await,
         other => panic!("unknown mode {other}"),
