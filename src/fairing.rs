@@ -30,7 +30,10 @@ use rocket_db_pools::sqlx::PgPool;
 /// or a store that cannot be opened. After liftoff it sweeps expired sessions and, for the
 /// memory store, writes snapshots periodically. On every response it flushes the request's
 /// session changes and sets the cookie. At shutdown it waits for requests in flight that
-/// loaded a session (up to Rocket's grace and mercy periods) and persists the store.
+/// loaded a session (up to Rocket's grace and mercy periods), persists the store, and then
+/// waits 50 ms more (at most the grace period) for the connections that answered the last
+/// requests to close: Rocket checks for such connections once, when the shutdown fairings
+/// end, and waits out its whole grace period if it finds one.
 pub struct Sessions {
     clock: Arc<dyn Clock>,
     store: Mutex<Option<StoreHandle>>,
@@ -150,6 +153,9 @@ fn cookie_header(config: &SessionConfig, value: String, max_age: u64) -> Header<
     }
     Header::from(cookie.build())
 }
+
+/// How long shutdown waits, after the last flush, for connections to close (see `on_shutdown`).
+const SETTLE_MS: u64 = 50;
 
 /// Spawns `task` every `interval` seconds until Rocket shuts down.
 fn every<F, Fut>(rocket: &Rocket<Orbit>, interval: u64, task: F)
@@ -287,5 +293,12 @@ impl Fairing for Sessions {
         if let Some(pool) = self.own_pool.get() {
             pool.close().await;
         }
+        // Once the shutdown fairings are done, Rocket looks once for connections still holding
+        // on to it and, if it finds one, waits out its whole grace period. The connections that
+        // answered the last requests close moments after them: wait those moments here, so a
+        // restart under load takes milliseconds rather than the grace period.
+        let settle =
+            Duration::from_millis(SETTLE_MS).min(Duration::from_secs(shutdown.grace.into()));
+        rocket::tokio::time::sleep(settle).await;
     }
 }

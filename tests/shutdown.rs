@@ -44,14 +44,7 @@ async fn changes_of_requests_in_flight_at_shutdown_reach_the_snapshot() {
     let server = rocket::tokio::spawn(rocket.launch());
 
     let cookie = rocket::tokio::task::spawn_blocking(move || {
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                break;
-            }
-            assert!(std::time::Instant::now() < deadline, "server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_for_port(port);
         http(port, "POST", "/set/before/1", None).1.unwrap()
     })
     .await
@@ -79,5 +72,54 @@ async fn changes_of_requests_in_flight_at_shutdown_reach_the_snapshot() {
     assert_eq!(
         get_with(&client, "/get/before", Some(&cookie)).await.body,
         "1"
+    );
+}
+
+/// Signalled by `/nap` as it starts.
+struct Arrived(Notify);
+
+/// A short request that needs no session: it says it has arrived, then takes 10 ms.
+#[post("/nap")]
+async fn nap(arrived: &State<Arc<Arrived>>) -> &'static str {
+    arrived.0.notify_one();
+    rocket::tokio::time::sleep(Duration::from_millis(10)).await;
+    "ok"
+}
+
+#[rocket::async_test]
+async fn a_short_request_in_flight_at_shutdown_does_not_hold_it_for_the_grace_period() {
+    // Rocket looks once, as the shutdown fairings end, for connections still holding on to
+    // it, and waits out its whole grace period if it finds one. A request that was being
+    // answered when the shutdown began must be done and its connection closed by then.
+    let port = free_port();
+    let arrived = Arc::new(Arrived(Notify::new()));
+    let clock = ManualClock::new(START);
+    let figment = figment(json!({ "store": { "file_path": "" } }))
+        .merge(("port", port))
+        .merge(("shutdown.ctrlc", false))
+        .merge(("shutdown.grace", 5))
+        .merge(("shutdown.mercy", 1));
+    let rocket = app(figment, &clock)
+        .manage(arrived.clone())
+        .mount("/", routes![nap])
+        .ignite()
+        .await
+        .unwrap();
+    let shutdown = rocket.shutdown();
+    let server = rocket::tokio::spawn(rocket.launch());
+    rocket::tokio::task::spawn_blocking(move || wait_for_port(port))
+        .await
+        .unwrap();
+
+    let in_flight = rocket::tokio::task::spawn_blocking(move || http(port, "POST", "/nap", None));
+    arrived.0.notified().await;
+    let started = std::time::Instant::now();
+    shutdown.notify();
+    let _ = server.await.unwrap();
+    let took = started.elapsed();
+    assert_eq!(in_flight.await.unwrap().0, 200);
+    assert!(
+        took < Duration::from_millis(2500),
+        "the server took {took:?} to stop (grace: 5 s)"
     );
 }

@@ -411,6 +411,15 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Blocks until something listens on 127.0.0.1:`port`; panics after 30 s.
+pub fn wait_for_port(port: u16) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "server did not start");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 /// One HTTP/1.1 request over a real socket: (status, Set-Cookie session value, body).
 pub fn http(
     port: u16,
