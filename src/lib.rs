@@ -152,7 +152,10 @@ pub mod bench {
 
     /// A value encoded as the session stores it (MessagePack).
     pub fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
-        crate::manager::encode(value).expect("encodes")
+        crate::manager::Encoded::new(value)
+            .expect("encodes")
+            .as_bytes()
+            .to_vec()
     }
 }
 

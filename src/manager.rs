@@ -151,15 +151,6 @@ impl Flush<'_> {
     }
 }
 
-pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, SessionError> {
-    // Room for the usual small value up front: one allocation rather than a vector that
-    // grows (a u64 above 2^32 would take two).
-    let mut bytes = Vec::with_capacity(32);
-    rmp_serde::encode::write_named(&mut bytes, value)
-        .map_err(|e| SessionError::Encode(e.to_string()))?;
-    Ok(bytes)
-}
-
 /// A value's MessagePack bytes, written on the stack while they fit (numbers, flags, short
 /// strings), so setting a key allocates only when its stored value has to grow.
 pub(crate) struct Encoded {
@@ -638,15 +629,10 @@ impl SessionManager {
         let (destroy, changes, mut id, step) = match plan {
             Plan::Done(action) => return Ok(action),
             Plan::Refresh(id) => {
-                return Ok(
-                    match store
-                        .update(&id.store_key(), &ChangeSet::new(), now)
-                        .await?
-                    {
-                        true => self.signed(&id, now),
-                        false => CookieAction::Remove,
-                    },
-                )
+                let updated = store
+                    .update(&id.store_key(), &ChangeSet::new(), now)
+                    .await?;
+                return Ok(self.updated(updated, true, Some(id), now));
             }
             Plan::Write {
                 destroy,
@@ -812,7 +798,8 @@ impl SessionManager {
             .load_by_id(id)
             .await?
             .ok_or(SessionError::UnknownSession)?;
-        w.set_encoded(key, &encode(&value)?, self.inner.config.max_session_size)?;
+        let bytes = Encoded::new(&value)?;
+        w.set_encoded(key, bytes.as_bytes(), self.inner.config.max_session_size)?;
         self.write_by_id(id, w).await
     }
 
@@ -863,7 +850,8 @@ impl SessionManager {
             .or(default)
             .ok_or_else(|| SessionError::MissingKey(key.to_string()))?;
         let new = f(old);
-        w.set_encoded(key, &encode(&new)?, self.inner.config.max_session_size)?;
+        let bytes = Encoded::new(&new)?;
+        w.set_encoded(key, bytes.as_bytes(), self.inner.config.max_session_size)?;
         self.write_by_id(id, w).await?;
         Ok(new)
     }
@@ -894,7 +882,8 @@ impl SessionManager {
         key: &str,
         value: &T,
     ) -> Result<u64, SessionError> {
-        Ok(self.store().destroy_where(key, &encode(value)?).await?)
+        let bytes = Encoded::new(value)?;
+        Ok(self.store().destroy_where(key, bytes.as_bytes()).await?)
     }
 
     /// Deletes expired sessions now; returns how many. The fairing also does this every
@@ -938,7 +927,7 @@ mod tests {
             let encoded = Encoded::new(&value).unwrap();
             assert_eq!(
                 encoded.as_bytes(),
-                encode(&value).unwrap(),
+                rmp_serde::to_vec_named(&value).unwrap(),
                 "{len} characters"
             );
             assert_eq!(encoded.spilled.is_empty(), encoded.as_bytes().len() <= 64);
@@ -946,7 +935,7 @@ mod tests {
         let nested = vec![vec![u64::MAX; 7]; 3];
         assert_eq!(
             Encoded::new(&nested).unwrap().as_bytes(),
-            encode(&nested).unwrap()
+            rmp_serde::to_vec_named(&nested).unwrap()
         );
     }
 
