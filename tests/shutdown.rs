@@ -24,6 +24,24 @@ async fn gated(
     Ok("ok")
 }
 
+/// Launches `rocket` on a real socket at `port` and returns once it accepts connections,
+/// with its shutdown handle and the task running it.
+async fn serve(
+    rocket: rocket::Rocket<rocket::Build>,
+    port: u16,
+) -> (
+    rocket::Shutdown,
+    rocket::tokio::task::JoinHandle<Result<rocket::Rocket<rocket::Ignite>, rocket::Error>>,
+) {
+    let rocket = rocket.ignite().await.unwrap();
+    let shutdown = rocket.shutdown();
+    let server = rocket::tokio::spawn(rocket.launch());
+    rocket::tokio::task::spawn_blocking(move || wait_for_port(port))
+        .await
+        .unwrap();
+    (shutdown, server)
+}
+
 #[rocket::async_test]
 async fn changes_of_requests_in_flight_at_shutdown_reach_the_snapshot() {
     let dir = TempDir::new("shutdown");
@@ -36,19 +54,15 @@ async fn changes_of_requests_in_flight_at_shutdown_reach_the_snapshot() {
         .merge(("shutdown.ctrlc", false));
     let rocket = app(figment, &clock)
         .manage(gate.clone())
-        .mount("/", routes![gated])
-        .ignite()
-        .await
-        .unwrap();
-    let shutdown = rocket.shutdown();
-    let server = rocket::tokio::spawn(rocket.launch());
+        .mount("/", routes![gated]);
+    let (shutdown, server) = serve(rocket, port).await;
 
-    let cookie = rocket::tokio::task::spawn_blocking(move || {
-        wait_for_port(port);
-        http(port, "POST", "/set/before/1", None).1.unwrap()
-    })
-    .await
-    .unwrap();
+    let cookie =
+        rocket::tokio::task::spawn_blocking(move || http(port, "POST", "/set/before/1", None))
+            .await
+            .unwrap()
+            .1
+            .unwrap();
 
     let c = cookie.clone();
     let in_flight = rocket::tokio::task::spawn_blocking(move || {
@@ -101,15 +115,8 @@ async fn a_short_request_in_flight_at_shutdown_does_not_hold_it_for_the_grace_pe
         .merge(("shutdown.mercy", 1));
     let rocket = app(figment, &clock)
         .manage(arrived.clone())
-        .mount("/", routes![nap])
-        .ignite()
-        .await
-        .unwrap();
-    let shutdown = rocket.shutdown();
-    let server = rocket::tokio::spawn(rocket.launch());
-    rocket::tokio::task::spawn_blocking(move || wait_for_port(port))
-        .await
-        .unwrap();
+        .mount("/", routes![nap]);
+    let (shutdown, server) = serve(rocket, port).await;
 
     let in_flight = rocket::tokio::task::spawn_blocking(move || http(port, "POST", "/nap", None));
     arrived.0.notified().await;
