@@ -284,16 +284,15 @@ impl SessionStore for MemoryStore {
         }
         let mut entry = {
             let mut shard = self.shard(old);
-            match shard.remove(old) {
-                Some(entry) => {
-                    shard.changed();
-                    match entry.expires > now {
-                        true => entry,
-                        false => return Ok(false),
-                    }
-                }
-                None => return Ok(false),
+            let Some(entry) = shard.remove(old) else {
+                return Ok(false);
+            };
+            // An expired session is removed all the same, and not moved.
+            shard.changed();
+            if entry.expires <= now {
+                return Ok(false);
             }
+            entry
         };
         entry.apply(changes);
         entry.expires = now.saturating_add(self.ttl);
