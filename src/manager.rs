@@ -96,6 +96,21 @@ impl RequestSession {
     }
 }
 
+/// A request's session once its cookie is checked.
+pub(crate) enum Loading {
+    /// Known without awaiting anything.
+    Ready(Working),
+    /// Known after a call to the store.
+    Store(PendingLoad),
+}
+
+/// A verified cookie whose session is still to be loaded from the store.
+pub(crate) struct PendingLoad {
+    verified: Verified,
+    key: StoreKey,
+    now: u64,
+}
+
 /// What a flush writes, decided before any store call.
 enum Plan {
     /// Nothing to write.
@@ -483,27 +498,57 @@ impl SessionManager {
         self.inner.codec.verify(value.as_bytes(), now).ok()
     }
 
-    /// Loads the session a request's cookie names, or starts a new one. A cookie that does not
-    /// verify costs no store call; a verified one whose session is gone is never adopted.
-    pub(crate) async fn load(&self, cookie: Option<&str>) -> Result<Working, SessionError> {
+    /// Starts loading the session a request's cookie names, or starts a new one. A cookie that
+    /// does not verify costs no store call; a verified one whose session is gone is never
+    /// adopted. The result is ready at once unless a store call has to be awaited (any store
+    /// but the built-in memory store): then [`finish_load`](Self::finish_load) makes it.
+    pub(crate) fn start_load(&self, cookie: Option<&str>) -> Loading {
         let now = self.now();
         let cookie = cookie.filter(|v| v.len() <= MAX_COOKIE_VALUE);
         let Some(verified) = self.verify(cookie, now) else {
-            return Ok(Working::new(cookie.is_some(), now));
+            return Loading::Ready(Working::new(cookie.is_some(), now));
         };
         let key = verified.id.store_key();
-        let record = match &self.inner.memory {
-            Some(memory) => memory.load_now(&key, now),
-            None => self.store().load(&key, now).await?,
+        let Some(memory) = &self.inner.memory else {
+            return Loading::Store(PendingLoad { verified, key, now });
         };
+        let record = memory.load_now(&key, now);
+        Loading::Ready(
+            self.adopt(verified, key, record, now)
+                .unwrap_or_else(|key| {
+                    memory.destroy_now(&key);
+                    Working::new(true, now)
+                }),
+        )
+    }
+
+    /// The store call [`start_load`](Self::start_load) left to make.
+    pub(crate) async fn finish_load(&self, load: PendingLoad) -> Result<Working, SessionError> {
+        let PendingLoad { verified, key, now } = load;
+        let record = self.store().load(&key, now).await?;
+        match self.adopt(verified, key, record, now) {
+            Ok(working) => Ok(working),
+            Err(key) => {
+                self.store().destroy(&key).await?;
+                Ok(Working::new(true, now))
+            }
+        }
+    }
+
+    /// The request's session for what the store returned. `Err` is a stored session past its
+    /// maximum lifetime, for the caller to destroy; the request then starts a new one.
+    fn adopt(
+        &self,
+        verified: Verified,
+        key: StoreKey,
+        record: Option<SessionRecord>,
+        now: u64,
+    ) -> Result<Working, StoreKey> {
         match record {
             Some(record) if !self.past_max_lifetime(record.created, now) => {
                 Ok(Working::stored(verified, key, record, now))
             }
-            Some(_) => {
-                self.store().destroy(&key).await?;
-                Ok(Working::new(true, now))
-            }
+            Some(_) => Err(key),
             None => Ok(Working::new(true, now)),
         }
     }

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::error::SessionError;
 use crate::id::SessionId;
-use crate::manager::{decode, Encoded, RequestSession, SessionManager, Working};
+use crate::manager::{decode, Encoded, Loading, RequestSession, SessionManager, Working};
 
 /// The current request's session.
 ///
@@ -56,21 +56,34 @@ impl<'r> FromRequest<'r> for Session<'r> {
             return Outcome::Error((Status::InternalServerError, SessionError::NotAttached));
         };
         let slot = req.local_cache(RequestSession::default);
-        if slot.lock().is_none() {
+        let pending = {
+            let mut held = slot.lock();
+            if held.is_some() {
+                return Outcome::Success(Session { manager, slot });
+            }
             let cookie = req.cookies().get(&manager.config().cookie_name);
-            match manager.load(cookie.map(|c| c.value())).await {
-                Ok(working) => {
-                    let mut slot = slot.lock();
-                    if slot.is_none() {
-                        *slot = Some(working);
-                        // Its changes are now in flight: shutdown waits for them.
-                        manager.request_started();
-                    }
+            match manager.start_load(cookie.map(|c| c.value())) {
+                Loading::Ready(working) => {
+                    *held = Some(working);
+                    // Its changes are now in flight: shutdown waits for them.
+                    manager.request_started();
+                    return Outcome::Success(Session { manager, slot });
                 }
-                Err(e) => {
-                    rocket::error!("session: cannot load the session: {e}");
-                    return Outcome::Error((e.status(), e));
+                Loading::Store(pending) => pending,
+            }
+        };
+        match manager.finish_load(pending).await {
+            Ok(working) => {
+                let mut held = slot.lock();
+                // Another guard of this request may have loaded it meanwhile: keep that one.
+                if held.is_none() {
+                    *held = Some(working);
+                    manager.request_started();
                 }
+            }
+            Err(e) => {
+                rocket::error!("session: cannot load the session: {e}");
+                return Outcome::Error((e.status(), e));
             }
         }
         Outcome::Success(Session { manager, slot })

@@ -209,6 +209,14 @@ impl MemoryStore {
             })
     }
 
+    /// [`SessionStore::destroy`] without a future.
+    pub(crate) fn destroy_now(&self, key: &StoreKey) {
+        let mut shard = self.shard(key);
+        if shard.remove(key).is_some() {
+            shard.changed();
+        }
+    }
+
     /// [`SessionStore::update`] without a future.
     pub(crate) fn update_now(&self, key: &StoreKey, changes: &ChangeSet, now: u64) -> bool {
         let mut shard = self.shard(key);
@@ -303,10 +311,7 @@ impl SessionStore for MemoryStore {
     }
 
     async fn destroy(&self, key: &StoreKey) -> Result<(), StoreError> {
-        let mut shard = self.shard(key);
-        if shard.remove(key).is_some() {
-            shard.changed();
-        }
+        self.destroy_now(key);
         Ok(())
     }
 
