@@ -38,6 +38,7 @@ macro_rules! store_conformance {
             destroy_where_deletes_exactly_the_matching_sessions,
             sweep_deletes_only_expired_sessions,
             first_visit_counts_one_and_the_cookie_brings_the_count_back,
+            a_guard_and_the_handler_share_one_session,
             a_session_nothing_was_written_to_is_not_stored,
             concurrent_requests_changing_different_keys_both_persist,
             a_destroyed_session_cannot_be_replayed,
@@ -263,6 +264,19 @@ pub async fn first_visit_counts_one_and_the_cookie_brings_the_count_back(
     assert_eq!(second.body, "2");
     let third = get_with(&client, "/count", Some(&cookie)).await;
     assert_eq!(third.body, "3");
+}
+
+pub async fn a_guard_and_the_handler_share_one_session(store: Arc<impl SessionStore + ?Sized>) {
+    let (client, _) = client_with(store, json!({})).await;
+    // The handler's guard sees the change an earlier guard made, for a new session and a
+    // stored one.
+    let first = get_with(&client, "/count-twice", None).await;
+    assert_eq!((first.status, first.body.as_str()), (Status::Ok, "2"));
+    assert_eq!(first.set_cookies.len(), 1, "{:?}", first.set_cookies);
+    let cookie = first.cookie.expect("the session was written to");
+    let second = get_with(&client, "/count-twice", Some(&cookie)).await;
+    assert_eq!(second.body, "4");
+    assert_eq!(get_with(&client, "/peek", Some(&cookie)).await.body, "4");
 }
 
 pub async fn a_session_nothing_was_written_to_is_not_stored(

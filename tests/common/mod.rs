@@ -13,6 +13,7 @@ use rocket::figment::providers::Serialized;
 use rocket::figment::Figment;
 use rocket::http::{Cookie, Status};
 use rocket::local::asynchronous::{Client, LocalResponse};
+use rocket::request::{FromRequest, Outcome, Request};
 use rocket::serde::json::{json, Value};
 use rocket::{get, post, routes, Build, Rocket, State};
 use rocket_server_sessions::store::SessionStore;
@@ -75,6 +76,33 @@ fn merge(into: &mut Value, from: Value) {
 
 #[get("/count")]
 fn count(session: Session<'_>) -> Result<String, SessionError> {
+    Ok(session.update_or("count", 0u64, |n| n + 1)?.to_string())
+}
+
+/// An app's own request guard that uses the session (as a "current user" guard would): it
+/// counts the visit.
+pub struct Counted;
+
+#[rocket::async_trait]
+impl<'r> FromRequest<'r> for Counted {
+    type Error = SessionError;
+
+    async fn from_request(req: &'r Request<'_>) -> Outcome<Self, SessionError> {
+        let session = match Session::from_request(req).await {
+            Outcome::Success(session) => session,
+            Outcome::Error(e) => return Outcome::Error(e),
+            Outcome::Forward(status) => return Outcome::Forward(status),
+        };
+        match session.update_or("count", 0u64, |n| n + 1) {
+            Ok(_) => Outcome::Success(Counted),
+            Err(e) => Outcome::Error((Status::InternalServerError, e)),
+        }
+    }
+}
+
+/// The visit counted twice: by the `Counted` guard, then by the handler's own `Session`.
+#[get("/count-twice")]
+fn count_twice(_counted: Counted, session: Session<'_>) -> Result<String, SessionError> {
     Ok(session.update_or("count", 0u64, |n| n + 1)?.to_string())
 }
 
@@ -210,6 +238,7 @@ fn app_of(figment: Figment, sessions: Sessions) -> Rocket<Build> {
             "/",
             routes![
                 count,
+                count_twice,
                 peek,
                 get,
                 set,
