@@ -603,6 +603,7 @@ impl SessionManager {
                 Some(memory),
             ) => {
                 let updated = memory.update_now(&key, &changes, now);
+                MemoryStore::recycle(changes);
                 Flush::Done(Ok(self.updated(updated, refresh, id, now)))
             }
             (plan, _) => Flush::Pending(Box::pin(self.write(plan, now))),

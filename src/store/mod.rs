@@ -162,6 +162,11 @@ impl ChangeSet {
         }
     }
 
+    /// The changes themselves, sorted by key.
+    pub(crate) fn into_inner(self) -> Vec<(String, Option<Vec<u8>>)> {
+        self.changes
+    }
+
     /// Changes in which every key occurs once, in any order.
     pub(crate) fn from_distinct(mut changes: Vec<(String, Option<Vec<u8>>)>) -> ChangeSet {
         changes.sort_unstable_by(|a, b| a.0.cmp(&b.0));
