@@ -21,6 +21,7 @@ use crate::error::StoreError;
 use crate::id::StoreKey;
 
 const SHARDS: usize = 1024;
+const MAGIC: &[u8; 8] = b"RSSNAP\x00\x01";
 
 thread_local! {
     /// The buffers of the changes this thread last wrote to a memory store, for the next load
@@ -52,7 +53,6 @@ fn copy_out(data: &[(Box<str>, Box<[u8]>)]) -> Vec<(String, Vec<u8>)> {
     }
     out
 }
-const MAGIC: &[u8; 8] = b"RSSNAP\x00\x01";
 
 /// One shard's sessions, and how many times they changed: counted here, under the shard's
 /// lock, rather than in one counter every request on every core would write.
