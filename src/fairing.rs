@@ -10,8 +10,9 @@ use rocket::{Build, Orbit, Request, Response, Rocket};
 
 use crate::clock::{Clock, SystemClock};
 use crate::config::{SameSite, SessionConfig, StoreConfig};
+use crate::error::SessionError;
 use crate::error::StoreError;
-use crate::manager::{CookieAction, RequestSession, SessionManager};
+use crate::manager::{CookieAction, Flush, RequestSession, SessionManager};
 use crate::store::{MemoryStore, PostgresStore, SessionStore, StoreHandle};
 use rocket_db_pools::sqlx::PgPool;
 
@@ -154,6 +155,30 @@ fn cookie_header(config: &SessionConfig, value: String, max_age: u64) -> Header<
     Header::from(cookie.build())
 }
 
+/// Sets the response's cookie as the flush decided, or turns the response into the error.
+fn respond(
+    config: &SessionConfig,
+    action: Result<CookieAction, SessionError>,
+    res: &mut Response<'_>,
+) {
+    let header = match action {
+        Ok(CookieAction::Keep) => None,
+        Ok(CookieAction::Set(value)) => Some(cookie_header(config, value, config.shelf_life)),
+        Ok(CookieAction::Remove) => Some(cookie_header(config, String::new(), 0)),
+        Err(e) => {
+            rocket::error!("session: the session's changes were not saved: {e}");
+            *res = Response::build().status(e.status()).finalize();
+            None
+        }
+    };
+    if let Some(header) = header {
+        res.adjoin_header(header);
+        // A shared cache must never hand one visitor's session cookie to another.
+        res.set_raw_header("Cache-Control", "no-store");
+        res.adjoin_raw_header("Vary", "Cookie");
+    }
+}
+
 /// How long shutdown waits, after the last flush, for connections to close (see `on_shutdown`).
 const SETTLE_MS: u64 = 50;
 
@@ -247,33 +272,25 @@ impl Fairing for Sessions {
             return;
         };
         let config = manager.config();
-        let working = req.local_cache(RequestSession::default).lock().take();
-        let loaded = working.is_some();
-        // The cookie matters only when no handler loaded the session (for a refresh).
-        let cookie = match loaded {
-            true => None,
-            false => req.cookies().get(&config.cookie_name),
+        // The session is handed to the flush in this block, so that it is not kept in this
+        // fairing's future (boxed for every response) across the await below.
+        let (flush, loaded) = {
+            let working = req.local_cache(RequestSession::default).lock().take();
+            let loaded = working.is_some();
+            // The cookie matters only when no handler loaded the session (for a refresh).
+            let cookie = match loaded {
+                true => None,
+                false => req.cookies().get(&config.cookie_name),
+            };
+            (manager.flush(working, cookie.map(|c| c.value())), loaded)
         };
-        let action = manager
-            .flush(working, cookie.map(|c| c.value()))
-            .finish()
-            .await;
-        let header = match action {
-            Ok(CookieAction::Keep) => None,
-            Ok(CookieAction::Set(value)) => Some(cookie_header(config, value, config.shelf_life)),
-            Ok(CookieAction::Remove) => Some(cookie_header(config, String::new(), 0)),
-            Err(e) => {
-                rocket::error!("session: the session's changes were not saved: {e}");
-                *res = Response::build().status(e.status()).finalize();
-                None
-            }
+        // Only a flush that calls the store is awaited (one boxed future); the rest is plain
+        // code.
+        let action = match flush {
+            Flush::Done(done) => done,
+            Flush::Pending(write) => write.await,
         };
-        if let Some(header) = header {
-            res.adjoin_header(header);
-            // A shared cache must never hand one visitor's session cookie to another.
-            res.set_raw_header("Cache-Control", "no-store");
-            res.adjoin_raw_header("Vary", "Cookie");
-        }
+        respond(config, action, res);
         if loaded {
             manager.request_finished().await;
         }

@@ -150,20 +150,11 @@ pub(crate) enum CookieAction {
     Remove,
 }
 
-/// A flush: done at once, or store calls still to make.
+/// A flush: done at once, or store calls still to make (what the response does with the
+/// cookie, once they are made).
 pub(crate) enum Flush<'a> {
     Done(Result<CookieAction, SessionError>),
     Pending(Pin<Box<dyn Future<Output = Result<CookieAction, SessionError>> + Send + 'a>>),
-}
-
-impl Flush<'_> {
-    /// What the response does with the cookie, once the store calls are made.
-    pub async fn finish(self) -> Result<CookieAction, SessionError> {
-        match self {
-            Flush::Done(done) => done,
-            Flush::Pending(write) => write.await,
-        }
-    }
 }
 
 /// A value's MessagePack bytes, written on the stack while they fit (numbers, flags, short

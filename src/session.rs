@@ -72,7 +72,7 @@ impl<'r> FromRequest<'r> for Session<'r> {
                 Loading::Store(pending) => pending,
             }
         };
-        match manager.finish_load(pending).await {
+        match Box::pin(manager.finish_load(pending)).await {
             Ok(working) => {
                 let mut held = slot.lock();
                 // Another guard of this request may have loaded it meanwhile: keep that one.
