@@ -72,6 +72,8 @@ impl<'r> FromRequest<'r> for Session<'r> {
                 Loading::Store(pending) => pending,
             }
         };
+        // Boxed: only stores other than the memory store get here, and the guard's own future,
+        // which Rocket boxes for every request, stays small.
         match Box::pin(manager.finish_load(pending)).await {
             Ok(working) => {
                 let mut held = slot.lock();
