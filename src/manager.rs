@@ -237,6 +237,10 @@ struct Bits {
 }
 
 impl Bits {
+    fn is_empty(&self) -> bool {
+        self.low == 0 && self.high.iter().all(|&w| w == 0)
+    }
+
     fn get(&self, i: usize) -> bool {
         match i {
             0..=63 => (self.low >> i) & 1 == 1,
@@ -327,8 +331,12 @@ impl SessionData {
         self.entries.iter().map(|(k, v)| k.len() + v.len()).sum()
     }
 
-    /// Moves this request's changes out, values and all; the data is spent afterwards.
+    /// Moves this request's changes out, values and all; the data is spent afterwards, unless
+    /// nothing changed: then it stays whole (for the memory store to reuse its buffers).
     fn take_changes(&mut self) -> ChangeSet {
+        if self.changed.is_empty() && self.removed.is_empty() {
+            return ChangeSet::new();
+        }
         let bits = std::mem::take(&mut self.changed);
         let mut at = 0;
         // Same layout in and out (`Option<Vec>` costs no space), so this collects in place:
@@ -627,6 +635,11 @@ impl SessionManager {
         };
         let nothing_stored = w.data.is_empty();
         let changes = w.take_changes();
+        if self.inner.memory.is_some() {
+            // What the request read and left unchanged: its buffers go to this thread's next
+            // load from the memory store.
+            MemoryStore::recycle_entries(std::mem::take(&mut w.data.entries));
+        }
         let step = match (w.cycled_from, w.origin) {
             // A cycled stored session moves to its new id.
             (Some(old), _) => Step::Cycle { old },
@@ -989,6 +1002,19 @@ mod tests {
             changes,
             vec![("a".to_string(), None), ("b".to_string(), Some(vec![3]))]
         );
+    }
+
+    #[test]
+    fn a_session_only_read_has_no_changes_and_keeps_its_data() {
+        let data = vec![("a".to_string(), vec![1]), ("b".to_string(), vec![2, 2])];
+        let mut w = stored(SessionRecord {
+            created: 0,
+            data: data.clone(),
+        });
+        assert_eq!(w.get::<u8>("a").unwrap(), Some(1));
+        assert!(changes_of(&mut w).is_empty());
+        // Left whole, for the memory store to reuse its buffers.
+        assert_eq!(w.data.entries, data);
     }
 
     #[test]

@@ -240,16 +240,23 @@ impl MemoryStore {
     /// Hands a written change set's buffers to this thread's next load.
     pub(crate) fn recycle(changes: ChangeSet) {
         // Same layout in and out: collected in place.
-        let spare: Vec<(String, Vec<u8>)> = changes
-            .into_inner()
-            .into_iter()
-            .map(|(key, value)| (key, value.unwrap_or_default()))
-            .collect();
+        MemoryStore::recycle_entries(
+            changes
+                .into_inner()
+                .into_iter()
+                .map(|(key, value)| (key, value.unwrap_or_default()))
+                .collect(),
+        );
+    }
+
+    /// Hands a session's buffers to this thread's next load, if there are any and they are
+    /// small (an empty set would only replace better ones).
+    pub(crate) fn recycle_entries(spare: Vec<(String, Vec<u8>)>) {
         let small = spare.len() <= SPARE_ENTRIES
             && spare
                 .iter()
                 .all(|(k, v)| k.capacity() + v.capacity() <= SPARE_BYTES);
-        if small {
+        if small && !spare.is_empty() {
             SPARE.with(|s| s.set(spare));
         }
     }
