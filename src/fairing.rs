@@ -10,8 +10,7 @@ use rocket::{Build, Orbit, Request, Response, Rocket};
 
 use crate::clock::{Clock, SystemClock};
 use crate::config::{SameSite, SessionConfig, StoreConfig};
-use crate::error::SessionError;
-use crate::error::StoreError;
+use crate::error::{SessionError, StoreError};
 use crate::manager::{CookieAction, Flush, RequestSession, SessionManager};
 use crate::store::{MemoryStore, PostgresStore, SessionStore, StoreHandle};
 use rocket_db_pools::sqlx::PgPool;

@@ -603,14 +603,13 @@ mod tests {
             }
             MemoryStore::recycle(changes);
             let loaded = store.load_now(&StoreKey([n as u8; 32]), 10).unwrap();
-            let expected: Vec<(String, Vec<u8>)> = data
+            let mut expected: Vec<(String, Vec<u8>)> = data
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_vec()))
                 .collect();
+            expected.sort();
             let mut got = loaded.data;
             got.sort();
-            let mut expected = expected;
-            expected.sort();
             assert_eq!(got, expected, "session {n}");
         }
     }
