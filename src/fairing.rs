@@ -1,7 +1,10 @@
 //! The `Sessions` fairing: builds the manager at ignite, flushes every response, persists at
 //! shutdown.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use rocket::fairing::{self, Fairing, Info, Kind};
@@ -178,6 +181,17 @@ fn respond(
     }
 }
 
+/// A future that is ready at once, and zero-sized: boxing it allocates nothing.
+struct Done;
+
+impl Future for Done {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<()> {
+        Poll::Ready(())
+    }
+}
+
 /// How long shutdown waits, after the last flush, for connections to close (see `on_shutdown`).
 const SETTLE_MS: u64 = 50;
 
@@ -266,32 +280,47 @@ impl Fairing for Sessions {
         }
     }
 
-    async fn on_response<'r>(&self, req: &'r Request<'_>, res: &mut Response<'r>) {
+    // Written out, not as an `async fn`: Rocket boxes this future for every response, and a
+    // response whose flush needs no store call (the memory store's, or nothing to write) is
+    // done here, before any future exists, and returns a zero-sized one, which `Box::pin`
+    // does not allocate.
+    fn on_response<'r, 'life0, 'life1, 'life2, 'async_trait>(
+        &'life0 self,
+        req: &'r Request<'life1>,
+        res: &'life2 mut Response<'r>,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send + 'async_trait>>
+    where
+        'r: 'async_trait,
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        'life2: 'async_trait,
+        Self: 'async_trait,
+    {
         let Some(manager) = self.manager.get() else {
-            return;
+            return Box::pin(Done);
         };
         let config = manager.config();
-        // The session is handed to the flush in this block, so that it is not kept in this
-        // fairing's future (boxed for every response) across the await below.
-        let (flush, loaded) = {
-            let working = req.local_cache(RequestSession::default).lock().take();
-            let loaded = working.is_some();
-            // The cookie matters only when no handler loaded the session (for a refresh).
-            let cookie = match loaded {
-                true => None,
-                false => req.cookies().get(&config.cookie_name),
-            };
-            (manager.flush(working, cookie.map(|c| c.value())), loaded)
+        let working = req.local_cache(RequestSession::default).lock().take();
+        let loaded = working.is_some();
+        // The cookie matters only when no handler loaded the session (for a refresh).
+        let cookie = match loaded {
+            true => None,
+            false => req.cookies().get(&config.cookie_name),
         };
-        // Only a flush that calls the store is awaited (one boxed future); the rest is plain
-        // code.
-        let action = match flush {
-            Flush::Done(done) => done,
-            Flush::Pending(write) => write.await,
-        };
-        respond(config, action, res);
-        if loaded {
-            manager.request_finished().await;
+        match manager.flush(working, cookie.map(|c| c.value())) {
+            Flush::Done(action) => {
+                respond(config, action, res);
+                match loaded && manager.request_finished() {
+                    true => Box::pin(manager.persist_late()),
+                    false => Box::pin(Done),
+                }
+            }
+            Flush::Pending(write) => Box::pin(async move {
+                respond(config, write.await, res);
+                if loaded && manager.request_finished() {
+                    manager.persist_late().await;
+                }
+            }),
         }
     }
 

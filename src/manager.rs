@@ -742,17 +742,25 @@ impl SessionManager {
         self.inner.in_flight.start();
     }
 
-    pub(crate) async fn request_finished(&self) {
+    /// Counts a request that loaded a session as finished. True when it finished after
+    /// shutdown began: its changes came after the shutdown snapshot, and the caller makes
+    /// them durable with [`persist_late`](Self::persist_late).
+    pub(crate) fn request_finished(&self) -> bool {
         self.inner.in_flight.finish();
         // Only `drain` waits, and only once `shutting_down` is set: before that, a request
         // ends without touching the `Notify` (a lock). Both sides use SeqCst, so either this
         // load sees the flag, or `drain`'s later check of `in_flight` sees this request end.
-        if self.inner.shutting_down.load(Ordering::SeqCst) {
-            self.inner.idle.notify_waiters();
-            // A request that outlived the shutdown snapshot: make its changes durable too.
-            if let Err(e) = self.store().persist().await {
-                rocket::error!("session store: persisting after shutdown failed: {e}");
-            }
+        if !self.inner.shutting_down.load(Ordering::SeqCst) {
+            return false;
+        }
+        self.inner.idle.notify_waiters();
+        true
+    }
+
+    /// Persists the store for a request that outlived the shutdown snapshot.
+    pub(crate) async fn persist_late(&self) {
+        if let Err(e) = self.store().persist().await {
+            rocket::error!("session store: persisting after shutdown failed: {e}");
         }
     }
 

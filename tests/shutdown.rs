@@ -89,6 +89,60 @@ async fn changes_of_requests_in_flight_at_shutdown_reach_the_snapshot() {
     );
 }
 
+#[rocket::async_test]
+async fn a_request_that_outlives_the_shutdown_wait_is_persisted_when_it_ends() {
+    let dir = TempDir::new("shutdown-late");
+    let file = dir.path("sessions.snapshot");
+    let port = free_port();
+    let gate = Arc::new(Notify::new());
+    let clock = ManualClock::new(START);
+    // Shutdown waits for requests in flight for grace + mercy = 2 s, then writes the snapshot.
+    let figment = figment(json!({ "store": { "file_path": &file, "snapshot_interval": 0 } }))
+        .merge(("port", port))
+        .merge(("shutdown.ctrlc", false))
+        .merge(("shutdown.grace", 1))
+        .merge(("shutdown.mercy", 1));
+    let rocket = app(figment, &clock)
+        .manage(gate.clone())
+        .mount("/", routes![gated]);
+    let (shutdown, server) = serve(rocket, port).await;
+    let cookie =
+        rocket::tokio::task::spawn_blocking(move || http(port, "POST", "/set/before/1", None))
+            .await
+            .unwrap()
+            .1
+            .unwrap();
+    let c = cookie.clone();
+    // Its connection is closed by Rocket before it answers; its change must still be kept.
+    let in_flight = rocket::tokio::task::spawn_blocking(move || {
+        http(port, "POST", "/gated/during/2", Some(&c))
+    });
+    rocket::tokio::time::sleep(Duration::from_millis(300)).await;
+    shutdown.clone().notify();
+    shutdown.await;
+
+    // The wait is over and the snapshot written without the request's change.
+    rocket::tokio::time::sleep(Duration::from_millis(2300)).await;
+    let (client, _) = client_with(Arc::new(open_snapshot(&file)), json!({})).await;
+    assert_eq!(
+        get_with(&client, "/get/before", Some(&cookie)).await.body,
+        "1"
+    );
+    let during = get_with(&client, "/get/during", Some(&cookie)).await;
+    assert_ne!(during.status, rocket::http::Status::Ok, "{}", during.body);
+
+    // The request ends: its flush writes the snapshot again.
+    gate.notify_one();
+    let _ = server.await.unwrap();
+    let _ = in_flight.await;
+    let (client, _) = client_with(Arc::new(open_snapshot(&file)), json!({})).await;
+    assert_eq!(
+        get_with(&client, "/get/during", Some(&cookie)).await.body,
+        "2",
+        "the late change was persisted"
+    );
+}
+
 /// Signalled by `/nap` as it starts.
 struct Arrived(Notify);
 
