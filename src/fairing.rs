@@ -11,7 +11,7 @@ use rocket::fairing::{self, Fairing, Info, Kind};
 use rocket::http::{Cookie, Header};
 use rocket::{Build, Orbit, Request, Response, Rocket};
 
-use crate::clock::{Clock, SystemClock};
+use crate::clock::{Clock, TickingClock};
 use crate::config::{SameSite, SessionConfig, StoreConfig};
 use crate::error::{SessionError, StoreError};
 use crate::manager::{CookieAction, Flush, RequestSession, SessionManager};
@@ -38,7 +38,8 @@ use rocket_db_pools::sqlx::PgPool;
 /// requests to close: Rocket checks for such connections once, when the shutdown fairings
 /// end, and waits out its whole grace period if it finds one.
 pub struct Sessions {
-    clock: Arc<dyn Clock>,
+    /// `None`: the system clock, read through a [`TickingClock`] started at ignite.
+    clock: Option<Arc<dyn Clock>>,
     store: Mutex<Option<StoreHandle>>,
     app_pool: Option<AppPool>,
     /// A pool the fairing made itself, closed once the last flush is done.
@@ -53,7 +54,7 @@ impl Sessions {
     /// The fairing, with the store chosen by configuration and the system clock.
     pub fn fairing() -> Sessions {
         Sessions {
-            clock: Arc::new(SystemClock),
+            clock: None,
             store: Mutex::new(None),
             app_pool: None,
             own_pool: OnceLock::new(),
@@ -92,7 +93,7 @@ impl Sessions {
     /// Takes time from `clock` instead of the system clock (tests move a
     /// [`ManualClock`](crate::ManualClock) instead of sleeping).
     pub fn with_clock(mut self, clock: impl Clock) -> Sessions {
-        self.clock = Arc::new(clock);
+        self.clock = Some(Arc::new(clock));
         self
     }
 
@@ -239,7 +240,11 @@ impl Fairing for Sessions {
                 return Err(rocket);
             }
         };
-        let manager = SessionManager::new(config, store, self.clock.clone());
+        let clock = match &self.clock {
+            Some(clock) => clock.clone(),
+            None => Arc::new(TickingClock::start()),
+        };
+        let manager = SessionManager::new(config, store, clock);
         if rocket.state::<SessionManager>().is_some() || self.manager.set(manager.clone()).is_err()
         {
             rocket::error!("the Sessions fairing was ignited twice; attach it once");
