@@ -131,7 +131,10 @@ mod tests {
                 rocket::tokio::time::sleep(std::time::Duration::from_millis(5)).await;
             }
             let (system, ticking) = seen(&clock);
-            assert!(ticking >= turned && ticking <= system, "{ticking} vs {system}");
+            assert!(
+                ticking >= turned && ticking <= system,
+                "{ticking} vs {system}"
+            );
         }
         let task = Arc::downgrade(&clock.0);
         drop(clock);
