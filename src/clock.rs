@@ -22,20 +22,24 @@ impl Clock for SystemClock {
     }
 }
 
-/// The system clock as the request path reads it: Unix seconds kept in an atomic by a task
+/// The system clock as the request path reads it: Unix seconds kept in an atomic by a thread
 /// that wakes just after each second turns, so a request loads a number instead of asking
-/// the OS (~20–30 ns a read on a VM). The reading lags the system clock by the task's wake-up
-/// delay, a millisecond or so. The task ends once the clock is dropped.
+/// the OS (~20–30 ns a read on a VM). The reading lags the system clock by the thread's
+/// wake-up delay, a millisecond or so. A thread rather than a task: a runtime that is not
+/// driven between requests (Rocket's blocking local client) would leave a task's time stale.
+/// The thread ends within a second of the clock being dropped.
 #[derive(Debug, Clone)]
 pub(crate) struct TickingClock(Arc<AtomicU64>);
 
 impl TickingClock {
-    /// Starts the clock's task on the current tokio runtime.
-    pub fn start() -> TickingClock {
+    /// Starts the clock's thread; `None` if the OS refuses a thread.
+    pub fn start() -> Option<TickingClock> {
         let now = Arc::new(AtomicU64::new(SystemClock.now()));
         let clock = Arc::downgrade(&now);
-        rocket::tokio::spawn(async move {
-            loop {
+        std::thread::Builder::new()
+            .name("session-clock".into())
+            .stack_size(64 * 1024)
+            .spawn(move || loop {
                 let since_epoch = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .unwrap_or_default();
@@ -47,10 +51,10 @@ impl TickingClock {
                 let next = std::time::Duration::from_secs(1).saturating_sub(
                     std::time::Duration::from_nanos(since_epoch.subsec_nanos().into()),
                 );
-                rocket::tokio::time::sleep(next + std::time::Duration::from_millis(1)).await;
-            }
-        });
-        TickingClock(now)
+                std::thread::sleep(next + std::time::Duration::from_millis(1));
+            })
+            .ok()?;
+        Some(TickingClock(now))
     }
 }
 
@@ -110,9 +114,9 @@ mod tests {
         assert!(now >= before && now <= before + 1, "{now} vs {before}");
     }
 
-    #[rocket::async_test]
-    async fn the_ticking_clock_follows_the_system_clock_and_its_task_ends_with_it() {
-        let clock = TickingClock::start();
+    #[test]
+    fn the_ticking_clock_follows_the_system_clock_and_its_thread_ends_with_it() {
+        let clock = TickingClock::start().expect("a thread");
         let seen = |c: &TickingClock| (SystemClock.now(), c.now());
         let (system, ticking) = seen(&clock);
         assert!(
@@ -120,15 +124,15 @@ mod tests {
             "{ticking} vs {system}"
         );
         // Across two turns of the second, it catches up within its wake-up delay (a loaded
-        // machine may delay the task; half a second is far beyond that).
+        // machine may delay the thread; half a second is far beyond that).
         for _ in 0..2 {
             let turned = SystemClock.now() + 1;
             while SystemClock.now() < turned {
-                rocket::tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                std::thread::sleep(std::time::Duration::from_millis(5));
             }
             let deadline = std::time::Instant::now() + std::time::Duration::from_millis(500);
             while clock.now() < turned && std::time::Instant::now() < deadline {
-                rocket::tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                std::thread::sleep(std::time::Duration::from_millis(5));
             }
             let (system, ticking) = seen(&clock);
             assert!(

@@ -11,7 +11,7 @@ use rocket::fairing::{self, Fairing, Info, Kind};
 use rocket::http::{Cookie, Header};
 use rocket::{Build, Orbit, Request, Response, Rocket};
 
-use crate::clock::{Clock, TickingClock};
+use crate::clock::{Clock, SystemClock, TickingClock};
 use crate::config::{SameSite, SessionConfig, StoreConfig};
 use crate::error::{SessionError, StoreError};
 use crate::manager::{CookieAction, Flush, RequestSession, SessionManager};
@@ -38,7 +38,8 @@ use rocket_db_pools::sqlx::PgPool;
 /// requests to close: Rocket checks for such connections once, when the shutdown fairings
 /// end, and waits out its whole grace period if it finds one.
 pub struct Sessions {
-    /// `None`: the system clock, read through a [`TickingClock`] started at ignite.
+    /// `None`: the system clock, read through a [`TickingClock`] started at ignite (or
+    /// directly, if no thread can be had for it).
     clock: Option<Arc<dyn Clock>>,
     store: Mutex<Option<StoreHandle>>,
     app_pool: Option<AppPool>,
@@ -240,9 +241,12 @@ impl Fairing for Sessions {
                 return Err(rocket);
             }
         };
-        let clock = match &self.clock {
+        let clock: Arc<dyn Clock> = match &self.clock {
             Some(clock) => clock.clone(),
-            None => Arc::new(TickingClock::start()),
+            None => match TickingClock::start() {
+                Some(ticking) => Arc::new(ticking),
+                None => Arc::new(SystemClock),
+            },
         };
         let manager = SessionManager::new(config, store, clock);
         if rocket.state::<SessionManager>().is_some() || self.manager.set(manager.clone()).is_err()

@@ -331,3 +331,31 @@ async fn the_fairing_twice_refuses_to_launch_once() {
     let error = launch_error(rocket).await;
     assert!(matches!(error.kind(), ErrorKind::FailedFairings(_)));
 }
+
+/// With the default (system) clock, time read by a request is the wall clock's whatever the
+/// runtime does between requests: here a current-thread runtime whose only thread sleeps.
+#[test]
+fn with_the_system_clock_a_session_expires_in_real_time_on_any_runtime() {
+    let runtime = rocket::tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let figment = figment(json!({ "store": { "kind": "memory", "file_path": "", "ttl": 1 } }));
+        let client = Client::tracked(system_clock_app(figment)).await.unwrap();
+        assert_eq!(
+            client.post("/set/a/1").dispatch().await.status(),
+            Status::Ok
+        );
+        let during = client.get("/get/a").dispatch().await;
+        assert_eq!(during.into_string().await.unwrap(), "1");
+        // Blocks the runtime's one thread: no task of it runs meanwhile.
+        std::thread::sleep(std::time::Duration::from_millis(2200));
+        let after = client.get("/get/a").dispatch().await;
+        assert_ne!(
+            after.status(),
+            Status::Ok,
+            "the session outlived its ttl of 1 s"
+        );
+    });
+}

@@ -214,6 +214,11 @@ pub fn app(figment: Figment, clock: &ManualClock) -> Rocket<Build> {
     app_of(figment, Sessions::fairing().with_clock(clock.clone()))
 }
 
+/// The test app on the system clock (the fairing's default), for tests that wait in real time.
+pub fn system_clock_app(figment: Figment) -> Rocket<Build> {
+    app_of(figment, Sessions::fairing())
+}
+
 /// The test app on `store` instead of the configured one. A `MemoryStore` or
 /// `Arc<MemoryStore>` takes the fairing's direct path to the memory store, as the configured
 /// memory store does; any other store, the path through `dyn SessionStore`.
