@@ -42,102 +42,114 @@ async fn serve(
     (shutdown, server)
 }
 
-#[rocket::async_test]
-async fn changes_of_requests_in_flight_at_shutdown_reach_the_snapshot() {
-    let dir = TempDir::new("shutdown");
+/// A server with a snapshot file whose shutdown has begun while `POST /gated/during/2` waits
+/// at its gate, in the session that `POST /set/before/1` made.
+struct GatedShutdown {
+    _dir: TempDir,
+    file: std::path::PathBuf,
+    gate: Arc<Notify>,
+    cookie: String,
+    in_flight: rocket::tokio::task::JoinHandle<(u16, Option<String>, String)>,
+    server: rocket::tokio::task::JoinHandle<Result<rocket::Rocket<rocket::Ignite>, rocket::Error>>,
+}
+
+/// Starts the server (Rocket's `shutdown` settings from `settings`), makes the session, sends
+/// the gated request, and begins the shutdown once the request has reached the gate.
+async fn shut_down_while_gated(name: &str, settings: &[(&str, u32)]) -> GatedShutdown {
+    let dir = TempDir::new(name);
     let file = dir.path("sessions.snapshot");
     let port = free_port();
     let gate = Arc::new(Notify::new());
     let clock = ManualClock::new(START);
-    let figment = figment(json!({ "store": { "file_path": &file, "snapshot_interval": 0 } }))
+    let mut figment = figment(json!({ "store": { "file_path": &file, "snapshot_interval": 0 } }))
         .merge(("port", port))
         .merge(("shutdown.ctrlc", false));
+    for &(key, value) in settings {
+        figment = figment.merge((key, value));
+    }
     let rocket = app(figment, &clock)
         .manage(gate.clone())
         .mount("/", routes![gated]);
     let (shutdown, server) = serve(rocket, port).await;
-
     let cookie =
         rocket::tokio::task::spawn_blocking(move || http(port, "POST", "/set/before/1", None))
             .await
             .unwrap()
             .1
             .unwrap();
-
     let c = cookie.clone();
     let in_flight = rocket::tokio::task::spawn_blocking(move || {
         http(port, "POST", "/gated/during/2", Some(&c))
     });
-    // Let the request reach the gate, then start the shutdown, then let the request finish.
+    // Let the request reach the gate, then start the shutdown.
     rocket::tokio::time::sleep(Duration::from_millis(300)).await;
     shutdown.clone().notify();
     shutdown.await;
-    rocket::tokio::time::sleep(Duration::from_millis(300)).await;
-    gate.notify_one();
-    let (status, _, _) = in_flight.await.unwrap();
-    assert_eq!(status, 200);
-    let _ = server.await.unwrap();
+    GatedShutdown {
+        _dir: dir,
+        file,
+        gate,
+        cookie,
+        in_flight,
+        server,
+    }
+}
 
-    let store = open_snapshot(&file);
+#[rocket::async_test]
+async fn changes_of_requests_in_flight_at_shutdown_reach_the_snapshot() {
+    let run = shut_down_while_gated("shutdown", &[]).await;
+    // Let the request finish during the shutdown wait.
+    rocket::tokio::time::sleep(Duration::from_millis(300)).await;
+    run.gate.notify_one();
+    let (status, _, _) = run.in_flight.await.unwrap();
+    assert_eq!(status, 200);
+    let _ = run.server.await.unwrap();
+
+    let store = open_snapshot(&run.file);
     assert_eq!(store.len(), 1);
     let (client, _) = client_with(Arc::new(store), json!({})).await;
-    let during = get_with(&client, "/get/during", Some(&cookie)).await;
+    let during = get_with(&client, "/get/during", Some(&run.cookie)).await;
     assert_eq!(during.body, "2", "the in-flight change was persisted");
     assert_eq!(
-        get_with(&client, "/get/before", Some(&cookie)).await.body,
+        get_with(&client, "/get/before", Some(&run.cookie))
+            .await
+            .body,
         "1"
     );
 }
 
 #[rocket::async_test]
 async fn a_request_that_outlives_the_shutdown_wait_is_persisted_when_it_ends() {
-    let dir = TempDir::new("shutdown-late");
-    let file = dir.path("sessions.snapshot");
-    let port = free_port();
-    let gate = Arc::new(Notify::new());
-    let clock = ManualClock::new(START);
     // Shutdown waits for requests in flight for grace + mercy = 2 s, then writes the snapshot.
-    let figment = figment(json!({ "store": { "file_path": &file, "snapshot_interval": 0 } }))
-        .merge(("port", port))
-        .merge(("shutdown.ctrlc", false))
-        .merge(("shutdown.grace", 1))
-        .merge(("shutdown.mercy", 1));
-    let rocket = app(figment, &clock)
-        .manage(gate.clone())
-        .mount("/", routes![gated]);
-    let (shutdown, server) = serve(rocket, port).await;
-    let cookie =
-        rocket::tokio::task::spawn_blocking(move || http(port, "POST", "/set/before/1", None))
-            .await
-            .unwrap()
-            .1
-            .unwrap();
-    let c = cookie.clone();
-    // Its connection is closed by Rocket before it answers; its change must still be kept.
-    let in_flight = rocket::tokio::task::spawn_blocking(move || {
-        http(port, "POST", "/gated/during/2", Some(&c))
-    });
-    rocket::tokio::time::sleep(Duration::from_millis(300)).await;
-    shutdown.clone().notify();
-    shutdown.await;
+    // The gated request's connection is closed by Rocket before it answers; its change must
+    // still be kept.
+    let run = shut_down_while_gated(
+        "shutdown-late",
+        &[("shutdown.grace", 1), ("shutdown.mercy", 1)],
+    )
+    .await;
 
     // The wait is over and the snapshot written without the request's change.
     rocket::tokio::time::sleep(Duration::from_millis(2300)).await;
-    let (client, _) = client_with(Arc::new(open_snapshot(&file)), json!({})).await;
+    let (client, _) = client_with(Arc::new(open_snapshot(&run.file)), json!({})).await;
     assert_eq!(
-        get_with(&client, "/get/before", Some(&cookie)).await.body,
+        get_with(&client, "/get/before", Some(&run.cookie))
+            .await
+            .body,
         "1"
     );
-    let during = get_with(&client, "/get/during", Some(&cookie)).await;
+    let during = get_with(&client, "/get/during", Some(&run.cookie)).await;
     assert_ne!(during.status, rocket::http::Status::Ok, "{}", during.body);
 
     // The request ends: its flush writes the snapshot again.
-    gate.notify_one();
-    let _ = server.await.unwrap();
-    let _ = in_flight.await;
-    let (client, _) = client_with(Arc::new(open_snapshot(&file)), json!({})).await;
+    run.gate.notify_one();
+    let _ = run.server.await.unwrap();
+    let _ = run.in_flight.await;
+    let (client, _) = client_with(Arc::new(open_snapshot(&run.file)), json!({})).await;
     assert_eq!(
-        get_with(&client, "/get/during", Some(&cookie)).await.body,
+        get_with(&client, "/get/during", Some(&run.cookie))
+            .await
+            .body,
         "2",
         "the late change was persisted"
     );
