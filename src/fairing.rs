@@ -316,17 +316,19 @@ impl Fairing for Sessions {
             true => None,
             false => req.cookies().get(&config.cookie_name),
         };
+        // Sets the response, then counts the request finished: true when it finished after
+        // shutdown began, and the store is to be persisted again.
+        let conclude = move |action, res: &mut Response<'_>| {
+            respond(config, action, res);
+            loaded && manager.request_finished()
+        };
         match manager.flush(working, cookie.map(|c| c.value())) {
-            Flush::Done(action) => {
-                respond(config, action, res);
-                match loaded && manager.request_finished() {
-                    true => Box::pin(manager.persist_late()),
-                    false => Box::pin(Done),
-                }
-            }
+            Flush::Done(action) => match conclude(action, res) {
+                true => Box::pin(manager.persist_late()),
+                false => Box::pin(Done),
+            },
             Flush::Pending(write) => Box::pin(async move {
-                respond(config, write.await, res);
-                if loaded && manager.request_finished() {
+                if conclude(write.await, res) {
                     manager.persist_late().await;
                 }
             }),
