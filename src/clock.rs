@@ -140,8 +140,8 @@ mod tests {
                 "{ticking} vs {system}"
             );
         }
-        let task = Arc::downgrade(&clock.0);
+        let time = Arc::downgrade(&clock.0);
         drop(clock);
-        assert_eq!(task.strong_count(), 0, "only the clock holds its time");
+        assert_eq!(time.strong_count(), 0, "only the clock holds its time");
     }
 }
