@@ -603,7 +603,11 @@ impl SessionManager {
             ) => {
                 let updated = memory.update_now(&key, &changes, now);
                 MemoryStore::recycle(changes);
-                Flush::Done(Ok(self.updated(updated, refresh, id, now)))
+                Flush::Done(
+                    updated
+                        .map(|updated| self.updated(updated, refresh, id, now))
+                        .map_err(SessionError::from),
+                )
             }
             (plan, _) => Flush::Pending(Box::pin(self.write(plan, now))),
         }

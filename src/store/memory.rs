@@ -19,6 +19,7 @@ use super::{ChangeSet, DigestHasher, SessionRecord, SessionStore};
 use crate::config::MemoryStoreConfig;
 use crate::error::StoreError;
 use crate::id::StoreKey;
+use crate::padded::Padded;
 
 const SHARDS: usize = 1024;
 const MAGIC: &[u8; 8] = b"RSSNAP\x00\x01";
@@ -37,20 +38,27 @@ const SPARE_ENTRIES: usize = 16;
 const SPARE_BYTES: usize = 1024;
 
 /// A session's data copied out of the store, into this thread's spare buffers where they fit.
-fn copy_out(data: &[(Box<str>, Box<[u8]>)]) -> Vec<(String, Vec<u8>)> {
+fn copy_out(data: &[u8]) -> Vec<(String, Vec<u8>)> {
     let mut out = SPARE.with(Cell::take);
-    out.truncate(data.len());
-    for (i, (key, value)) in data.iter().enumerate() {
-        match out.get_mut(i) {
+    let mut n = 0;
+    // Names are UTF-8: written from `&str`, or checked when a snapshot is read.
+    let text = |name| std::str::from_utf8(name).unwrap_or_default();
+    for (name, value) in pairs(data) {
+        match out.get_mut(n) {
             Some((k, v)) => {
-                k.clear();
-                k.push_str(key);
+                // A thread's requests mostly use the same names: those are copied already.
+                if k.as_bytes() != name {
+                    k.clear();
+                    k.push_str(text(name));
+                }
                 v.clear();
                 v.extend_from_slice(value);
             }
-            None => out.push((key.to_string(), value.to_vec())),
+            None => out.push((text(name).to_string(), value.to_vec())),
         }
+        n += 1;
     }
+    out.truncate(n);
     out
 }
 
@@ -81,28 +89,113 @@ impl std::ops::DerefMut for Shard {
     }
 }
 
+/// One session. Its data is one buffer laid out as the snapshot holds it (see
+/// [`encode_snapshot`]): a u32 count of keys, then per key its name and its value, each
+/// u32-length-prefixed. With the 32-byte key, a bucket is 64 bytes, and a load reads the
+/// bucket and this one buffer; a vector of boxed names and values took three more cache lines
+/// to read, and as many allocations, per session.
 #[derive(Clone)]
 struct Entry {
     created: u64,
     expires: u64,
-    data: Vec<(Box<str>, Box<[u8]>)>,
+    data: Box<[u8]>,
+}
+
+/// The data of a session without keys.
+const NO_DATA: [u8; 4] = [0; 4];
+
+/// The byte range of a u32-length-prefixed field of `data` starting at `at`, which moves past
+/// it; `None` when `data` ends before the field does.
+fn field(data: &[u8], at: &mut usize) -> Option<std::ops::Range<usize>> {
+    let len = u32::from_be_bytes(data.get(*at..*at + 4)?.try_into().ok()?) as usize;
+    let start = *at + 4;
+    let end = start.checked_add(len).filter(|&end| end <= data.len())?;
+    *at = end;
+    Some(start..end)
+}
+
+/// The byte ranges of each name and its value in a session's data, in order.
+fn spans(
+    data: &[u8],
+) -> impl Iterator<Item = (std::ops::Range<usize>, std::ops::Range<usize>)> + '_ {
+    let mut at = NO_DATA.len();
+    std::iter::from_fn(move || Some((field(data, &mut at)?, field(data, &mut at)?)))
+}
+
+/// Each name and its value in a session's data, in order.
+fn pairs(data: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
+    spans(data).map(move |(name, value)| (&data[name], &data[value]))
+}
+
+/// `changes` as lengths of the entry layout can hold them: every name and value under 4 GiB.
+fn fits(changes: &ChangeSet) -> Result<(), StoreError> {
+    let too_long = |bytes: usize| u32::try_from(bytes).is_err();
+    match changes
+        .iter()
+        .find(|(k, v)| too_long(k.len()) || v.is_some_and(|v| too_long(v.len())))
+    {
+        Some((key, _)) => Err(StoreError::Other(format!(
+            "the memory store holds names and values under 4 GiB; `{key}` is larger"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// `data` with `changes` applied (which [`fits`] has checked), in a buffer of its exact size.
+fn rebuilt(data: &[u8], changes: &ChangeSet) -> Box<[u8]> {
+    let kept = || pairs(data).filter(|(name, _)| !changes.touches(name));
+    let set = || changes.iter().filter_map(|(k, v)| Some((k.as_bytes(), v?)));
+    let size: usize = kept()
+        .chain(set())
+        .map(|(name, value)| 8 + name.len() + value.len())
+        .sum();
+    let mut out = Vec::with_capacity(NO_DATA.len() + size);
+    out.extend_from_slice(&NO_DATA);
+    let mut count = 0u32;
+    for (name, value) in kept().chain(set()) {
+        for part in [name, value] {
+            out.extend_from_slice(&(part.len() as u32).to_be_bytes());
+            out.extend_from_slice(part);
+        }
+        // Reaching 2^32 keys would take a session of over 32 GiB.
+        count = count.saturating_add(1);
+    }
+    out[..NO_DATA.len()].copy_from_slice(&count.to_be_bytes());
+    out.into_boxed_slice()
 }
 
 impl Entry {
+    fn new(created: u64, expires: u64, changes: &ChangeSet) -> Entry {
+        Entry {
+            created,
+            expires,
+            data: rebuilt(&NO_DATA, changes),
+        }
+    }
+
+    /// Where the value of `key` is in the data.
+    fn value_of(&self, key: &str) -> Option<std::ops::Range<usize>> {
+        spans(&self.data)
+            .find(|(name, _)| &self.data[name.clone()] == key.as_bytes())
+            .map(|(_, value)| value)
+    }
+
+    /// Applies `changes`, which [`fits`] has checked.
     fn apply(&mut self, changes: &ChangeSet) {
+        // Values set to new ones of the same length (a counter, a flag) are written in place.
+        let in_place = changes
+            .iter()
+            .all(|(key, value)| match (value, self.value_of(key)) {
+                (Some(new), Some(old)) => new.len() == old.len(),
+                _ => false,
+            });
+        if !in_place {
+            self.data = rebuilt(&self.data, changes);
+            return;
+        }
         for (key, value) in changes.iter() {
-            let at = self.data.iter().position(|(k, _)| &**k == key);
-            match (at, value) {
-                // A value of the same length (a counter, a flag) is overwritten in place.
-                (Some(i), Some(v)) if self.data[i].1.len() == v.len() => {
-                    self.data[i].1.copy_from_slice(v)
-                }
-                (Some(i), Some(v)) => self.data[i].1 = v.into(),
-                (None, Some(v)) => self.data.push((key.into(), v.into())),
-                (Some(i), None) => {
-                    self.data.swap_remove(i);
-                }
-                (None, None) => {}
+            if let (Some(new), Some(old)) = (value, self.value_of(key)) {
+                self.data[old].copy_from_slice(new);
             }
         }
     }
@@ -113,7 +206,9 @@ impl Entry {
 /// Built by the fairing from `store = { kind = "memory", ... }`; see
 /// [`MemoryStoreConfig`] for the settings.
 pub struct MemoryStore {
-    shards: Box<[Mutex<Shard>]>,
+    /// Each shard on its own cache lines, so that requests on different shards never contend
+    /// for a line.
+    shards: Box<[Padded<Mutex<Shard>>]>,
     ttl: u64,
     file: Option<PathBuf>,
     /// The shards' change counts summed when the last snapshot was taken: a snapshot with
@@ -127,7 +222,7 @@ impl MemoryStore {
     /// An empty store without a file.
     pub fn new(ttl: u64) -> MemoryStore {
         MemoryStore {
-            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            shards: (0..SHARDS).map(|_| Padded::default()).collect(),
             ttl,
             file: None,
             persisted: AtomicU64::new(0),
@@ -270,10 +365,16 @@ impl MemoryStore {
     }
 
     /// [`SessionStore::update`] without a future.
-    pub(crate) fn update_now(&self, key: &StoreKey, changes: &ChangeSet, now: u64) -> bool {
+    pub(crate) fn update_now(
+        &self,
+        key: &StoreKey,
+        changes: &ChangeSet,
+        now: u64,
+    ) -> Result<bool, StoreError> {
+        fits(changes)?;
         let mut shard = self.shard(key);
         let Some(entry) = shard.get_mut(key).filter(|e| e.expires > now) else {
-            return false;
+            return Ok(false);
         };
         entry.apply(changes);
         // Within the same second the expiry stays as it is: not writing it leaves the entry's
@@ -283,11 +384,11 @@ impl MemoryStore {
             entry.expires = expires;
         }
         shard.changed();
-        true
+        Ok(true)
     }
 }
 
-fn lock(shard: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
+fn lock(shard: &Padded<Mutex<Shard>>) -> MutexGuard<'_, Shard> {
     // A panic while holding a shard lock cannot leave an entry half-written (every change is
     // one insert, assignment or removal), so the data behind a poisoned lock is sound.
     shard
@@ -308,16 +409,12 @@ impl SessionStore for MemoryStore {
         changes: &ChangeSet,
         now: u64,
     ) -> Result<bool, StoreError> {
+        fits(changes)?;
         let mut shard = self.shard(key);
         if shard.get(key).is_some_and(|e| e.expires > now) {
             return Ok(false);
         }
-        let mut entry = Entry {
-            created,
-            expires: now.saturating_add(self.ttl),
-            data: Vec::with_capacity(changes.len()),
-        };
-        entry.apply(changes);
+        let entry = Entry::new(created, now.saturating_add(self.ttl), changes);
         shard.insert(*key, entry);
         shard.changed();
         Ok(true)
@@ -329,7 +426,7 @@ impl SessionStore for MemoryStore {
         changes: &ChangeSet,
         now: u64,
     ) -> Result<bool, StoreError> {
-        Ok(self.update_now(key, changes, now))
+        self.update_now(key, changes, now)
     }
 
     async fn cycle(
@@ -339,6 +436,7 @@ impl SessionStore for MemoryStore {
         changes: &ChangeSet,
         now: u64,
     ) -> Result<bool, StoreError> {
+        fits(changes)?;
         if self.shard(new).contains_key(new) {
             return Ok(false);
         }
@@ -372,7 +470,7 @@ impl SessionStore for MemoryStore {
         for shard in self.shards.iter() {
             let mut shard = lock(shard);
             let before = shard.len();
-            shard.retain(|_, e| !e.data.iter().any(|(k, v)| &**k == name && &**v == value));
+            shard.retain(|_, e| !pairs(&e.data).any(|(k, v)| k == name.as_bytes() && v == value));
             if shard.len() < before {
                 removed += (before - shard.len()) as u64;
                 shard.changed();
@@ -458,13 +556,8 @@ fn encode_snapshot(store: &MemoryStore) -> (Vec<u8>, u64) {
             out.extend_from_slice(&key.0);
             out.extend_from_slice(&e.created.to_be_bytes());
             out.extend_from_slice(&e.expires.to_be_bytes());
-            out.extend_from_slice(&(e.data.len() as u32).to_be_bytes());
-            for (k, v) in &e.data {
-                out.extend_from_slice(&(k.len() as u32).to_be_bytes());
-                out.extend_from_slice(k.as_bytes());
-                out.extend_from_slice(&(v.len() as u32).to_be_bytes());
-                out.extend_from_slice(v);
-            }
+            // The entry's data is already in the snapshot's layout.
+            out.extend_from_slice(&e.data);
         }
     }
     out[8..16].copy_from_slice(&count.to_be_bytes());
@@ -520,15 +613,15 @@ fn decode_snapshot(bytes: &[u8]) -> Result<Vec<(StoreKey, Entry)>, String> {
         let key = StoreKey(r.take(32)?.try_into().expect("32 bytes"));
         let created = r.u64()?;
         let expires = r.u64()?;
+        let start = r.0;
         let n = r.u32()?;
-        let mut data = Vec::with_capacity((n as usize).min(r.0.len() / 8));
         for _ in 0..n {
             let len = r.u32()? as usize;
-            let name = std::str::from_utf8(r.take(len)?).map_err(|_| "a key is not UTF-8")?;
+            std::str::from_utf8(r.take(len)?).map_err(|_| "a key is not UTF-8")?;
             let len = r.u32()? as usize;
-            let value = r.take(len)?;
-            data.push((name.into(), value.into()));
+            r.take(len)?;
         }
+        let data = start[..start.len() - r.0.len()].into();
         entries.push((
             key,
             Entry {
@@ -615,6 +708,59 @@ mod tests {
     }
 
     #[test]
+    fn updates_match_a_model_over_random_change_sets() {
+        // xorshift: deterministic, so a failure names its seed.
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move |n: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % n
+        };
+        let store = MemoryStore::new(100);
+        let key = StoreKey([7; 32]);
+        let runtime = rocket::tokio::runtime::Runtime::new().unwrap();
+        assert!(runtime
+            .block_on(store.create(&key, 1, &ChangeSet::new(), 10))
+            .unwrap());
+        let mut model = std::collections::HashMap::<String, Vec<u8>>::new();
+        for seed in 0..2000 {
+            // Few names and short values, so that changes often overwrite a value of the same
+            // length (in place), and as often add, remove or resize one (rebuilt).
+            let mut changes = ChangeSet::new();
+            for _ in 0..next(4) {
+                let name = ["a", "bb", "count", "é"][next(4) as usize];
+                match next(4) {
+                    0 => {
+                        changes.remove(name);
+                        model.remove(name);
+                    }
+                    _ => {
+                        let value: Vec<u8> = (0..next(4)).map(|_| next(256) as u8).collect();
+                        changes.set(name, value.clone());
+                        model.insert(name.into(), value);
+                    }
+                }
+            }
+            assert!(store.update_now(&key, &changes, 10).unwrap(), "seed {seed}");
+            let mut got = store.load_now(&key, 10).unwrap().data;
+            got.sort();
+            let mut expected: Vec<_> = model.clone().into_iter().collect();
+            expected.sort();
+            assert_eq!(got, expected, "seed {seed}");
+        }
+        // What the updates left is also what a snapshot holds.
+        let entries = decode_snapshot(&encode_snapshot(&store).0).unwrap();
+        let mut got: Vec<_> = pairs(&entries[0].1.data)
+            .map(|(k, v)| (String::from_utf8(k.to_vec()).unwrap(), v.to_vec()))
+            .collect();
+        got.sort();
+        let mut expected: Vec<_> = model.into_iter().collect();
+        expected.sort();
+        assert_eq!(got, expected);
+    }
+
+    #[test]
     fn a_snapshot_decodes_to_what_was_encoded() {
         let store = store_with_two_sessions();
         let mut entries = decode_snapshot(&encode_snapshot(&store).0).unwrap();
@@ -622,15 +768,13 @@ mod tests {
         assert_eq!(entries.len(), 2);
         assert_eq!(entries[0].0, StoreKey([1; 32]));
         assert_eq!((entries[0].1.created, entries[0].1.expires), (5, 110));
-        let mut data = entries[0].1.data.clone();
+        let mut data: Vec<_> = pairs(&entries[0].1.data).collect();
         data.sort();
         assert_eq!(
             data,
-            vec![
-                ("a".into(), vec![1, 2, 3].into()),
-                ("é".into(), vec![].into())
-            ]
+            [(&b"a"[..], &[1, 2, 3][..]), ("é".as_bytes(), &[][..])]
         );
+        assert_eq!(pairs(&entries[1].1.data).count(), 0);
     }
 
     #[test]

@@ -200,6 +200,14 @@ impl ChangeSet {
         self.changes.len()
     }
 
+    /// Whether `key` is set or removed here.
+    pub(crate) fn touches(&self, key: &[u8]) -> bool {
+        // `str` orders as its bytes do, so the changes are sorted as byte strings too.
+        self.changes
+            .binary_search_by(|(k, _)| k.as_bytes().cmp(key))
+            .is_ok()
+    }
+
     /// The changes in key order: `Some(bytes)` sets, `None` removes.
     pub fn iter(&self) -> impl Iterator<Item = (&str, Option<&[u8]>)> {
         self.changes.iter().map(|(k, v)| (k.as_str(), v.as_deref()))
