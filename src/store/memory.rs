@@ -778,6 +778,43 @@ mod tests {
     }
 
     #[test]
+    fn the_snapshot_format_is_the_documented_one_byte_for_byte() {
+        // Written out by hand from `encode_snapshot`'s documentation, so that a change of the
+        // in-memory layout cannot change the file: snapshots of earlier versions must load.
+        let store = MemoryStore::new(100);
+        let mut changes = ChangeSet::new();
+        changes.set("a", vec![1, 2, 3]);
+        changes.set("é", vec![]);
+        let runtime = rocket::tokio::runtime::Runtime::new().unwrap();
+        assert!(runtime
+            .block_on(store.create(&StoreKey([1; 32]), 5, &changes, 10))
+            .unwrap());
+        let mut expected = b"RSSNAP\x00\x01".to_vec();
+        expected.extend_from_slice(&1u64.to_be_bytes());
+        expected.extend_from_slice(&[1; 32]);
+        expected.extend_from_slice(&5u64.to_be_bytes()); // created
+        expected.extend_from_slice(&110u64.to_be_bytes()); // expires: 10 + ttl
+        expected.extend_from_slice(&2u32.to_be_bytes()); // keys, in the change set's order
+        expected.extend_from_slice(&[0, 0, 0, 1, b'a', 0, 0, 0, 3, 1, 2, 3]);
+        expected.extend_from_slice(&[0, 0, 0, 2, 0xc3, 0xa9, 0, 0, 0, 0]);
+        let digest = Sha256::digest(&expected);
+        expected.extend_from_slice(&digest);
+        assert_eq!(encode_snapshot(&store).0, expected);
+        let entries = decode_snapshot(&expected).unwrap();
+        assert_eq!(entries.len(), 1);
+        let (key, entry) = &entries[0];
+        assert_eq!(
+            (*key, entry.created, entry.expires),
+            (StoreKey([1; 32]), 5, 110)
+        );
+        let data: Vec<_> = pairs(&entry.data).collect();
+        assert_eq!(
+            data,
+            [(&b"a"[..], &[1, 2, 3][..]), ("é".as_bytes(), &[][..])]
+        );
+    }
+
+    #[test]
     fn every_truncation_and_flipped_byte_of_a_snapshot_is_refused() {
         let (bytes, _) = encode_snapshot(&store_with_two_sessions());
         for len in 0..bytes.len() {
