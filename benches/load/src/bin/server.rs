@@ -3,7 +3,9 @@
 //! `GET /read` only reads it.
 //!
 //! `server MODE PORT` with MODE one of `bare`, `bare-cookie` (bare, with a 96-character cookie
-//! going back and forth), `ours-memory`, `ours-postgres` (no cache),
+//! going back and forth), `floor` (that cookie, read by a guard that leaves a value in Rocket's
+//! request-local cache for a response fairing: the least a guard-and-fairing session layer
+//! does), `ours-memory`, `ours-postgres` (no cache),
 //! `ours-postgres-cache` (a local cache of 10,000 sessions), `rss-memory`
 //! (rocket-session-store), `flex-memory`, `flex-postgres` (rocket_flex_session),
 //! `private-cookie` (Rocket's private cookies, no store). The PostgreSQL
@@ -123,6 +125,93 @@ mod bare_cookie {
 
     pub fn rocket(figment: Figment) -> Rocket<Build> {
         rocket::custom(figment).mount("/", routes![counter])
+    }
+}
+
+/// The least a Rocket session layer built as a request guard and a response fairing does,
+/// with none of a session's work: the cookie row's cookie, read by a guard that keeps a value
+/// in Rocket's request-local cache for the response fairing to take (and the fairing sets the
+/// cookie on a response whose request had none, as ours does). No store, no signature, no
+/// encoding: what this row costs over the cookie row, any such layer pays.
+mod floor {
+    use super::*;
+    use rocket::fairing::{Fairing, Info, Kind};
+    use rocket::http::Header;
+    use rocket::request::{FromRequest, Outcome, Request};
+    use rocket::Response;
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::sync::Mutex;
+    use std::task::{Context, Poll};
+
+    /// The request's value: the cookie's length (0 without one), until the fairing takes it.
+    #[derive(Default)]
+    struct Slot(Mutex<Option<u64>>);
+
+    struct Guard<'r>(&'r Slot);
+
+    #[rocket::async_trait]
+    impl<'r> FromRequest<'r> for Guard<'r> {
+        type Error = ();
+
+        async fn from_request(req: &'r Request<'_>) -> Outcome<Self, ()> {
+            let slot = req.local_cache(Slot::default);
+            let cookie = req.cookies().get("session");
+            *slot.0.lock().unwrap() = Some(cookie.map_or(0, |c| c.value().len() as u64));
+            Outcome::Success(Guard(slot))
+        }
+    }
+
+    /// A ready future of no size, which `Box::pin` does not allocate (as in our fairing).
+    struct Done;
+
+    impl Future for Done {
+        type Output = ();
+        fn poll(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<()> {
+            Poll::Ready(())
+        }
+    }
+
+    struct TakeSlot;
+
+    impl Fairing for TakeSlot {
+        fn info(&self) -> Info {
+            Info {
+                name: "floor",
+                kind: Kind::Response,
+            }
+        }
+
+        fn on_response<'r, 'life0, 'life1, 'life2, 'async_trait>(
+            &'life0 self,
+            req: &'r Request<'life1>,
+            res: &'life2 mut Response<'r>,
+        ) -> Pin<Box<dyn Future<Output = ()> + Send + 'async_trait>>
+        where
+            'r: 'async_trait,
+            'life0: 'async_trait,
+            'life1: 'async_trait,
+            'life2: 'async_trait,
+            Self: 'async_trait,
+        {
+            if req.local_cache(Slot::default).0.lock().unwrap().take() == Some(0) {
+                // 96 characters, the length of our signed cookie's value.
+                let value = format!("session={}; Path=/", "x".repeat(96));
+                res.adjoin_header(Header::new("Set-Cookie", value));
+            }
+            Box::pin(Done)
+        }
+    }
+
+    #[get("/counter")]
+    fn counter(slot: Guard<'_>) -> String {
+        body(slot.0 .0.lock().unwrap().unwrap_or(0))
+    }
+
+    pub fn rocket(figment: Figment) -> Rocket<Build> {
+        rocket::custom(figment)
+            .attach(TakeSlot)
+            .mount("/", routes![counter])
     }
 }
 
@@ -312,6 +401,7 @@ async fn main() {
     let rocket = match mode {
         "bare" => bare::rocket(figment),
         "bare-cookie" => bare_cookie::rocket(figment),
+        "floor" => floor::rocket(figment),
         "ours-memory" => ours::rocket(figment, None),
         "ours-postgres" => ours::rocket(figment, Some(0)),
         "ours-postgres-cache" => ours::rocket(figment, Some(10_000)),
