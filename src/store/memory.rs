@@ -761,6 +761,28 @@ mod tests {
     }
 
     #[test]
+    fn a_value_of_4_gib_is_refused_and_changes_nothing() {
+        let store = store_with_two_sessions();
+        let mut huge = ChangeSet::new();
+        // Zeroed pages that are never touched: the allocation costs address space, not memory.
+        huge.set("a", vec![0u8; 1 << 32]);
+        let runtime = rocket::tokio::runtime::Runtime::new().unwrap();
+        let refused = |result: Result<bool, StoreError>| match result {
+            Err(StoreError::Other(message)) => assert!(message.contains("`a`"), "{message}"),
+            other => panic!("not refused: {other:?}"),
+        };
+        refused(runtime.block_on(store.create(&StoreKey([3; 32]), 5, &huge, 10)));
+        refused(runtime.block_on(store.update(&StoreKey([1; 32]), &huge, 10)));
+        let (old, new) = (StoreKey([1; 32]), StoreKey([4; 32]));
+        refused(runtime.block_on(store.cycle(&old, &new, &huge, 10)));
+        assert!(store.load_now(&StoreKey([3; 32]), 10).is_none());
+        assert!(store.load_now(&new, 10).is_none());
+        let mut data = store.load_now(&old, 10).unwrap().data;
+        data.sort();
+        assert_eq!(data, [("a".into(), vec![1, 2, 3]), ("é".into(), vec![])]);
+    }
+
+    #[test]
     fn a_snapshot_decodes_to_what_was_encoded() {
         let store = store_with_two_sessions();
         let mut entries = decode_snapshot(&encode_snapshot(&store).0).unwrap();
