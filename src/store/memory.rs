@@ -134,9 +134,13 @@ fn fits(changes: &ChangeSet) -> Result<(), StoreError> {
         .iter()
         .find(|(k, v)| too_long(k.len()) || v.is_some_and(|v| too_long(v.len())))
     {
-        Some((key, _)) => Err(StoreError::Other(format!(
-            "the memory store holds names and values under 4 GiB; `{key}` is larger"
-        ))),
+        Some((key, _)) => {
+            // The name itself may be the long part: it is shown cut short.
+            let shown: String = key.chars().take(64).collect();
+            Err(StoreError::Other(format!(
+                "the memory store holds names and values under 4 GiB; `{shown}` is larger"
+            )))
+        }
         None => Ok(()),
     }
 }
