@@ -187,20 +187,19 @@ impl Entry {
     /// Applies `changes`, which [`fits`] has checked.
     fn apply(&mut self, changes: &ChangeSet) {
         // Values set to new ones of the same length (a counter, a flag) are written in place.
-        let in_place = changes
-            .iter()
-            .all(|(key, value)| match (value, self.value_of(key)) {
-                (Some(new), Some(old)) => new.len() == old.len(),
-                _ => false,
-            });
-        if !in_place {
-            self.data = rebuilt(&self.data, changes);
-            return;
-        }
+        // Anything else rebuilds the buffer, which takes every changed value from `changes`,
+        // so values already written in place by then are written again, not lost.
+        let mut rebuild = false;
         for (key, value) in changes.iter() {
-            if let (Some(new), Some(old)) = (value, self.value_of(key)) {
-                self.data[old].copy_from_slice(new);
+            match (value, self.value_of(key)) {
+                (Some(new), Some(old)) if new.len() == old.len() => {
+                    self.data[old].copy_from_slice(new)
+                }
+                _ => rebuild = true,
             }
+        }
+        if rebuild {
+            self.data = rebuilt(&self.data, changes);
         }
     }
 }
