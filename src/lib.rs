@@ -93,6 +93,18 @@ mod padded;
 mod session;
 pub mod store;
 
+/// A deterministic xorshift generator for randomised unit tests (a failure names its seed):
+/// each call gives a number below its argument.
+#[cfg(test)]
+pub(crate) fn xorshift(mut state: u64) -> impl FnMut(u64) -> u64 {
+    move |n| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state % n
+    }
+}
+
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{SessionConfig, StoreConfig};
 pub use error::{ConfigError, SessionError, StoreError};

@@ -1083,14 +1083,7 @@ mod tests {
 
     #[test]
     fn changes_match_a_model_over_random_edits_of_stored_sessions() {
-        // xorshift: deterministic, so a failure names its seed.
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move |n: u64| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state % n
-        };
+        let mut next = crate::xorshift(0x9e37_79b9_7f4a_7c15);
         for seed in 0..500 {
             let mut model: std::collections::HashMap<String, Vec<u8>> = (0..next(100))
                 .map(|i| (format!("k{}", next(150)), vec![i as u8]))

@@ -712,14 +712,7 @@ mod tests {
 
     #[test]
     fn updates_match_a_model_over_random_change_sets() {
-        // xorshift: deterministic, so a failure names its seed.
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move |n: u64| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state % n
-        };
+        let mut next = crate::xorshift(0x2545_f491_4f6c_dd1d);
         let store = MemoryStore::new(100);
         let key = StoreKey([7; 32]);
         let runtime = rocket::tokio::runtime::Runtime::new().unwrap();
