@@ -90,6 +90,12 @@ fn body(n: u64) -> String {
     std::hint::black_box(n).to_string()
 }
 
+/// The cookie value the bare-cookie and floor rows hand out: as long as our signed cookie's
+/// (96 characters), so that Rocket parses as much in every row that carries a cookie.
+fn stand_in_cookie() -> String {
+    "x".repeat(96)
+}
+
 mod bare {
     use super::*;
 
@@ -117,8 +123,7 @@ mod bare_cookie {
     #[get("/counter")]
     fn counter(jar: &CookieJar<'_>) -> String {
         if jar.get("session").is_none() {
-            // 96 characters, the length of our signed cookie's value.
-            jar.add(("session", "x".repeat(96)));
+            jar.add(("session", stand_in_cookie()));
         }
         body(1)
     }
@@ -195,8 +200,7 @@ mod floor {
             Self: 'async_trait,
         {
             if req.local_cache(Slot::default).0.lock().unwrap().take() == Some(0) {
-                // 96 characters, the length of our signed cookie's value.
-                let value = format!("session={}; Path=/", "x".repeat(96));
+                let value = format!("session={}; Path=/", stand_in_cookie());
                 res.adjoin_header(Header::new("Set-Cookie", value));
             }
             Box::pin(Done)
