@@ -25,6 +25,9 @@ fn cookie(c: &mut Criterion) {
     group.bench_function("verify", |b| {
         b.iter(|| assert!(signer.verify(value.as_bytes(), NOW)))
     });
+    group.bench_function("stated_issue", |b| {
+        b.iter(|| assert_eq!(signer.stated_issue(value.as_bytes()), Some(NOW)))
+    });
     group.bench_function("verify_tampered", |b| {
         b.iter(|| assert!(!signer.verify(&tampered, NOW)))
     });

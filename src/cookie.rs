@@ -14,9 +14,13 @@ use crate::id::{SessionId, ID_LEN};
 type HmacSha256 = Hmac<Sha256>;
 
 const RAW_LEN: usize = ID_LEN + 8 + 32;
-#[cfg(test)]
 /// Length of every valid cookie value, in characters.
 pub(crate) const VALUE_LEN: usize = (RAW_LEN * 4).div_ceil(3);
+
+/// The whole groups of four characters that hold the issue time: bytes `ISSUED_FROM ..
+/// ISSUED_FROM + 12` of the raw value, from character `ISSUED_FROM / 3 * 4` on.
+const ISSUED_FROM: usize = ID_LEN / 3 * 3;
+const ISSUED_CHARS: std::ops::Range<usize> = ISSUED_FROM / 3 * 4..ISSUED_FROM / 3 * 4 + 16;
 
 /// A cookie value that verified.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,6 +86,22 @@ impl CookieCodec {
         raw[ID_LEN..ID_LEN + 8].copy_from_slice(&issued);
         raw[ID_LEN + 8..].copy_from_slice(&tag);
         b64::encode(&raw)
+    }
+
+    /// The issue time `value` states, read without verifying it, when that time alone decides
+    /// whether a valid value is due for a refresh: `None` when previous keys are configured (a
+    /// value one of them signed is re-issued whatever its age) or `value` is not the shape of
+    /// one. A value is valid only with the time it states, so a caller may skip verifying a
+    /// value whose stated time needs no refresh: verified, it would need none either.
+    pub fn stated_issue(&self, value: &[u8]) -> Option<u64> {
+        if self.macs.len() > 1 || value.len() != VALUE_LEN {
+            return None;
+        }
+        let bytes: [u8; 12] = b64::decode_exact(&value[ISSUED_CHARS])?;
+        let at = ID_LEN - ISSUED_FROM;
+        Some(u64::from_be_bytes(
+            bytes[at..at + 8].try_into().expect("eight bytes"),
+        ))
     }
 
     /// Verifies `value` at time `now`. Any byte string gives an answer; none panics.
@@ -216,6 +236,20 @@ mod tests {
             codec().verify(value.as_bytes(), 1000),
             Err(Rejected::BadSignature)
         );
+    }
+
+    #[test]
+    fn the_stated_issue_time_is_the_signed_one_and_only_with_one_key() {
+        let alone = CookieCodec::new("session", KEY, &[], 100);
+        for issued in [0, 1, 255, 256, 1_764_000_000, u64::MAX / 3, u64::MAX] {
+            let value = alone.sign(&SessionId::generate(), issued);
+            assert_eq!(alone.stated_issue(value.as_bytes()), Some(issued));
+            assert_eq!(codec().stated_issue(value.as_bytes()), None, "two keys");
+        }
+        let value = alone.sign(&SessionId::generate(), 1000);
+        assert_eq!(alone.stated_issue(&value.as_bytes()[1..]), None);
+        assert_eq!(alone.stated_issue(format!("{value}A").as_bytes()), None);
+        assert_eq!(alone.stated_issue(&[b'!'; VALUE_LEN]), None);
     }
 
     #[test]

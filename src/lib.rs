@@ -160,6 +160,12 @@ pub mod bench {
         pub fn verify(&self, value: &[u8], now: u64) -> bool {
             self.0.verify(value, now).is_ok()
         }
+
+        /// The issue time `value` states, unverified (what a response for a request that
+        /// never loaded its session reads first, to see whether a refresh may be due).
+        pub fn stated_issue(&self, value: &[u8]) -> Option<u64> {
+            self.0.stated_issue(value)
+        }
     }
 
     /// A value encoded as the session stores it (MessagePack).

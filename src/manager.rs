@@ -563,6 +563,23 @@ impl SessionManager {
         !current_key || now.saturating_sub(issued) >= self.inner.config.refresh_interval
     }
 
+    /// The session whose life a request that never loaded it extends: the cookie's, if it
+    /// verifies and is due for a refresh. Most such requests (assets, routes without a
+    /// session) carry a recent cookie; whether one is recent shows without verifying it, and
+    /// a forged one gains nothing from being let be.
+    fn refresh_for(&self, cookie: Option<&str>, now: u64) -> Option<SessionId> {
+        let cookie = cookie?;
+        let codec = &self.inner.codec;
+        if let Some(issued) = codec.stated_issue(cookie.as_bytes()) {
+            if !self.refresh_due(issued, true, now) {
+                return None;
+            }
+        }
+        let v = self.verify(Some(cookie), now)?;
+        self.refresh_due(v.issued, v.current_key, now)
+            .then_some(v.id)
+    }
+
     fn signed(&self, id: &SessionId, now: u64) -> CookieAction {
         CookieAction::Set(self.inner.codec.sign(id, now))
     }
@@ -632,9 +649,9 @@ impl SessionManager {
 
     fn plan(&self, working: Option<Working>, cookie: Option<&str>, now: u64) -> Plan {
         let Some(mut w) = working else {
-            return match self.verify(cookie, now) {
-                Some(v) if self.refresh_due(v.issued, v.current_key, now) => Plan::Refresh(v.id),
-                _ => Plan::Done(CookieAction::Keep),
+            return match self.refresh_for(cookie, now) {
+                Some(id) => Plan::Refresh(id),
+                None => Plan::Done(CookieAction::Keep),
             };
         };
         let nothing_stored = w.data.is_empty();

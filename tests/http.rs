@@ -315,6 +315,29 @@ async fn a_cookie_signed_with_a_previous_key_is_accepted_and_reissued() {
 }
 
 #[rocket::async_test]
+async fn a_page_without_the_session_reissues_a_fresh_cookie_of_a_previous_key() {
+    let old_key = "the key we used last month, 32+ bytes";
+    let store = Arc::new(MemoryStore::new(TTL));
+    let (old, _) = client_with(store.clone(), json!({ "secret_key": old_key })).await;
+    let (new, _) = client_with(
+        store,
+        json!({ "previous_secret_keys": [old_key], "refresh_interval": 60 }),
+    )
+    .await;
+    let old_cookie = post_with(&old, "/set/a/1", None).await.cookie.unwrap();
+    let reply = get_with(&new, "/no-session", Some(&old_cookie)).await;
+    let reissued = reply
+        .cookie
+        .expect("re-issued under the current key, though issued now");
+    assert_eq!(get_with(&new, "/get/a", Some(&reissued)).await.body, "1");
+    let reply = get_with(&new, "/no-session", Some(&reissued)).await;
+    assert!(
+        reply.set_cookies.is_empty(),
+        "the current key's fresh cookie is let be"
+    );
+}
+
+#[rocket::async_test]
 async fn a_route_with_a_session_but_no_fairing_refuses_to_launch() {
     #[rocket::get("/")]
     fn index(_session: Session<'_>) {}
