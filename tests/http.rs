@@ -224,6 +224,29 @@ async fn a_request_that_never_asks_for_the_session_costs_no_store_call() {
 }
 
 #[rocket::async_test]
+async fn a_forged_cookie_on_a_page_without_the_session_gets_nothing_whatever_its_age() {
+    let (client, clock, store) = counted(json!({ "refresh_interval": 30 })).await;
+    let cookie = get_with(&client, "/count", None).await.cookie.unwrap();
+    // The last character is part of the tag: the stated issue time stays the real one.
+    let mut forged = cookie.into_bytes();
+    let last = forged.len() - 1;
+    forged[last] = if forged[last] == b'A' { b'Q' } else { b'A' };
+    let forged = String::from_utf8(forged).unwrap();
+    let before = store.calls();
+    for age in [0, 29, 1, 100] {
+        clock.advance(age);
+        let reply = get_with(&client, "/no-session", Some(&forged)).await;
+        assert_eq!(reply.status, Status::Ok);
+        assert!(
+            reply.set_cookies.is_empty(),
+            "{age}: {:?}",
+            reply.set_cookies
+        );
+    }
+    assert_eq!(store.calls(), before, "no store call for a forged cookie");
+}
+
+#[rocket::async_test]
 async fn a_missing_key_answers_500_without_details() {
     let (client, _, _) = counted(json!({})).await;
     let reply = get_with(&client, "/get/nothing", None).await;
