@@ -312,8 +312,9 @@ async fn setting_after_destroy_starts_a_new_session() {
     );
 }
 
-#[rocket::async_test]
-async fn a_cookie_signed_with_a_previous_key_is_accepted_and_reissued() {
+/// Two apps on one store: the first signs with a key that the second, after a rotation,
+/// keeps among its `previous_secret_keys`.
+async fn before_and_after_a_key_rotation() -> (Client, Client) {
     let old_key = "the key we used last month, 32+ bytes";
     let store = Arc::new(MemoryStore::new(TTL));
     let (old, _) = client_with(store.clone(), json!({ "secret_key": old_key })).await;
@@ -322,6 +323,12 @@ async fn a_cookie_signed_with_a_previous_key_is_accepted_and_reissued() {
         json!({ "previous_secret_keys": [old_key], "refresh_interval": 60 }),
     )
     .await;
+    (old, new)
+}
+
+#[rocket::async_test]
+async fn a_cookie_signed_with_a_previous_key_is_accepted_and_reissued() {
+    let (old, new) = before_and_after_a_key_rotation().await;
     let old_cookie = post_with(&old, "/set/a/1", None).await.cookie.unwrap();
     let reply = get_with(&new, "/get/a", Some(&old_cookie)).await;
     assert_eq!(reply.body, "1", "still verifies");
@@ -339,14 +346,7 @@ async fn a_cookie_signed_with_a_previous_key_is_accepted_and_reissued() {
 
 #[rocket::async_test]
 async fn a_page_without_the_session_reissues_a_fresh_cookie_of_a_previous_key() {
-    let old_key = "the key we used last month, 32+ bytes";
-    let store = Arc::new(MemoryStore::new(TTL));
-    let (old, _) = client_with(store.clone(), json!({ "secret_key": old_key })).await;
-    let (new, _) = client_with(
-        store,
-        json!({ "previous_secret_keys": [old_key], "refresh_interval": 60 }),
-    )
-    .await;
+    let (old, new) = before_and_after_a_key_rotation().await;
     let old_cookie = post_with(&old, "/set/a/1", None).await.cookie.unwrap();
     let reply = get_with(&new, "/no-session", Some(&old_cookie)).await;
     let reissued = reply
