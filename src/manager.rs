@@ -569,8 +569,7 @@ impl SessionManager {
     /// a forged one gains nothing from being let be.
     fn refresh_for(&self, cookie: Option<&str>, now: u64) -> Option<SessionId> {
         let cookie = cookie?;
-        let codec = &self.inner.codec;
-        if let Some(issued) = codec.stated_issue(cookie.as_bytes()) {
+        if let Some(issued) = self.inner.codec.stated_issue(cookie.as_bytes()) {
             if !self.refresh_due(issued, true, now) {
                 return None;
             }
