@@ -66,7 +66,11 @@ impl Sessions {
     /// Runs the PostgreSQL store on the app's own `#[derive(Database)]` pool `D` instead of
     /// initialising one from `[<profile>.databases.<database>]`. Attach `D::init()` before
     /// this fairing. Rocket closes that pool at shutdown on its own schedule, so requests still
-    /// in flight then may answer 503; a pool the store owns is closed after them.
+    /// in flight then may answer 503; a pool the store owns is closed after them. The store
+    /// leaves the app's connections as the app made them, so PostgreSQL may plan its
+    /// statements on every call where a pool of the store's own would not (see
+    /// [`PostgresStore::pool_from_figment`]); `?options[plan_cache_mode]=force_generic_plan`
+    /// in the database's `url` gives the app's connections the same setting.
     ///
     /// ```no_run
     /// use rocket_db_pools::{sqlx, Database};

@@ -78,6 +78,14 @@ async fn the_store_can_run_on_the_apps_own_pool() {
         )
         .mount("/", rocket::routes![]);
     let rocket = rocket.ignite().await.expect("launches on the app's pool");
+    let mode: String = sqlx::query_scalar("SHOW plan_cache_mode")
+        .fetch_one(&**AppDb::fetch(&rocket).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        mode, "auto",
+        "the app's own connections are left as the app made them"
+    );
     drop(rocket);
     assert_eq!(
         count(&url, "SELECT count(*) FROM rocket_sessions_schema").await,
@@ -217,6 +225,52 @@ async fn the_database_holds_digests_of_ids_never_the_ids() {
     let hex: String = id.as_bytes().iter().map(|b| format!("{b:02x}")).collect();
     assert!(!dump.contains(&hex), "{dump}");
     assert!(!dump.contains(&id.to_string()), "{dump}");
+}
+
+/// How often PostgreSQL planned, and how often it reused a generic plan for, the prepared
+/// statements whose text contains `text`, on the one connection of `pool`.
+async fn plans(pool: &sqlx::PgPool, text: &str) -> (i64, i64) {
+    sqlx::query_as(
+        "SELECT coalesce(sum(custom_plans), 0)::bigint, coalesce(sum(generic_plans), 0)::bigint
+           FROM pg_prepared_statements WHERE statement LIKE '%' || $1 || '%'",
+    )
+    .bind(text)
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+#[rocket::async_test]
+async fn the_stores_own_pool_plans_its_statements_once_not_on_every_call() {
+    let url = fresh_database().await;
+    // One connection, so the statements the store prepared are on the one the test asks.
+    let figment = rocket::figment::Figment::new()
+        .merge(("databases.sessions.url", &url))
+        .merge(("databases.sessions.max_connections", 1));
+    let pool = PostgresStore::pool_from_figment(&figment, "sessions")
+        .await
+        .unwrap();
+    let store = PostgresStore::new(pool.clone(), &pg::config(TTL))
+        .await
+        .unwrap();
+    let key = SessionId::from_bytes([7; 32]).store_key();
+    let mut changes = rocket_server_sessions::store::ChangeSet::new();
+    changes.set("n", vec![1]);
+    assert!(store.create(&key, START, &changes, START).await.unwrap());
+    // One at a time: batches of one session, for which PostgreSQL's own choice would be to
+    // plan every call anew (its first five calls of a statement are planned anew anyway).
+    for i in 0..8 {
+        assert!(store.load(&key, START + i).await.unwrap().is_some());
+        assert!(store.update(&key, &changes, START + i).await.unwrap());
+    }
+    for statement in [
+        "FROM unnest($1::bytea[], $2::bigint[])",
+        "UPDATE rocket_sessions t",
+    ] {
+        let (custom, generic) = plans(&pool, statement).await;
+        assert_eq!(custom, 0, "{statement}: planned for its arguments");
+        assert_eq!(generic, 8, "{statement}: the generic plan, every call");
+    }
 }
 
 #[rocket::async_test]

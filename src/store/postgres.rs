@@ -14,8 +14,10 @@ use rocket::tokio::sync::{oneshot, Notify};
 use rocket::figment::providers::Serialized;
 use rocket::figment::Figment;
 use rocket_db_pools::sqlx::pool::PoolConnection;
-use rocket_db_pools::sqlx::postgres::{PgConnection, PgListener, PgPool, Postgres};
-use rocket_db_pools::sqlx::{self, Executor, Row};
+use rocket_db_pools::sqlx::postgres::{
+    PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolOptions, Postgres,
+};
+use rocket_db_pools::sqlx::{self, ConnectOptions, Executor, Row};
 
 use super::cache::{self, Cache, CacheStats, Ticket, CHANNEL};
 use super::coalesce::{Batch, Coalescer};
@@ -186,20 +188,48 @@ impl PostgresStore {
         self.db.cache.as_ref().map(|c| c.stats())
     }
 
-    /// A pool initialised the way `rocket_db_pools` does it, from `[<profile>.databases.<name>]`
-    /// of `figment` (`url`, `max_connections`, `connect_timeout`, ...).
+    /// A pool initialised from `[<profile>.databases.<name>]` of `figment`, with the keys and
+    /// defaults of `rocket_db_pools` (`url`, `max_connections`, `connect_timeout`,
+    /// `idle_timeout`, `min_connections`), whose connections plan each statement once.
+    ///
+    /// PostgreSQL re-plans a prepared statement on every call while it expects a plan made
+    /// for the call's own arguments to be cheaper than a generic one; for the store's
+    /// batched statements that is every batch of fewer than about ten sessions, so at low
+    /// load every load and every flush, with the planning costing several times the
+    /// execution. These connections run with `plan_cache_mode = force_generic_plan`
+    /// (PostgreSQL 12 and later): every statement the store sends finds its session by a
+    /// unique index whatever its arguments, so one generic plan serves every call. Statement
+    /// logging is off, as `rocket_db_pools` has it at the usual log levels.
     pub async fn pool_from_figment(figment: &Figment, name: &str) -> Result<PgPool, StoreError> {
         let workers: usize = figment.extract_inner("workers").unwrap_or(2);
-        let figment = figment
+        let config: rocket_db_pools::Config = figment
             .focus(&format!("databases.{name}"))
             .join(Serialized::default("max_connections", workers * 4))
-            .join(Serialized::default("connect_timeout", 5));
-        <PgPool as rocket_db_pools::Pool>::init(&figment)
-            .await
-            .map_err(|e| match e {
-                rocket_db_pools::Error::Init(e) => classify(e),
-                other => StoreError::Other(format!("databases.{name}: {other}")),
+            .join(Serialized::default("connect_timeout", 5))
+            .extract()
+            .map_err(|e| StoreError::Other(format!("databases.{name}: {e}")))?;
+        let options = config
+            .url
+            .parse::<PgConnectOptions>()
+            .map_err(classify)?
+            .disable_statement_logging();
+        PgPoolOptions::new()
+            .max_connections(config.max_connections as u32)
+            .acquire_timeout(Duration::from_secs(config.connect_timeout))
+            .idle_timeout(config.idle_timeout.map(Duration::from_secs))
+            .min_connections(config.min_connections.unwrap_or_default())
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    if conn.server_version_num().unwrap_or(0) >= 120000 {
+                        conn.execute("SET plan_cache_mode = force_generic_plan")
+                            .await?;
+                    }
+                    Ok(())
+                })
             })
+            .connect_with(options)
+            .await
+            .map_err(classify)
     }
 
     /// The pool this store runs on.
