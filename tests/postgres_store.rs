@@ -274,6 +274,54 @@ async fn the_stores_own_pool_plans_its_statements_once_not_on_every_call() {
 }
 
 #[rocket::async_test]
+async fn a_sweep_on_the_stores_own_pool_reaches_expired_sessions_by_index_not_by_a_table_scan() {
+    let url = fresh_database().await;
+    let figment = rocket::figment::Figment::new()
+        .merge(("databases.sessions.url", &url))
+        .merge(("databases.sessions.max_connections", 1));
+    let pool = PostgresStore::pool_from_figment(&figment, "sessions")
+        .await
+        .unwrap();
+    let store = PostgresStore::new(pool.clone(), &pg::config(TTL))
+        .await
+        .unwrap();
+    // 20,000 live sessions and 100 expired ones.
+    sqlx::query(
+        "INSERT INTO rocket_sessions (key, created_at, expires_at)
+         SELECT sha256(g::text::bytea), 0, CASE WHEN g <= 100 THEN $1 ELSE $2 END
+           FROM generate_series(1, 20100) g",
+    )
+    .bind((START - 1) as i64)
+    .bind((START + TTL) as i64)
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query("ANALYZE rocket_sessions")
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_eq!(store.sweep(START).await.unwrap(), 100);
+    // The plan the store's connection holds for the sweep, as it runs for any arguments.
+    let name: String =
+        sqlx::query_scalar("SELECT name FROM pg_prepared_statements WHERE statement LIKE $1")
+            .bind("%ORDER BY expires_at LIMIT%")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    let plan: Vec<String> =
+        sqlx::query_scalar(&format!("EXPLAIN EXECUTE {name}({START}, 1000, 'x')"))
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    let plan = plan.join("\n");
+    assert!(
+        plan.contains("Index Scan using rocket_sessions_expires_at"),
+        "{plan}"
+    );
+    assert!(!plan.contains("Seq Scan on rocket_sessions"), "{plan}");
+}
+
+#[rocket::async_test]
 async fn each_request_costs_at_most_one_statement_for_load_and_one_for_flush() {
     let store = Arc::new(fresh_store(TTL).await);
     let (client, clock) = client_with(store.clone(), json!({ "refresh_interval": 30 })).await;

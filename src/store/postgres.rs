@@ -197,9 +197,10 @@ impl PostgresStore {
     /// batched statements that is every batch of fewer than about ten sessions, so at low
     /// load every load and every flush, with the planning costing several times the
     /// execution. These connections run with `plan_cache_mode = force_generic_plan`
-    /// (PostgreSQL 12 and later): every statement the store sends finds its session by a
-    /// unique index whatever its arguments, so one generic plan serves every call. Statement
-    /// logging is off, as `rocket_db_pools` has it at the usual log levels.
+    /// (PostgreSQL 12 and later): the store's statements have one right plan whatever their
+    /// arguments (sessions through the key's unique index, sweeps through the expiry index),
+    /// so one generic plan serves every call. Statement logging is off, as `rocket_db_pools`
+    /// has it at the usual log levels.
     pub async fn pool_from_figment(figment: &Figment, name: &str) -> Result<PgPool, StoreError> {
         let workers: usize = figment.extract_inner("workers").unwrap_or(2);
         let config: rocket_db_pools::Config = figment
@@ -830,11 +831,13 @@ impl SessionStore for PostgresStore {
         let mut total = 0;
         loop {
             self.count();
+            // `= ANY(ARRAY(..))` rather than `IN (..)`: as a generic plan (see
+            // `pool_from_figment`), `IN` joins the batch against a scan of the whole table.
             let (deleted, _): (i64, i64) = sqlx::query_as(
                 "WITH d AS (
-                    DELETE FROM rocket_sessions WHERE id IN (
+                    DELETE FROM rocket_sessions WHERE id = ANY(ARRAY(
                         SELECT id FROM rocket_sessions WHERE expires_at <= $1
-                         ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED)
+                         ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED))
                     RETURNING 1
                  ), announced AS (
                     SELECT pg_notify('rocket_sessions', $3) WHERE EXISTS (SELECT FROM d)
