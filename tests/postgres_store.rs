@@ -227,6 +227,21 @@ async fn the_database_holds_digests_of_ids_never_the_ids() {
     assert!(!dump.contains(&id.to_string()), "{dump}");
 }
 
+/// A store on a fresh database and on a pool of its own made as the fairing makes it, of one
+/// connection, so that the statements the store prepared are on the connection a test asks.
+async fn store_on_its_own_pool_of_one_connection() -> (PostgresStore, sqlx::PgPool) {
+    let figment = rocket::figment::Figment::new()
+        .merge(("databases.sessions.url", fresh_database().await))
+        .merge(("databases.sessions.max_connections", 1));
+    let pool = PostgresStore::pool_from_figment(&figment, "sessions")
+        .await
+        .unwrap();
+    let store = PostgresStore::new(pool.clone(), &pg::config(TTL))
+        .await
+        .unwrap();
+    (store, pool)
+}
+
 /// How often PostgreSQL planned, and how often it reused a generic plan for, the prepared
 /// statements whose text contains `text`, on the one connection of `pool`.
 async fn plans(pool: &sqlx::PgPool, text: &str) -> (i64, i64) {
@@ -242,17 +257,7 @@ async fn plans(pool: &sqlx::PgPool, text: &str) -> (i64, i64) {
 
 #[rocket::async_test]
 async fn the_stores_own_pool_plans_its_statements_once_not_on_every_call() {
-    let url = fresh_database().await;
-    // One connection, so the statements the store prepared are on the one the test asks.
-    let figment = rocket::figment::Figment::new()
-        .merge(("databases.sessions.url", &url))
-        .merge(("databases.sessions.max_connections", 1));
-    let pool = PostgresStore::pool_from_figment(&figment, "sessions")
-        .await
-        .unwrap();
-    let store = PostgresStore::new(pool.clone(), &pg::config(TTL))
-        .await
-        .unwrap();
+    let (store, pool) = store_on_its_own_pool_of_one_connection().await;
     let key = SessionId::from_bytes([7; 32]).store_key();
     let mut changes = rocket_server_sessions::store::ChangeSet::new();
     changes.set("n", vec![1]);
@@ -275,16 +280,7 @@ async fn the_stores_own_pool_plans_its_statements_once_not_on_every_call() {
 
 #[rocket::async_test]
 async fn a_sweep_on_the_stores_own_pool_reaches_expired_sessions_by_index_not_by_a_table_scan() {
-    let url = fresh_database().await;
-    let figment = rocket::figment::Figment::new()
-        .merge(("databases.sessions.url", &url))
-        .merge(("databases.sessions.max_connections", 1));
-    let pool = PostgresStore::pool_from_figment(&figment, "sessions")
-        .await
-        .unwrap();
-    let store = PostgresStore::new(pool.clone(), &pg::config(TTL))
-        .await
-        .unwrap();
+    let (store, pool) = store_on_its_own_pool_of_one_connection().await;
     // 20,000 live sessions and 100 expired ones.
     sqlx::query(
         "INSERT INTO rocket_sessions (key, created_at, expires_at)
