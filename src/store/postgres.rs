@@ -212,7 +212,7 @@ impl PostgresStore {
         let options = config
             .url
             .parse::<PgConnectOptions>()
-            .map_err(classify)?
+            .map_err(|e| StoreError::Other(format!("databases.{name}.url: {e}")))?
             .disable_statement_logging();
         PgPoolOptions::new()
             .max_connections(config.max_connections as u32)
