@@ -113,6 +113,28 @@ async fn launch_is_refused_when_the_database_is_unreachable() {
 }
 
 #[rocket::async_test]
+async fn a_missing_or_unparsable_database_url_is_refused_naming_its_key() {
+    let figment = rocket::figment::Figment::new();
+    let missing = PostgresStore::pool_from_figment(&figment, "sessions")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        missing.contains("databases.sessions") && missing.contains("url"),
+        "{missing}"
+    );
+    let figment = figment.merge(("databases.sessions.url", "postgres://u@h:no-port/db"));
+    let unparsable = PostgresStore::pool_from_figment(&figment, "sessions")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        unparsable.contains("databases.sessions.url") && unparsable.contains("port"),
+        "{unparsable}"
+    );
+}
+
+#[rocket::async_test]
 async fn migrations_are_idempotent_and_safe_when_instances_start_together() {
     let url = fresh_database().await;
     let starts = (0..4).map(|_| async {
