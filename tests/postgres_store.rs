@@ -4,6 +4,7 @@
 #[macro_use]
 mod common;
 
+use std::sync::atomic::Ordering::SeqCst;
 use std::sync::Arc;
 
 use common::conformance::TTL;
@@ -337,6 +338,80 @@ async fn a_sweep_on_the_stores_own_pool_reaches_expired_sessions_by_index_not_by
         "{plan}"
     );
     assert!(!plan.contains("Seq Scan on rocket_sessions"), "{plan}");
+}
+
+#[rocket::async_test]
+async fn back_to_back_batches_spend_no_round_trip_checking_their_connection() {
+    let (url, syncs) = pg::sync_counting_proxy(&fresh_database().await).await;
+    let figment = rocket::figment::Figment::new()
+        .merge(("databases.sessions.url", url))
+        .merge(("databases.sessions.max_connections", 4));
+    let pool = PostgresStore::pool_from_figment(&figment, "sessions")
+        .await
+        .unwrap();
+    let store = PostgresStore::new(pool, &pg::config(TTL)).await.unwrap();
+    let key = SessionId::from_bytes([9; 32]).store_key();
+    let mut changes = rocket_server_sessions::store::ChangeSet::new();
+    changes.set("n", vec![1]);
+    assert!(store.create(&key, START, &changes, START).await.unwrap());
+    // Once, so that each leader's connection has prepared its statement (a Sync more).
+    assert!(store.load(&key, START).await.unwrap().is_some());
+    assert!(store.update(&key, &changes, START).await.unwrap());
+    // One call after another, as one client's requests come: every Sync on the wire is a
+    // statement's own, none a check of a connection handed out or given back.
+    let (syncs_before, statements_before) = (syncs.load(SeqCst), store.statements());
+    for i in 1..=10 {
+        assert!(store.load(&key, START + i).await.unwrap().is_some());
+        assert!(store.update(&key, &changes, START + i).await.unwrap());
+    }
+    assert_eq!(store.statements() - statements_before, 20);
+    assert_eq!(
+        syncs.load(SeqCst) - syncs_before,
+        20,
+        "no connection checked"
+    );
+    // Idle for over a second, the connection is back in the pool and checked before use.
+    rocket::tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let syncs_before = syncs.load(SeqCst);
+    assert!(store.load(&key, START + 11).await.unwrap().is_some());
+    assert_eq!(
+        syncs.load(SeqCst) - syncs_before,
+        2,
+        "the check, then the load"
+    );
+}
+
+#[rocket::async_test]
+async fn a_batch_leader_never_keeps_the_last_connection_others_wait_for() {
+    // One connection, and a second's patience for it.
+    let figment = rocket::figment::Figment::new()
+        .merge(("databases.sessions.url", fresh_database().await))
+        .merge(("databases.sessions.max_connections", 1))
+        .merge(("databases.sessions.connect_timeout", 1));
+    let pool = PostgresStore::pool_from_figment(&figment, "sessions")
+        .await
+        .unwrap();
+    let store = Arc::new(PostgresStore::new(pool, &pg::config(TTL)).await.unwrap());
+    let key = SessionId::from_bytes([5; 32]).store_key();
+    let mut changes = rocket_server_sessions::store::ChangeSet::new();
+    changes.set("n", vec![1]);
+    assert!(store.create(&key, START, &changes, START).await.unwrap());
+    // Loads one after another for two seconds: a leader that kept its connection while it
+    // waited for the next would hold the only one all along.
+    let loading = store.clone();
+    let loads = rocket::tokio::spawn(async move {
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while std::time::Instant::now() < until {
+            assert!(loading.load(&key, START).await.unwrap().is_some());
+        }
+    });
+    rocket::tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    for n in 0..3u8 {
+        let other = SessionId::from_bytes([6 + n; 32]).store_key();
+        assert!(store.create(&other, START, &changes, START).await.unwrap());
+        store.destroy(&other).await.unwrap();
+    }
+    loads.await.unwrap();
 }
 
 #[rocket::async_test]

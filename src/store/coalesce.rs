@@ -2,17 +2,23 @@
 //! that is queued and runs it as one batch (one statement, one round trip, one commit).
 //!
 //! A lone call does not wait: the first caller starts a leader at once. Under load, batches
-//! grow by themselves with the calls that arrive while the previous batch runs.
+//! grow by themselves with the calls that arrive while the previous batch runs. A leader
+//! whose queue runs dry waits a moment for more work before it lets go of what it holds, so
+//! that calls coming one after another share its connection too.
 
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
-use rocket::tokio::sync::Semaphore;
+use rocket::tokio::sync::{Notify, Semaphore};
+
+/// How long a leader whose queue ran dry waits for more work, keeping what it holds.
+pub(crate) const LINGER: Duration = Duration::from_millis(100);
 
 /// How a kind of queued work is batched and run.
 pub(crate) trait Batch<T>: Send + Sync + 'static {
     /// What a leader keeps from one batch to the next (a database connection), dropped when
-    /// the queue runs dry.
+    /// the leader stops.
     type Held: Default + Send;
 
     /// Moves the items of the next batch out of `queue`.
@@ -20,12 +26,18 @@ pub(crate) trait Batch<T>: Send + Sync + 'static {
 
     /// Runs one batch, answering each of its items.
     fn run(&self, batch: Vec<T>, held: &mut Self::Held) -> impl Future<Output = ()> + Send;
+
+    /// Whether a leader whose queue ran dry may keep `held` for up to [`LINGER`] more,
+    /// waiting for work: only while that deprives nobody else of it.
+    fn may_linger(&self, held: &Self::Held) -> bool;
 }
 
 /// A queue of `T` with at most `leaders` batches of it in flight.
 pub(crate) struct Coalescer<T, B> {
     queue: Mutex<Vec<T>>,
     leaders: Arc<Semaphore>,
+    /// Wakes a leader waiting for more work.
+    more: Notify,
     runner: B,
 }
 
@@ -34,6 +46,7 @@ impl<T: Send + 'static, B: Batch<T>> Coalescer<T, B> {
         Arc::new(Coalescer {
             queue: Mutex::new(Vec::new()),
             leaders: Arc::new(Semaphore::new(leaders)),
+            more: Notify::new(),
             runner,
         })
     }
@@ -45,11 +58,14 @@ impl<T: Send + 'static, B: Batch<T>> Coalescer<T, B> {
     /// Queues `item`; some leader runs it soon. The item carries its own way to answer.
     pub fn submit(self: &Arc<Self>, item: T) {
         self.queue().push(item);
+        // Wakes a waiting leader; with none waiting, the next one to wait returns at once.
+        self.more.notify_one();
         self.lead_if_free();
     }
 
     /// Starts a leader unless enough run already. A leader runs batches until the queue is
-    /// empty and looks again once it has stopped, so no item is left without a leader.
+    /// empty and no more work comes while it lingers, and looks again once it has stopped,
+    /// so no item is left without a leader.
     fn lead_if_free(self: &Arc<Self>) {
         let Ok(permit) = self.leaders.clone().try_acquire_owned() else {
             return;
@@ -60,10 +76,17 @@ impl<T: Send + 'static, B: Batch<T>> Coalescer<T, B> {
             let mut held = B::Held::default();
             loop {
                 let batch = this.runner.take(&mut this.queue());
-                if batch.is_empty() {
+                if !batch.is_empty() {
+                    this.runner.run(batch, &mut held).await;
+                    continue;
+                }
+                if !this.runner.may_linger(&held) {
                     break;
                 }
-                this.runner.run(batch, &mut held).await;
+                let more = rocket::tokio::time::timeout(LINGER, this.more.notified());
+                if more.await.is_err() {
+                    break;
+                }
             }
             drop(held);
             drop(permit);

@@ -17,7 +17,7 @@ use rocket_db_pools::sqlx::pool::PoolConnection;
 use rocket_db_pools::sqlx::postgres::{
     PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolOptions, Postgres,
 };
-use rocket_db_pools::sqlx::{self, ConnectOptions, Executor, Row};
+use rocket_db_pools::sqlx::{self, ConnectOptions, Connection, Executor, Row};
 
 use super::cache::{self, Cache, CacheStats, Ticket, CHANNEL};
 use super::coalesce::{Batch, Coalescer};
@@ -32,6 +32,10 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[(
     "rocket_sessions",
     include_str!("../../migrations/20261125000000_rocket_sessions.sql"),
 )];
+
+/// How long a connection of the store's own pool may have been idle and still be handed out
+/// without a round trip to check it (see [`PostgresStore::pool_from_figment`]).
+const TRUSTED_IDLE: Duration = Duration::from_secs(1);
 
 /// Serialises concurrent migrations across instances (any constant no other app uses).
 const MIGRATION_LOCK: i64 = 0x726f_636b_6573_7373;
@@ -199,8 +203,15 @@ impl PostgresStore {
     /// execution. These connections run with `plan_cache_mode = force_generic_plan`
     /// (PostgreSQL 12 and later): the store's statements have one right plan whatever their
     /// arguments (sessions through the key's unique index, sweeps through the expiry index),
-    /// so one generic plan serves every call. Statement logging is off, as `rocket_db_pools`
-    /// has it at the usual log levels.
+    /// so one generic plan serves every call.
+    ///
+    /// sqlx checks every pooled connection with a round trip before handing it out; the
+    /// store's batches take a connection for every batch, so at low load that was one round
+    /// trip more for every load and every flush. Here only a connection idle for a second or
+    /// more is checked. One that died within the second fails its statement instead: a batch
+    /// then runs again on a fresh connection, any other call answers an error, as it would
+    /// had the database gone away during the statement. Statement logging is off, as
+    /// `rocket_db_pools` has it at the usual log levels.
     pub async fn pool_from_figment(figment: &Figment, name: &str) -> Result<PgPool, StoreError> {
         let workers: usize = figment.extract_inner("workers").unwrap_or(2);
         let config: rocket_db_pools::Config = figment
@@ -215,6 +226,17 @@ impl PostgresStore {
             .map_err(|e| StoreError::Other(format!("databases.{name}.url: {e}")))?
             .disable_statement_logging();
         PgPoolOptions::new()
+            // A connection used a moment ago is handed out as it is; one idle for longer is
+            // checked with a round trip first, as sqlx checks every one by default.
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for >= TRUSTED_IDLE {
+                        conn.ping().await?;
+                    }
+                    Ok(true)
+                })
+            })
             .max_connections(config.max_connections as u32)
             .acquire_timeout(Duration::from_secs(config.connect_timeout))
             .idle_timeout(config.idle_timeout.map(Duration::from_secs))
@@ -420,6 +442,19 @@ impl Db {
     }
 }
 
+impl Db {
+    /// Whether a batch leader may keep its connection while it waits for more work: when it
+    /// has one, and the pool can still hand out another at once (an idle one, or room for a
+    /// new one), so that the app and the store's other calls never wait for it. A kept
+    /// connection skips the round trips sqlx spends checking a connection when it is handed
+    /// out and when it is given back.
+    fn may_keep(&self, held: &Held) -> bool {
+        held.is_some()
+            && (self.pool.num_idle() > 0
+                || self.pool.size() < self.pool.options().get_max_connections())
+    }
+}
+
 /// After attempt `attempt` (from 0) of a statement failed with `e`: `Ok` to run it again on a
 /// fresh connection (once, when the connection was broken), or the error. A broken connection
 /// is never kept.
@@ -438,6 +473,10 @@ impl Batch<PendingLoad> for Db {
 
     fn take(&self, queue: &mut Vec<PendingLoad>) -> Vec<PendingLoad> {
         take_distinct(queue, |p| p.key)
+    }
+
+    fn may_linger(&self, held: &Held) -> bool {
+        self.may_keep(held)
     }
 
     async fn run(&self, batch: Vec<PendingLoad>, held: &mut Held) {
@@ -460,6 +499,10 @@ impl Batch<PendingUpdate> for Db {
 
     fn take(&self, queue: &mut Vec<PendingUpdate>) -> Vec<PendingUpdate> {
         take_distinct(queue, |p| p.key)
+    }
+
+    fn may_linger(&self, held: &Held) -> bool {
+        self.may_keep(held)
     }
 
     async fn run(&self, batch: Vec<PendingUpdate>, held: &mut Held) {

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use rocket_db_pools::sqlx::{self, Connection, Executor, PgConnection, PgPool};
 use rocket_server_sessions::config::PostgresStoreConfig;
@@ -141,4 +142,78 @@ impl Drop for Cluster {
             .args(["kill", &self.data()])
             .output();
     }
+}
+
+/// A proxy on 127.0.0.1 in front of the server of `url` that counts the `Sync` messages
+/// clients send: one ends every statement of the extended protocol, and sqlx's check of a
+/// pooled connection is a `Sync` on its own. Returns `url` through the proxy, and the count.
+pub async fn sync_counting_proxy(url: &str) -> (String, Arc<AtomicUsize>) {
+    use rocket::tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use rocket::tokio::net::{TcpListener, TcpStream};
+
+    let scheme = url.find("://").map_or(0, |i| i + 3);
+    let end = url[scheme..]
+        .find(['/', '?'])
+        .map_or(url.len(), |i| scheme + i);
+    let at = url[scheme..end]
+        .rfind('@')
+        .map_or(scheme, |i| scheme + i + 1);
+    let server = match &url[at..end] {
+        hp if hp.contains(':') => hp.to_string(),
+        host => format!("{host}:5432"),
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxied = format!(
+        "{}127.0.0.1:{}{}",
+        &url[..at],
+        listener.local_addr().unwrap().port(),
+        &url[end..]
+    );
+    let syncs = Arc::new(AtomicUsize::new(0));
+    let counted = syncs.clone();
+    rocket::tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(upstream) = TcpStream::connect(&server).await else {
+                continue;
+            };
+            let (mut from_client, mut to_client) = client.into_split();
+            let (mut from_server, mut to_server) = upstream.into_split();
+            rocket::tokio::spawn(async move {
+                let _ = rocket::tokio::io::copy(&mut from_server, &mut to_client).await;
+            });
+            let counted = counted.clone();
+            rocket::tokio::spawn(async move {
+                // Untyped messages (SSL request, startup) until the startup message, then
+                // typed ones: a type byte and a length that counts itself.
+                let (mut pending, mut started, mut chunk) = (Vec::new(), false, [0u8; 8192]);
+                loop {
+                    let n = match from_client.read(&mut chunk).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    if to_server.write_all(&chunk[..n]).await.is_err() {
+                        break;
+                    }
+                    pending.extend_from_slice(&chunk[..n]);
+                    loop {
+                        let skip = usize::from(started);
+                        let Some(len) = pending.get(skip..skip + 4) else {
+                            break;
+                        };
+                        let whole = skip + u32::from_be_bytes(len.try_into().unwrap()) as usize;
+                        if pending.len() < whole {
+                            break;
+                        }
+                        if started && pending[0] == b'S' {
+                            counted.fetch_add(1, Ordering::SeqCst);
+                        }
+                        // Protocol 3.0 in the untyped message: the startup message.
+                        started |= !started && pending.get(4..8) == Some(&[0, 3, 0, 0][..]);
+                        pending.drain(..whole);
+                    }
+                }
+            });
+        }
+    });
+    (proxied, syncs)
 }
