@@ -115,20 +115,18 @@ async fn launch_is_refused_when_the_database_is_unreachable() {
 
 #[rocket::async_test]
 async fn a_missing_or_unparsable_database_url_is_refused_naming_its_key() {
+    async fn refusal(figment: &rocket::figment::Figment) -> String {
+        let pool = PostgresStore::pool_from_figment(figment, "sessions").await;
+        pool.unwrap_err().to_string()
+    }
     let figment = rocket::figment::Figment::new();
-    let missing = PostgresStore::pool_from_figment(&figment, "sessions")
-        .await
-        .unwrap_err()
-        .to_string();
+    let missing = refusal(&figment).await;
     assert!(
         missing.contains("databases.sessions") && missing.contains("url"),
         "{missing}"
     );
     let figment = figment.merge(("databases.sessions.url", "postgres://u@h:no-port/db"));
-    let unparsable = PostgresStore::pool_from_figment(&figment, "sessions")
-        .await
-        .unwrap_err()
-        .to_string();
+    let unparsable = refusal(&figment).await;
     assert!(
         unparsable.contains("databases.sessions.url") && unparsable.contains("port"),
         "{unparsable}"
