@@ -205,10 +205,10 @@ impl PostgresStore {
     /// arguments (sessions through the key's unique index, sweeps through the expiry index),
     /// so one generic plan serves every call.
     ///
-    /// sqlx checks every pooled connection with a round trip before handing it out; the
-    /// store's batches take a connection for every batch, so at low load that was one round
-    /// trip more for every load and every flush. Here only a connection idle for a second or
-    /// more is checked. One that died within the second fails its statement instead: a batch
+    /// sqlx checks every pooled connection with a round trip before handing it out, which at
+    /// low load was one round trip more for every load and every flush (batch leaders keep
+    /// their connection only while work keeps coming). Here only a connection idle for a
+    /// second or more is checked. One that died within the second fails its statement instead: a batch
     /// then runs again on a fresh connection, any other call answers an error, as it would
     /// had the database gone away during the statement. Statement logging is off, as
     /// `rocket_db_pools` has it at the usual log levels.
@@ -414,9 +414,10 @@ fn take_distinct<T>(queue: &mut Vec<T>, key: impl Fn(&T) -> StoreKey) -> Vec<T> 
     batch
 }
 
-/// The connection a batch leader keeps while batches keep coming: the pool's check of a
-/// connection as it is handed out costs a round trip, once per run of batches instead of once
-/// per batch.
+/// The connection a batch leader keeps while batches keep coming, and for a moment after
+/// (see `Db::may_keep`): sqlx checks a connection with a round trip as the pool hands it out
+/// and as it is given back, so that is paid once per run of batches instead of once per
+/// batch.
 type Held = Option<PoolConnection<Postgres>>;
 
 /// Whether a failure means the connection was broken (the server restarted, or closed it), so
