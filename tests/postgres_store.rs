@@ -624,11 +624,24 @@ async fn launch_is_refused_when_the_schema_cannot_be_applied() {
 #[rocket::async_test]
 async fn batches_cut_off_by_the_server_run_again_on_a_fresh_connection() {
     let url = fresh_database().await;
-    let store = Arc::new(
-        PostgresStore::new(pg::pool(&url).await, &pg::config(TTL))
-            .await
-            .unwrap(),
-    );
+    batches_survive_the_server_cutting_every_connection(&url, pg::pool(&url).await).await;
+}
+
+#[rocket::async_test]
+async fn batches_cut_off_by_the_server_run_again_on_a_fresh_connection_of_the_stores_own_pool() {
+    // A pool that hands out connections used under a second ago without checking them.
+    let url = fresh_database().await;
+    let figment = rocket::figment::Figment::new().merge(("databases.sessions.url", &url));
+    let pool = PostgresStore::pool_from_figment(&figment, "sessions")
+        .await
+        .unwrap();
+    batches_survive_the_server_cutting_every_connection(&url, pool).await;
+}
+
+/// Loads and updates without a pause from 16 tasks while the server cuts every connection
+/// of the store's pool five times over: not one call fails.
+async fn batches_survive_the_server_cutting_every_connection(url: &str, pool: sqlx::PgPool) {
+    let store = Arc::new(PostgresStore::new(pool, &pg::config(TTL)).await.unwrap());
     let keys: Vec<_> = (0..16u8)
         .map(|n| SessionId::from_bytes([n; 32]).store_key())
         .collect();
@@ -662,7 +675,7 @@ async fn batches_cut_off_by_the_server_run_again_on_a_fresh_connection() {
         .collect();
     rocket::tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     // ...then the server cuts every connection of the store, five times over.
-    let admin = pg::pool(&url).await;
+    let admin = pg::pool(url).await;
     for _ in 0..5 {
         let cut: i64 = sqlx::query_scalar(
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity

@@ -434,12 +434,39 @@ fn broken(e: &sqlx::Error) -> bool {
 }
 
 impl Db {
-    /// The held connection, acquired if none is held.
-    async fn held<'h>(&self, held: &'h mut Held) -> Result<&'h mut PgConnection, StoreError> {
-        match held {
-            Some(conn) => Ok(conn),
-            None => Ok(held.insert(self.pool.acquire().await.map_err(classify)?)),
+    /// The held connection, acquired if none is held. With `check` (a batch running again
+    /// after its connection broke), an acquired connection answers a round trip first: what
+    /// broke one connection (a restart, connections cut by the server) may have broken those
+    /// idle in the pool too, which the pool hands out unchecked for a second (see
+    /// [`TRUSTED_IDLE`]). One that fails the check is closed and another taken, at most as
+    /// many times as the pool holds connections.
+    async fn held<'h>(
+        &self,
+        held: &'h mut Held,
+        check: bool,
+    ) -> Result<&'h mut PgConnection, StoreError> {
+        if let Some(conn) = held {
+            return Ok(conn);
         }
+        let mut tries = self.pool.options().get_max_connections();
+        let conn = loop {
+            let mut conn = self.pool.acquire().await.map_err(classify)?;
+            if !check {
+                break conn;
+            }
+            match conn.ping().await {
+                Ok(()) => break conn,
+                Err(e) => {
+                    // Closed, not given back: it is broken.
+                    drop(conn.detach());
+                    tries = tries.saturating_sub(1);
+                    if tries == 0 {
+                        return Err(classify(e));
+                    }
+                }
+            }
+        };
+        Ok(held.insert(conn))
     }
 }
 
@@ -570,7 +597,7 @@ impl Db {
         let mut attempt = 0;
         let rows = loop {
             self.count();
-            let conn = self.held(held).await?;
+            let conn = self.held(held, attempt > 0).await?;
             let rows = sqlx::query(
                 "SELECT s.key, s.created_at, s.expires_at, d.name, d.value
                FROM unnest($1::bytea[], $2::bigint[]) AS i(key, now)
@@ -648,7 +675,7 @@ impl Db {
         let mut attempt = 0;
         let rows = loop {
             self.count();
-            let conn = self.held(held).await?;
+            let conn = self.held(held, attempt > 0).await?;
             let done: Result<(Vec<Vec<u8>>, i64), _> = sqlx::query_as(UPDATE_MANY)
                 .bind(&keys)
                 .bind(&expires)
