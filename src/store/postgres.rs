@@ -209,8 +209,8 @@ impl PostgresStore {
     /// low load was one round trip more for every load and every flush (batch leaders keep
     /// their connection only while work keeps coming). Here only a connection idle for a
     /// second or more is checked. One that died within the second fails its statement instead: a batch
-    /// then runs again on a fresh connection, any other call answers an error, as it would
-    /// had the database gone away during the statement. Statement logging is off, as
+    /// then runs again on another connection, checked first, and any other call answers an
+    /// error, as it would had the database gone away during the statement. Statement logging is off, as
     /// `rocket_db_pools` has it at the usual log levels.
     pub async fn pool_from_figment(figment: &Figment, name: &str) -> Result<PgPool, StoreError> {
         let workers: usize = figment.extract_inner("workers").unwrap_or(2);
