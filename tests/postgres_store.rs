@@ -15,8 +15,8 @@ use rocket::local::asynchronous::Client;
 use rocket::serde::json::json;
 use rocket_db_pools::sqlx::{self, Row};
 use rocket_db_pools::Database;
-use rocket_server_sessions::store::{PostgresStore, SessionStore};
-use rocket_server_sessions::{ManualClock, SessionId, Sessions};
+use rocket_server_sessions::store::{ChangeSet, PostgresStore, SessionStore};
+use rocket_server_sessions::{ManualClock, SessionId, Sessions, StoreKey};
 
 async fn postgres() -> Arc<dyn SessionStore> {
     Arc::new(fresh_store(TTL).await)
@@ -248,15 +248,32 @@ async fn the_database_holds_digests_of_ids_never_the_ids() {
     assert!(!dump.contains(&id.to_string()), "{dump}");
 }
 
+/// A pool on `url` made as the fairing makes its own, with `settings` of
+/// `[databases.sessions]` over the defaults.
+async fn own_pool(url: &str, settings: &[(&str, u64)]) -> sqlx::PgPool {
+    let mut figment = rocket::figment::Figment::new().merge(("databases.sessions.url", url));
+    for (key, value) in settings {
+        figment = figment.merge((format!("databases.sessions.{key}"), value));
+    }
+    PostgresStore::pool_from_figment(&figment, "sessions")
+        .await
+        .unwrap()
+}
+
+/// A session created in `store` under the key of an id of bytes `byte`, holding `n`; its key,
+/// and that change set, to write again.
+async fn created(store: &PostgresStore, byte: u8) -> (StoreKey, ChangeSet) {
+    let key = SessionId::from_bytes([byte; 32]).store_key();
+    let mut changes = ChangeSet::new();
+    changes.set("n", vec![1]);
+    assert!(store.create(&key, START, &changes, START).await.unwrap());
+    (key, changes)
+}
+
 /// A store on a fresh database and on a pool of its own made as the fairing makes it, of one
 /// connection, so that the statements the store prepared are on the connection a test asks.
 async fn store_on_its_own_pool_of_one_connection() -> (PostgresStore, sqlx::PgPool) {
-    let figment = rocket::figment::Figment::new()
-        .merge(("databases.sessions.url", fresh_database().await))
-        .merge(("databases.sessions.max_connections", 1));
-    let pool = PostgresStore::pool_from_figment(&figment, "sessions")
-        .await
-        .unwrap();
+    let pool = own_pool(&fresh_database().await, &[("max_connections", 1)]).await;
     let store = PostgresStore::new(pool.clone(), &pg::config(TTL))
         .await
         .unwrap();
@@ -279,10 +296,7 @@ async fn plans(pool: &sqlx::PgPool, text: &str) -> (i64, i64) {
 #[rocket::async_test]
 async fn the_stores_own_pool_plans_its_statements_once_not_on_every_call() {
     let (store, pool) = store_on_its_own_pool_of_one_connection().await;
-    let key = SessionId::from_bytes([7; 32]).store_key();
-    let mut changes = rocket_server_sessions::store::ChangeSet::new();
-    changes.set("n", vec![1]);
-    assert!(store.create(&key, START, &changes, START).await.unwrap());
+    let (key, changes) = created(&store, 7).await;
     // One at a time: batches of one session, for which PostgreSQL's own choice would be to
     // plan every call anew (its first five calls of a statement are planned anew anyway).
     for i in 0..8 {
@@ -341,17 +355,9 @@ async fn a_sweep_on_the_stores_own_pool_reaches_expired_sessions_by_index_not_by
 #[rocket::async_test]
 async fn back_to_back_batches_spend_no_round_trip_checking_their_connection() {
     let (url, syncs) = pg::sync_counting_proxy(&fresh_database().await).await;
-    let figment = rocket::figment::Figment::new()
-        .merge(("databases.sessions.url", url))
-        .merge(("databases.sessions.max_connections", 4));
-    let pool = PostgresStore::pool_from_figment(&figment, "sessions")
-        .await
-        .unwrap();
+    let pool = own_pool(&url, &[("max_connections", 4)]).await;
     let store = PostgresStore::new(pool, &pg::config(TTL)).await.unwrap();
-    let key = SessionId::from_bytes([9; 32]).store_key();
-    let mut changes = rocket_server_sessions::store::ChangeSet::new();
-    changes.set("n", vec![1]);
-    assert!(store.create(&key, START, &changes, START).await.unwrap());
+    let (key, changes) = created(&store, 9).await;
     // Once, so that each leader's connection has prepared its statement (a Sync more).
     assert!(store.load(&key, START).await.unwrap().is_some());
     assert!(store.update(&key, &changes, START).await.unwrap());
@@ -382,18 +388,10 @@ async fn back_to_back_batches_spend_no_round_trip_checking_their_connection() {
 #[rocket::async_test]
 async fn a_batch_leader_never_keeps_the_last_connection_others_wait_for() {
     // One connection, and a second's patience for it.
-    let figment = rocket::figment::Figment::new()
-        .merge(("databases.sessions.url", fresh_database().await))
-        .merge(("databases.sessions.max_connections", 1))
-        .merge(("databases.sessions.connect_timeout", 1));
-    let pool = PostgresStore::pool_from_figment(&figment, "sessions")
-        .await
-        .unwrap();
+    let settings = [("max_connections", 1), ("connect_timeout", 1)];
+    let pool = own_pool(&fresh_database().await, &settings).await;
     let store = Arc::new(PostgresStore::new(pool, &pg::config(TTL)).await.unwrap());
-    let key = SessionId::from_bytes([5; 32]).store_key();
-    let mut changes = rocket_server_sessions::store::ChangeSet::new();
-    changes.set("n", vec![1]);
-    assert!(store.create(&key, START, &changes, START).await.unwrap());
+    let (key, changes) = created(&store, 5).await;
     // Loads one after another for two seconds: a leader that kept its connection while it
     // waited for the next would hold the only one all along.
     let loading = store.clone();
@@ -467,7 +465,7 @@ async fn expired_sessions_are_swept_in_bounded_batches() {
     let store = PostgresStore::new(pg::pool(&url).await, &config)
         .await
         .unwrap();
-    let mut changes = rocket_server_sessions::store::ChangeSet::new();
+    let mut changes = ChangeSet::new();
     changes.set("a", vec![1]);
     for n in 0..25u8 {
         let key = SessionId::from_bytes([n; 32]).store_key();
@@ -631,10 +629,7 @@ async fn batches_cut_off_by_the_server_run_again_on_a_fresh_connection() {
 async fn batches_cut_off_by_the_server_run_again_on_a_fresh_connection_of_the_stores_own_pool() {
     // A pool that hands out connections used under a second ago without checking them.
     let url = fresh_database().await;
-    let figment = rocket::figment::Figment::new().merge(("databases.sessions.url", &url));
-    let pool = PostgresStore::pool_from_figment(&figment, "sessions")
-        .await
-        .unwrap();
+    let pool = own_pool(&url, &[]).await;
     batches_survive_the_server_cutting_every_connection(&url, pool).await;
 }
 
@@ -645,7 +640,7 @@ async fn batches_survive_the_server_cutting_every_connection(url: &str, pool: sq
     let keys: Vec<_> = (0..16u8)
         .map(|n| SessionId::from_bytes([n; 32]).store_key())
         .collect();
-    let mut one = rocket_server_sessions::store::ChangeSet::new();
+    let mut one = ChangeSet::new();
     one.set("n", vec![1]);
     for key in &keys {
         assert!(store.create(key, START, &one, START).await.unwrap());

@@ -208,10 +208,10 @@ impl PostgresStore {
     /// sqlx checks every pooled connection with a round trip before handing it out, which at
     /// low load was one round trip more for every load and every flush (batch leaders keep
     /// their connection only while work keeps coming). Here only a connection idle for a
-    /// second or more is checked. One that died within the second fails its statement instead: a batch
-    /// then runs again on another connection, checked first, and any other call answers an
-    /// error, as it would had the database gone away during the statement. Statement logging is off, as
-    /// `rocket_db_pools` has it at the usual log levels.
+    /// second or more is checked. One that died within the second fails its statement
+    /// instead: a batch then runs again on another connection, checked first, and any other
+    /// call answers an error, as it would had the database gone away during the statement.
+    /// Statement logging is off, as `rocket_db_pools` has it at the usual log levels.
     pub async fn pool_from_figment(figment: &Figment, name: &str) -> Result<PgPool, StoreError> {
         let workers: usize = figment.extract_inner("workers").unwrap_or(2);
         let config: rocket_db_pools::Config = figment
@@ -468,9 +468,7 @@ impl Db {
         };
         Ok(held.insert(conn))
     }
-}
 
-impl Db {
     /// Whether a batch leader may keep its connection while it waits for more work: when it
     /// has one, and the pool can still hand out another at once (an idle one, or room for a
     /// new one), so that the app and the store's other calls never wait for it. A kept
