@@ -575,6 +575,62 @@ async fn a_database_outage_answers_503_then_recovers_without_a_restart() {
 }
 
 #[rocket::async_test]
+async fn concurrent_loads_share_a_statement_and_each_gets_its_own_session() {
+    let store = fresh_store(TTL).await;
+    let key = |i: u8| SessionId::from_bytes([i; 32]).store_key();
+    // Missing, expired, live with one key and live with two, in turn: one batch holds all
+    // four kinds, in an order (by key) that is not the order they were asked in.
+    let mut expected = Vec::new();
+    for i in 1..=24u8 {
+        let mut changes = ChangeSet::new();
+        let record = match i % 4 {
+            0 => None,
+            1 => {
+                changes.set("n", vec![i]);
+                let long_ago = START - 2 * TTL;
+                assert!(store
+                    .create(&key(i), long_ago, &changes, long_ago)
+                    .await
+                    .unwrap());
+                None
+            }
+            kind => {
+                let mut data = vec![("n".to_string(), vec![i])];
+                if kind == 3 {
+                    data.push(("m".to_string(), vec![i, i]));
+                }
+                for (name, value) in &data {
+                    changes.set(name, value.clone());
+                }
+                assert!(store
+                    .create(&key(i), START - u64::from(i), &changes, START)
+                    .await
+                    .unwrap());
+                data.sort();
+                Some((START - u64::from(i), data))
+            }
+        };
+        expected.push(record);
+    }
+    let before = store.statements();
+    let keys: Vec<StoreKey> = (1..=24u8).map(key).collect();
+    let loads = keys.iter().map(|k| store.load(k, START + 1));
+    let loaded = rocket::futures::future::join_all(loads).await;
+    let statements = store.statements() - before;
+    assert!(
+        statements <= 2,
+        "{statements} statements for 24 concurrent loads"
+    );
+    for (i, (found, expected)) in loaded.into_iter().zip(expected).enumerate() {
+        let found = found.unwrap().map(|mut record| {
+            record.data.sort();
+            (record.created, record.data)
+        });
+        assert_eq!(found, expected, "session {}", i + 1);
+    }
+}
+
+#[rocket::async_test]
 async fn concurrent_flushes_share_statements() {
     let store = Arc::new(fresh_store(TTL).await);
     let (client, _) = client_with(store.clone(), json!({})).await;

@@ -506,16 +506,17 @@ impl Batch<PendingLoad> for Db {
     }
 
     async fn run(&self, batch: Vec<PendingLoad>, held: &mut Held) {
-        let result = self.load_many(&batch, held).await;
-        for pending in batch {
-            let answer = match &result {
-                Ok(found) => Ok(found
-                    .binary_search_by_key(&pending.key, |(k, _, _)| *k)
-                    .ok()
-                    .map(|i| (found[i].1.clone(), found[i].2))),
-                Err(e) => Err(e.clone()),
-            };
-            let _ = pending.done.send(answer);
+        match self.load_many(&batch, held).await {
+            Ok(found) => {
+                for (pending, found) in batch.into_iter().zip(found) {
+                    let _ = pending.done.send(Ok(found));
+                }
+            }
+            Err(e) => {
+                for pending in batch {
+                    let _ = pending.done.send(Err(e.clone()));
+                }
+            }
         }
     }
 }
@@ -584,12 +585,14 @@ const UPDATE_MANY: &str = "WITH input AS (
      ) SELECT array(SELECT key FROM s), (SELECT count(*) FROM announced)";
 
 impl Db {
-    /// The live sessions among the batch's keys, sorted by key: one query.
+    /// What one query finds for each of the batch's sessions, in the batch's order: the
+    /// record and expiry of a live session, `None` for any other. Rows name their session by
+    /// its position in the batch rather than by its key.
     async fn load_many(
         &self,
         batch: &[PendingLoad],
         held: &mut Held,
-    ) -> Result<Vec<(StoreKey, SessionRecord, u64)>, StoreError> {
+    ) -> Result<Vec<Found>, StoreError> {
         let keys: Vec<&[u8]> = batch.iter().map(|p| &p.key.0[..]).collect();
         let nows: Vec<i64> = batch.iter().map(|p| secs(p.now)).collect();
         let mut attempt = 0;
@@ -597,11 +600,11 @@ impl Db {
             self.count();
             let conn = self.held(held, attempt > 0).await?;
             let rows = sqlx::query(
-                "SELECT s.key, s.created_at, s.expires_at, d.name, d.value
-               FROM unnest($1::bytea[], $2::bigint[]) AS i(key, now)
+                "SELECT i.n, s.created_at, s.expires_at, d.name, d.value
+               FROM unnest($1::bytea[], $2::bigint[]) WITH ORDINALITY AS i(key, now, n)
                JOIN rocket_sessions s ON s.key = i.key AND s.expires_at > i.now
                LEFT JOIN rocket_session_data d ON d.session_id = s.id
-              ORDER BY s.key",
+              ORDER BY i.n",
             )
             .bind(&keys)
             .bind(&nows)
@@ -613,26 +616,29 @@ impl Db {
             }
             attempt += 1;
         };
-        let mut found: Vec<(StoreKey, SessionRecord, u64)> = Vec::new();
+        let mut found: Vec<Found> = Vec::with_capacity(batch.len());
+        found.resize_with(batch.len(), || None);
         for row in &rows {
-            let key: Vec<u8> = row.try_get(0).map_err(classify)?;
-            let key = StoreKey(
-                key.try_into()
-                    .map_err(|_| StoreError::Corrupt("a session key is not 32 bytes".into()))?,
-            );
-            if found.last().map(|(k, _, _)| *k) != Some(key) {
-                let created: i64 = row.try_get(1).map_err(classify)?;
-                let expires: i64 = row.try_get(2).map_err(classify)?;
-                let record = SessionRecord {
-                    created: created.max(0) as u64,
-                    data: Vec::new(),
-                };
-                found.push((key, record, expires.max(0) as u64));
-            }
+            let n: i64 = row.try_get(0).map_err(classify)?;
+            let slot = usize::try_from(n)
+                .ok()
+                .and_then(|n| found.get_mut(n.wrapping_sub(1)))
+                .ok_or_else(|| StoreError::Corrupt(format!("a row of batch position {n}")))?;
+            let (record, _) = match slot {
+                Some(live) => live,
+                None => {
+                    let created: i64 = row.try_get(1).map_err(classify)?;
+                    let expires: i64 = row.try_get(2).map_err(classify)?;
+                    let record = SessionRecord {
+                        created: created.max(0) as u64,
+                        data: Vec::new(),
+                    };
+                    slot.insert((record, expires.max(0) as u64))
+                }
+            };
             let name: Option<String> = row.try_get(3).map_err(classify)?;
             let value: Option<Vec<u8>> = row.try_get(4).map_err(classify)?;
-            if let (Some(name), Some(value), Some((_, record, _))) = (name, value, found.last_mut())
-            {
+            if let (Some(name), Some(value)) = (name, value) {
                 record.data.push((name, value));
             }
         }
