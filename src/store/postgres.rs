@@ -397,20 +397,27 @@ fn lost() -> StoreError {
     StoreError::Other("the batch that carried this call was lost".into())
 }
 
-/// Up to `MAX_BATCH` items, each session at most once; the rest stay queued.
+/// Up to `MAX_BATCH` items, each session at most once, sorted by session; the rest stay
+/// queued, in order. A session's later items go back to the head of the queue, so its items
+/// still run in the order they came. The queue keeps its memory, so that the items queued
+/// while this batch runs need no allocation.
 fn take_distinct<T>(queue: &mut Vec<T>, key: impl Fn(&T) -> StoreKey) -> Vec<T> {
-    let mut batch: Vec<T> = Vec::new();
-    let mut rest = Vec::new();
-    for item in queue.drain(..) {
-        if batch.len() < MAX_BATCH && !batch.iter().any(|b| key(b) == key(&item)) {
-            batch.push(item);
-        } else {
-            rest.push(item);
-        }
-    }
-    *queue = rest;
-    // Sessions in one order in every batch: batches that lock them do not deadlock.
+    let mut batch: Vec<T> = queue.drain(..queue.len().min(MAX_BATCH)).collect();
+    // Sessions in one order in every batch: batches that lock them do not deadlock. The sort
+    // is stable: a session's items stay in the order they came.
     batch.sort_by_key(|item| key(item));
+    if batch.windows(2).any(|w| key(&w[0]) == key(&w[1])) {
+        let mut later = Vec::new();
+        let mut distinct = Vec::with_capacity(batch.len());
+        for item in batch {
+            match distinct.last() {
+                Some(last) if key(last) == key(&item) => later.push(item),
+                _ => distinct.push(item),
+            }
+        }
+        queue.splice(0..0, later);
+        batch = distinct;
+    }
     batch
 }
 
@@ -933,5 +940,40 @@ impl SessionStore for PostgresStore {
                 return Ok(total);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(i: u8) -> StoreKey {
+        StoreKey([i; 32])
+    }
+
+    #[test]
+    fn a_batch_takes_each_session_once_and_its_later_items_run_next_in_order() {
+        // Items (session, order of arrival): session 3 three times, session 1 twice.
+        let mut queue = vec![(3, 0), (1, 1), (3, 2), (2, 3), (1, 4), (3, 5)];
+        let taken = |queue: &mut Vec<(u8, u32)>| take_distinct(queue, |&(s, _)| key(s));
+        assert_eq!(taken(&mut queue), [(1, 1), (2, 3), (3, 0)]);
+        assert_eq!(taken(&mut queue), [(1, 4), (3, 2)]);
+        queue.push((1, 6));
+        assert_eq!(taken(&mut queue), [(1, 6), (3, 5)]);
+        assert!(queue.is_empty());
+    }
+
+    #[test]
+    fn a_batch_holds_at_most_max_batch_items_and_the_rest_keep_their_place() {
+        let mut queue: Vec<(u8, u32)> = (0..MAX_BATCH as u32 + 3).map(|i| (i as u8, i)).collect();
+        let batch = take_distinct(&mut queue, |&(s, _)| key(s));
+        assert_eq!(batch.len(), MAX_BATCH);
+        // 259 items over 256 sessions: the first 256 came in, the last three wait, in order.
+        assert_eq!(queue, [(0, 256), (1, 257), (2, 258)]);
+        let capacity = queue.capacity();
+        let batch = take_distinct(&mut queue, |&(s, _)| key(s));
+        assert_eq!(batch, [(0, 256), (1, 257), (2, 258)]);
+        assert!(queue.is_empty());
+        assert_eq!(queue.capacity(), capacity, "the queue keeps its memory");
     }
 }
