@@ -631,6 +631,59 @@ async fn concurrent_loads_share_a_statement_and_each_gets_its_own_session() {
 }
 
 #[rocket::async_test]
+async fn concurrent_updates_share_a_statement_and_each_learns_whether_its_session_lived() {
+    let store = fresh_store(TTL).await;
+    let key = |i: u8| SessionId::from_bytes([i; 32]).store_key();
+    let mut one = ChangeSet::new();
+    one.set("n", vec![0]);
+    // Missing, expired and live sessions in turn, in one batch whose order (by key) is not the
+    // order they were asked in.
+    for i in 1..=24u8 {
+        match i % 3 {
+            0 => {}
+            1 => {
+                let long_ago = START - 2 * TTL;
+                assert!(store
+                    .create(&key(i), long_ago, &one, long_ago)
+                    .await
+                    .unwrap());
+            }
+            _ => assert!(store.create(&key(i), START, &one, START).await.unwrap()),
+        }
+    }
+    let keys: Vec<StoreKey> = (1..=24u8).map(key).collect();
+    let changes: Vec<ChangeSet> = (1..=24u8)
+        .map(|i| {
+            let mut c = ChangeSet::new();
+            c.set("n", vec![i]);
+            c
+        })
+        .collect();
+    let before = store.statements();
+    let updates = keys
+        .iter()
+        .zip(&changes)
+        .map(|(k, c)| store.update(k, c, START + 1));
+    let answers = rocket::futures::future::join_all(updates).await;
+    let statements = store.statements() - before;
+    assert!(
+        statements <= 2,
+        "{statements} statements for 24 concurrent updates"
+    );
+    for (i, answer) in (1..=24u8).zip(answers) {
+        let live = i % 3 == 2;
+        assert_eq!(answer.unwrap(), live, "session {i}");
+        let loaded = store.load(&key(i), START + 1).await.unwrap();
+        let data = loaded.map(|record| record.data);
+        assert_eq!(
+            data,
+            live.then(|| vec![("n".to_string(), vec![i])]),
+            "session {i}"
+        );
+    }
+}
+
+#[rocket::async_test]
 async fn concurrent_flushes_share_statements() {
     let store = Arc::new(fresh_store(TTL).await);
     let (client, _) = client_with(store.clone(), json!({})).await;

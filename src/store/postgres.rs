@@ -550,9 +550,9 @@ impl Batch<PendingUpdate> for Db {
                 _ => break,
             }
         }
-        for pending in batch {
+        for (i, pending) in batch.into_iter().enumerate() {
             let answer = match &result {
-                Ok(live) => Ok(live.binary_search(&pending.key).is_ok()),
+                Ok(live) => Ok(live[i]),
                 Err(e) => Err(e.clone()),
             };
             // Before the answer, and before the next batch: the cache sees commits in order.
@@ -569,14 +569,16 @@ impl Batch<PendingUpdate> for Db {
 }
 
 /// The batched update: extends each live session, applies its per-key changes and announces
-/// the sessions whose data changed ($9, or NULL), in one statement.
+/// the sessions whose data changed ($9, or NULL), in one statement. Answers the positions in
+/// the batch of the sessions that were live.
 const UPDATE_MANY: &str = "WITH input AS (
-        SELECT * FROM unnest($1::bytea[], $2::bigint[], $3::bigint[]) AS i(key, expires, now)
+        SELECT * FROM unnest($1::bytea[], $2::bigint[], $3::bigint[])
+          WITH ORDINALITY AS i(key, expires, now, n)
      ), s AS (
         UPDATE rocket_sessions t SET expires_at = i.expires
           FROM input i
          WHERE t.key = i.key AND t.expires_at > i.now
-        RETURNING t.id, t.key
+        RETURNING t.id, t.key, i.n
      ), removed AS (
         DELETE FROM rocket_session_data d
          USING s, unnest($4::bytea[], $5::text[]) AS r(key, name)
@@ -589,7 +591,7 @@ const UPDATE_MANY: &str = "WITH input AS (
         ON CONFLICT (session_id, name) DO UPDATE SET value = excluded.value
      ), announced AS (
         SELECT pg_notify('rocket_sessions', $9) WHERE $9 IS NOT NULL AND EXISTS (SELECT FROM s)
-     ) SELECT array(SELECT key FROM s), (SELECT count(*) FROM announced)";
+     ) SELECT array(SELECT n FROM s), (SELECT count(*) FROM announced)";
 
 impl Db {
     /// What one query finds for each of the batch's sessions, in the batch's order: the
@@ -653,13 +655,13 @@ impl Db {
     }
 
     /// Extends each live session of the batch and applies its changes: one statement, so one
-    /// transaction and one commit, which announces the sessions whose data changed. Returns the
-    /// keys of the sessions that were live, sorted.
+    /// transaction and one commit, which announces the sessions whose data changed. Returns,
+    /// in the batch's order, whether each session was live.
     async fn update_many(
         &self,
         batch: &[PendingUpdate],
         held: &mut Held,
-    ) -> Result<Vec<StoreKey>, StoreError> {
+    ) -> Result<Vec<bool>, StoreError> {
         let (mut keys, mut expires, mut nows) = (Vec::new(), Vec::new(), Vec::new());
         let (mut removed_keys, mut removed_names) = (Vec::new(), Vec::new());
         let (mut set_keys, mut set_names, mut set_values) = (Vec::new(), Vec::new(), Vec::new());
@@ -687,7 +689,7 @@ impl Db {
         let rows = loop {
             self.count();
             let conn = self.held(held, attempt > 0).await?;
-            let done: Result<(Vec<Vec<u8>>, i64), _> = sqlx::query_as(UPDATE_MANY)
+            let done: Result<(Vec<i64>, i64), _> = sqlx::query_as(UPDATE_MANY)
                 .bind(&keys)
                 .bind(&expires)
                 .bind(&nows)
@@ -705,11 +707,16 @@ impl Db {
             }
             attempt += 1;
         };
-        let mut live: Vec<StoreKey> = rows
-            .into_iter()
-            .filter_map(|k| k.try_into().ok().map(StoreKey))
-            .collect();
-        live.sort();
+        let mut live = vec![false; batch.len()];
+        for n in rows {
+            let slot = usize::try_from(n)
+                .ok()
+                .and_then(|n| live.get_mut(n.wrapping_sub(1)))
+                .ok_or_else(|| {
+                    StoreError::Corrupt(format!("a live session of batch position {n}"))
+                })?;
+            *slot = true;
+        }
         Ok(live)
     }
 }
