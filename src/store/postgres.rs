@@ -421,6 +421,15 @@ fn take_distinct<T>(queue: &mut Vec<T>, key: impl Fn(&T) -> StoreKey) -> Vec<T> 
     batch
 }
 
+/// The answer slot of the batch item at position `n`, counted from 1 as `WITH ORDINALITY`
+/// counts; a position outside the batch is an error, never a panic.
+fn at_position<T>(answers: &mut [T], n: i64) -> Result<&mut T, StoreError> {
+    usize::try_from(n)
+        .ok()
+        .and_then(|n| answers.get_mut(n.wrapping_sub(1)))
+        .ok_or_else(|| StoreError::Corrupt(format!("a row names batch position {n}")))
+}
+
 /// The connection a batch leader keeps while batches keep coming, and for a moment after
 /// (see `Db::may_keep`): sqlx checks a connection with a round trip as the pool hands it out
 /// and as it is given back, so that is paid once per run of batches instead of once per
@@ -596,7 +605,7 @@ const UPDATE_MANY: &str = "WITH input AS (
 impl Db {
     /// What one query finds for each of the batch's sessions, in the batch's order: the
     /// record and expiry of a live session, `None` for any other. Rows name their session by
-    /// its position in the batch rather than by its key.
+    /// its position in the batch rather than by its key, and come in any order.
     async fn load_many(
         &self,
         batch: &[PendingLoad],
@@ -612,8 +621,7 @@ impl Db {
                 "SELECT i.n, s.created_at, s.expires_at, d.name, d.value
                FROM unnest($1::bytea[], $2::bigint[]) WITH ORDINALITY AS i(key, now, n)
                JOIN rocket_sessions s ON s.key = i.key AND s.expires_at > i.now
-               LEFT JOIN rocket_session_data d ON d.session_id = s.id
-              ORDER BY i.n",
+               LEFT JOIN rocket_session_data d ON d.session_id = s.id",
             )
             .bind(&keys)
             .bind(&nows)
@@ -628,11 +636,7 @@ impl Db {
         let mut found: Vec<Found> = Vec::with_capacity(batch.len());
         found.resize_with(batch.len(), || None);
         for row in &rows {
-            let n: i64 = row.try_get(0).map_err(classify)?;
-            let slot = usize::try_from(n)
-                .ok()
-                .and_then(|n| found.get_mut(n.wrapping_sub(1)))
-                .ok_or_else(|| StoreError::Corrupt(format!("a row of batch position {n}")))?;
+            let slot = at_position(&mut found, row.try_get(0).map_err(classify)?)?;
             let (record, _) = match slot {
                 Some(live) => live,
                 None => {
@@ -709,13 +713,7 @@ impl Db {
         };
         let mut live = vec![false; batch.len()];
         for n in rows {
-            let slot = usize::try_from(n)
-                .ok()
-                .and_then(|n| live.get_mut(n.wrapping_sub(1)))
-                .ok_or_else(|| {
-                    StoreError::Corrupt(format!("a live session of batch position {n}"))
-                })?;
-            *slot = true;
+            *at_position(&mut live, n)? = true;
         }
         Ok(live)
     }
@@ -982,5 +980,20 @@ mod tests {
         assert_eq!(batch, [(0, 256), (1, 257), (2, 258)]);
         assert!(queue.is_empty());
         assert_eq!(queue.capacity(), capacity, "the queue keeps its memory");
+    }
+
+    #[test]
+    fn a_row_naming_a_position_outside_its_batch_is_an_error_not_a_panic() {
+        let mut answers = [false; 3];
+        for n in [1, 3] {
+            *at_position(&mut answers, n).unwrap() = true;
+        }
+        assert_eq!(answers, [true, false, true]);
+        for n in [0, 4, -1, i64::MIN, i64::MAX] {
+            assert!(matches!(
+                at_position(&mut answers, n),
+                Err(StoreError::Corrupt(_))
+            ));
+        }
     }
 }
