@@ -8,9 +8,10 @@
 //! does), `ours-memory`, `ours-postgres` (no cache),
 //! `ours-postgres-cache` (a local cache of 10,000 sessions), `rss-memory`
 //! (rocket-session-store), `flex-memory`, `flex-postgres` (rocket_flex_session),
-//! `private-cookie` (Rocket's private cookies, no store). The PostgreSQL
-//! modes take `DATABASE_URL`, and each makes and uses a database of its own on that server. Two workers, logging off. With `BENCH_COUNT_ALLOCS` set, it
-//! counts heap allocations and reports the count for each line read on stdin.
+//! `private-cookie` (Rocket's private cookies, no store). The PostgreSQL modes take
+//! `DATABASE_URL`, and each makes and uses a database of its own on that server. Two workers,
+//! logging off. With `BENCH_COUNT_ALLOCS` set, it counts heap allocations and reports the
+//! count for each line read on stdin.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -393,13 +394,14 @@ mod flex {
         body(session.get().map_or(0, |c| c.0))
     }
 
-    pub async fn rocket(figment: Figment, postgres: bool) -> Rocket<Build> {
+    /// Sessions in memory, or in PostgreSQL at `Some(url)`.
+    pub async fn rocket(figment: Figment, postgres: Option<String>) -> Rocket<Build> {
         let fairing = match postgres {
-            false => RocketFlexSession::<Counter>::default(),
-            true => {
+            None => RocketFlexSession::<Counter>::default(),
+            Some(url) => {
                 let pool = sqlx::postgres::PgPoolOptions::new()
                     .max_connections(16)
-                    .connect(&database_url("flex-postgres").await)
+                    .connect(&url)
                     .await
                     .expect("connect");
                 sqlx::query(
@@ -444,8 +446,8 @@ async fn main() {
         "ours-postgres-cache" => ours::rocket(figment, Some((database_url(mode).await, 10_000))),
         "rss-memory" => rss::rocket(figment),
         "private-cookie" => private_cookie::rocket(figment),
-        "flex-memory" => flex::rocket(figment, false).await,
-        "flex-postgres" => flex::rocket(figment, true).await,
+        "flex-memory" => flex::rocket(figment, None).await,
+        "flex-postgres" => flex::rocket(figment, Some(database_url(mode).await)).await,
         other => panic!("unknown mode {other}"),
     };
     let _ = rocket.launch().await.expect("serves");
