@@ -6,7 +6,7 @@ mod common;
 use std::path::Path;
 use std::sync::Arc;
 
-use common::conformance::TTL;
+use common::conformance::{key, TTL};
 use common::*;
 use rocket::local::asynchronous::Client;
 use rocket::serde::json::json;
@@ -178,7 +178,6 @@ async fn a_snapshot_is_written_after_every_kind_of_change_and_only_then() {
     let dir = TempDir::new("snapshot-changes");
     let file = dir.path("sessions.snapshot");
     let store = open_snapshot(&file);
-    let key = |n: u8| SessionId::from_bytes([n; 32]).store_key();
     let mut one = ChangeSet::new();
     one.set("user", vec![1]);
     assert!(

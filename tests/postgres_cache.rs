@@ -9,13 +9,12 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::conformance::TTL;
+use common::conformance::{key, TTL};
 use common::pg::{self, fresh_database};
 use common::*;
 use rocket::serde::json::json;
 use rocket_db_pools::sqlx;
 use rocket_server_sessions::store::{ChangeSet, PostgresStore, SessionRecord, SessionStore};
-use rocket_server_sessions::{SessionId, StoreKey};
 
 /// A store on `url` with a cache of `cache` sessions (0: none), listening once it returns.
 async fn store_on(url: &str, cache: usize) -> PostgresStore {
@@ -50,10 +49,6 @@ where
         assert!(Instant::now() < deadline, "never happened: {what}");
         rocket::tokio::time::sleep(Duration::from_millis(10)).await;
     }
-}
-
-fn key(n: u8) -> StoreKey {
-    SessionId::from_bytes([n; 32]).store_key()
 }
 
 fn set(name: &str, value: &[u8]) -> ChangeSet {

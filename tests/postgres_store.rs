@@ -7,7 +7,7 @@ mod common;
 use std::sync::atomic::Ordering::SeqCst;
 use std::sync::Arc;
 
-use common::conformance::TTL;
+use common::conformance::{key, TTL};
 use common::pg::{self, fresh_database, fresh_store, Cluster};
 use common::*;
 use rocket::http::Status;
@@ -263,7 +263,7 @@ async fn own_pool(url: &str, settings: &[(&str, u64)]) -> sqlx::PgPool {
 /// A session created in `store` under the key of an id of bytes `byte`, holding `n`; its key,
 /// and that change set, to write again.
 async fn created(store: &PostgresStore, byte: u8) -> (StoreKey, ChangeSet) {
-    let key = SessionId::from_bytes([byte; 32]).store_key();
+    let key = key(byte);
     let mut changes = ChangeSet::new();
     changes.set("n", vec![1]);
     assert!(store.create(&key, START, &changes, START).await.unwrap());
@@ -577,7 +577,6 @@ async fn a_database_outage_answers_503_then_recovers_without_a_restart() {
 #[rocket::async_test]
 async fn concurrent_loads_share_a_statement_and_each_gets_its_own_session() {
     let store = fresh_store(TTL).await;
-    let key = |i: u8| SessionId::from_bytes([i; 32]).store_key();
     // Missing, expired, live with one key and live with two, in turn: one batch holds all
     // four kinds, in an order (by key) that is not the order they were asked in.
     let mut expected = Vec::new();
@@ -633,7 +632,6 @@ async fn concurrent_loads_share_a_statement_and_each_gets_its_own_session() {
 #[rocket::async_test]
 async fn concurrent_updates_share_a_statement_and_each_learns_whether_its_session_lived() {
     let store = fresh_store(TTL).await;
-    let key = |i: u8| SessionId::from_bytes([i; 32]).store_key();
     let mut one = ChangeSet::new();
     one.set("n", vec![0]);
     // Missing, expired and live sessions in turn, in one batch whose order (by key) is not the

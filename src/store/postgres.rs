@@ -633,8 +633,7 @@ impl Db {
             }
             attempt += 1;
         };
-        let mut found: Vec<Found> = Vec::with_capacity(batch.len());
-        found.resize_with(batch.len(), || None);
+        let mut found: Vec<Found> = vec![None; batch.len()];
         for row in &rows {
             let slot = at_position(&mut found, row.try_get(0).map_err(classify)?)?;
             let (record, _) = match slot {

@@ -51,7 +51,8 @@ macro_rules! store_conformance {
     };
 }
 
-fn key(n: u8) -> StoreKey {
+/// The store key of the session id made of bytes `n`.
+pub fn key(n: u8) -> StoreKey {
     SessionId::from_bytes([n; 32]).store_key()
 }
 
