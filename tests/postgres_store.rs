@@ -391,19 +391,19 @@ async fn a_batch_leader_never_keeps_the_last_connection_others_wait_for() {
     let settings = [("max_connections", 1), ("connect_timeout", 1)];
     let pool = own_pool(&fresh_database().await, &settings).await;
     let store = Arc::new(PostgresStore::new(pool, &pg::config(TTL)).await.unwrap());
-    let (key, changes) = created(&store, 5).await;
+    let (loaded, changes) = created(&store, 5).await;
     // Loads one after another for two seconds: a leader that kept its connection while it
     // waited for the next would hold the only one all along.
     let loading = store.clone();
     let loads = rocket::tokio::spawn(async move {
         let until = std::time::Instant::now() + std::time::Duration::from_secs(2);
         while std::time::Instant::now() < until {
-            assert!(loading.load(&key, START).await.unwrap().is_some());
+            assert!(loading.load(&loaded, START).await.unwrap().is_some());
         }
     });
     rocket::tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     for n in 0..3u8 {
-        let other = SessionId::from_bytes([6 + n; 32]).store_key();
+        let other = key(6 + n);
         assert!(store.create(&other, START, &changes, START).await.unwrap());
         store.destroy(&other).await.unwrap();
     }
@@ -468,10 +468,9 @@ async fn expired_sessions_are_swept_in_bounded_batches() {
     let mut changes = ChangeSet::new();
     changes.set("a", vec![1]);
     for n in 0..25u8 {
-        let key = SessionId::from_bytes([n; 32]).store_key();
-        assert!(store.create(&key, START, &changes, START).await.unwrap());
+        assert!(store.create(&key(n), START, &changes, START).await.unwrap());
     }
-    let live = SessionId::from_bytes([99; 32]).store_key();
+    let live = key(99);
     assert!(store
         .create(&live, START, &changes, START + 50)
         .await
@@ -744,9 +743,7 @@ async fn batches_cut_off_by_the_server_run_again_on_a_fresh_connection_of_the_st
 /// of the store's pool five times over: not one call fails.
 async fn batches_survive_the_server_cutting_every_connection(url: &str, pool: sqlx::PgPool) {
     let store = Arc::new(PostgresStore::new(pool, &pg::config(TTL)).await.unwrap());
-    let keys: Vec<_> = (0..16u8)
-        .map(|n| SessionId::from_bytes([n; 32]).store_key())
-        .collect();
+    let keys: Vec<_> = (0..16u8).map(key).collect();
     let mut one = ChangeSet::new();
     one.set("n", vec![1]);
     for key in &keys {
