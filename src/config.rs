@@ -146,8 +146,10 @@ pub struct MemoryStoreConfig {
 /// instances change; while that connection is down it serves nothing from the cache. Another
 /// instance's change reaches the cache as soon as PostgreSQL delivers the notification,
 /// which is after the change commits: a request that races it by a fraction of a millisecond
-/// can still read the earlier value, as it could had it arrived a moment sooner. Sessions
-/// changed by hand in SQL are not announced: clear the cache by restarting, or leave it off.
+/// can still read the earlier value, as it could had it arrived a moment sooner. A single
+/// instance has no such moment: its own changes update or drop what it caches as they commit.
+/// Sessions changed by hand in SQL are not announced: clear the cache by restarting, or leave
+/// it off.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PostgresStoreConfig {
     /// Name of the database under `[<profile>.databases]`.
