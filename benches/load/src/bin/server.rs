@@ -102,19 +102,21 @@ async fn database_url(mode: &str) -> String {
         Err(e) => panic!("CREATE DATABASE {name}: {e}"),
     }
     let _ = conn.close().await;
-    let (base, query) = url
-        .split_once('?')
-        .map_or((url.as_str(), None), |(b, q)| (b, Some(q)));
-    let authority = base.find("://").map_or(0, |i| i + 3);
-    let path = base[authority..]
-        .find('/')
-        .map_or(base.len(), |i| authority + i);
-    let mut own = format!("{}/{name}", &base[..path]);
-    if let Some(query) = query {
-        own.push('?');
-        own.push_str(query);
+    with_database(&url, &name)
+}
+
+/// `url` naming database `db` instead of its own (the tests' `common::pg` does the same).
+fn with_database(url: &str, db: &str) -> String {
+    let (base, query) = url.split_once('?').unwrap_or((url, ""));
+    let host = base.find("://").map_or(0, |i| i + 3);
+    let base = match base[host..].find('/') {
+        Some(i) => &base[..host + i],
+        None => base,
+    };
+    match query {
+        "" => format!("{base}/{db}"),
+        q => format!("{base}/{db}?{q}"),
     }
-    own
 }
 
 /// The body every counter and read route answers: a number formatted into a `String`. The bare
