@@ -140,16 +140,26 @@ pub struct MemoryStoreConfig {
 /// | `sweep_batch` | rows | 1000 | at most this many sessions deleted per statement |
 /// | `cache` | sessions | 0 (off) | keep up to this many sessions in this instance's memory (see below) |
 ///
-/// With `cache` set, a request whose session is cached makes no round trip to load it. Every
-/// instance announces its changes (`NOTIFY rocket_sessions`, in the statement that makes
-/// them), and a caching instance listens on one connection of its pool and drops what other
-/// instances change; while that connection is down it serves nothing from the cache. Another
-/// instance's change reaches the cache as soon as PostgreSQL delivers the notification,
-/// which is after the change commits: a request that races it by a fraction of a millisecond
-/// can still read the earlier value, as it could had it arrived a moment sooner. A single
-/// instance has no such moment: its own changes update or drop what it caches as they commit.
-/// Sessions changed by hand in SQL are not announced: clear the cache by restarting, or leave
-/// it off.
+/// With `cache` set, a request whose session is cached makes no round trip to load it, and
+/// what the cache serves is always what the database holds. Every instance on the database
+/// says every second that it is alive (`rocket_sessions_instances`), and a caching instance
+/// serves from its cache only while it holds the database's cache claim
+/// (`rocket_sessions_claim`), which it may take only while no other instance is alive. Every
+/// statement that changes or deletes an existing session, from any instance, checks the claim
+/// under a row lock and waits while another instance holds it. So a single instance serves
+/// from its cache, and its own changes update it as they commit; when a second instance
+/// starts, its first change asks the holder to let go, the holder stops serving from its cache
+/// and gives the claim up at once, and while two or more run, none serves from a cache. The
+/// claim is a lease of 5 seconds renewed every second on a connection of its own; the holder
+/// stops serving a second before the lease could lapse by the database's clock, and gives the
+/// claim up at shutdown, so that the next instance takes it as it starts. A holder that
+/// vanishes without giving it up delays other instances' changes until its lease lapses (at
+/// most 5 seconds; after 10 seconds a change fails as unavailable). The cache also listens,
+/// on one connection of the pool, for the changes the other instances announce (`NOTIFY
+/// rocket_sessions`), and serves nothing while that connection is down. Sessions changed by
+/// hand in SQL bypass the claim: after such a change, run `UPDATE rocket_sessions_claim SET
+/// holder = NULL` and the holder starts again with an empty cache within a second, or leave
+/// the cache off.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PostgresStoreConfig {
     /// Name of the database under `[<profile>.databases]`.

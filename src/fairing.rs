@@ -350,6 +350,9 @@ impl Fairing for Sessions {
             Ok(()) => rocket::info!("session store: persisted at shutdown"),
             Err(e) => rocket::error!("session store: persisting at shutdown failed: {e}"),
         }
+        if let Err(e) = manager.close().await {
+            rocket::error!("session store: closing at shutdown failed: {e}");
+        }
         if let Some(pool) = self.own_pool.get() {
             pool.close().await;
         }

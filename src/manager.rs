@@ -974,6 +974,12 @@ impl SessionManager {
     pub async fn persist(&self) -> Result<(), SessionError> {
         Ok(self.store().persist().await?)
     }
+
+    /// Lets go of what this instance holds in a shared store (see [`SessionStore::close`]);
+    /// the fairing calls it at shutdown, after the last persist. The store still answers.
+    pub async fn close(&self) -> Result<(), SessionError> {
+        Ok(self.store().close().await?)
+    }
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ use common::pg::{self, fresh_database};
 use common::*;
 use rocket::serde::json::json;
 use rocket_db_pools::sqlx;
+use rocket_server_sessions::error::StoreError;
 use rocket_server_sessions::store::{ChangeSet, PostgresStore, SessionRecord, SessionStore};
 
 /// A store on `url` with a cache of `cache` sessions (0: none), listening once it returns.
@@ -115,55 +116,246 @@ async fn gone(store: &PostgresStore, n: u8) -> bool {
 }
 
 #[rocket::async_test]
-async fn a_cache_never_keeps_what_another_instance_changed() {
+async fn a_cache_serves_only_while_no_other_instance_is_alive_and_never_anything_stale() {
     let url = fresh_database().await;
     let cached = &store_on(&url, 1000).await;
-    // The other instance keeps no cache of its own: it must announce its changes all the same.
-    let other = store_on(&url, 0).await;
+    assert!(
+        cached.cache_stats().unwrap().holding,
+        "alone: it holds the claim"
+    );
 
     for n in 1..=4 {
         assert!(cached
             .create(&key(n), START, &set("a", b"old"), START)
             .await
             .unwrap());
-        assert!(!gone(cached, n).await);
     }
     cached
         .create(&key(9), START, &set("role", b"admin"), START)
         .await
         .unwrap();
-    assert!(!gone(cached, 9).await);
+    let before = cached.statements();
+    assert_eq!(a_of(cached, 1).await, Some(b"old".to_vec()));
+    assert_eq!(cached.statements(), before, "served from the cache");
 
+    // Another instance starts, and changes sessions at once. Its changes wait until the
+    // cache has stopped serving; after each, the cached instance reads what it wrote.
+    let other = store_on(&url, 0).await;
     assert!(other
         .update(&key(1), &set("a", b"new"), START)
         .await
         .unwrap());
-    eventually("an update elsewhere reaches the cache", || async move {
-        a_of(cached, 1).await == Some(b"new".to_vec())
-    })
-    .await;
+    assert!(!cached.cache_stats().unwrap().holding);
+    assert_eq!(a_of(cached, 1).await, Some(b"new".to_vec()));
 
     other.destroy(&key(2)).await.unwrap();
-    eventually("a destroy elsewhere reaches the cache", || gone(cached, 2)).await;
+    assert!(gone(cached, 2).await);
 
     assert!(other
         .cycle(&key(3), &key(33), &ChangeSet::new(), START)
         .await
         .unwrap());
-    eventually("a cycle elsewhere reaches the cache", || gone(cached, 3)).await;
+    assert!(gone(cached, 3).await);
     assert_eq!(a_of(cached, 33).await, Some(b"old".to_vec()));
 
     assert_eq!(other.destroy_where("role", b"admin").await.unwrap(), 1);
-    eventually("a destroy_where elsewhere reaches the cache", || {
-        gone(cached, 9)
-    })
-    .await;
-    assert!(cached.cache_stats().unwrap().invalidations >= 4);
+    assert!(gone(cached, 9).await);
 
-    // What nobody changed is still served from the cache.
+    // While both run, neither serves from a cache: every load is a statement.
     let before = cached.statements();
     assert_eq!(a_of(cached, 4).await, Some(b"old".to_vec()));
-    assert_eq!(cached.statements(), before);
+    assert_eq!(cached.statements(), before + 1);
+
+    // The other instance shuts down: the cache takes the claim again, starting empty.
+    other.close().await.unwrap();
+    eventually("the claim is taken again", || async {
+        cached.cache_stats().unwrap().holding
+    })
+    .await;
+    assert_eq!(cached.cache_stats().unwrap().claims, 2);
+    assert_eq!(a_of(cached, 4).await, Some(b"old".to_vec()));
+    let before = cached.statements();
+    assert_eq!(a_of(cached, 4).await, Some(b"old".to_vec()));
+    assert_eq!(cached.statements(), before, "served from the cache again");
+}
+
+/// Makes a claim as an instance that does not exist would: holding for `secs` more seconds.
+async fn foreign_claim(url: &str, secs: f64) {
+    sqlx::query(
+        "UPDATE rocket_sessions_claim
+            SET holder = 42, until = clock_timestamp() + $1 * interval '1 second',
+                epoch = epoch + 1",
+    )
+    .bind(secs)
+    .execute(&pg::pool(url).await)
+    .await
+    .unwrap();
+}
+
+#[rocket::async_test]
+async fn a_change_waits_until_another_instances_claim_lapses() {
+    let url = fresh_database().await;
+    let store = store_on(&url, 0).await;
+    assert!(store
+        .create(&key(1), START, &set("a", b"old"), START)
+        .await
+        .unwrap());
+    // A holder that went away without giving its claim up: nobody answers the request to.
+    foreign_claim(&url, 2.0).await;
+    let started = Instant::now();
+    assert!(store
+        .update(&key(1), &set("a", b"new"), START)
+        .await
+        .unwrap());
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "the change was made while the claim was valid ({:?})",
+        started.elapsed()
+    );
+    assert_eq!(a_of(&store, 1).await, Some(b"new".to_vec()));
+
+    // Creating a session needs no wait: nobody can have cached a session that did not exist.
+    foreign_claim(&url, 30.0).await;
+    let started = Instant::now();
+    assert!(store
+        .create(&key(2), START, &set("a", b"x"), START)
+        .await
+        .unwrap());
+    assert!(started.elapsed() < Duration::from_secs(2));
+    // A sweep leaves the sessions to the claim's holder.
+    assert_eq!(store.sweep(START + 10 * TTL).await.unwrap(), 0);
+    assert_eq!(a_of(&store, 2).await, Some(b"x".to_vec()));
+}
+
+#[rocket::async_test]
+async fn a_claim_that_is_never_given_up_fails_changes_as_unavailable_and_changes_nothing() {
+    let url = fresh_database().await;
+    let store = store_on(&url, 0).await;
+    assert!(store
+        .create(&key(1), START, &set("a", b"old"), START)
+        .await
+        .unwrap());
+    foreign_claim(&url, 3600.0).await;
+    let started = Instant::now();
+    let (one, two, changes) = (key(1), key(2), set("a", b"new"));
+    let (updated, destroyed, cycled, destroyed_where) = rocket::tokio::join!(
+        store.update(&one, &changes, START),
+        store.destroy(&one),
+        store.cycle(&one, &two, &changes, START),
+        store.destroy_where("a", b"old"),
+    );
+    assert!(
+        matches!(updated, Err(StoreError::Unavailable(_))),
+        "{updated:?}"
+    );
+    assert!(
+        matches!(destroyed, Err(StoreError::Unavailable(_))),
+        "{destroyed:?}"
+    );
+    assert!(
+        matches!(cycled, Err(StoreError::Unavailable(_))),
+        "{cycled:?}"
+    );
+    assert!(
+        matches!(destroyed_where, Err(StoreError::Unavailable(_))),
+        "{destroyed_where:?}"
+    );
+    assert!(started.elapsed() >= Duration::from_secs(9));
+    assert_eq!(a_of(&store, 1).await, Some(b"old".to_vec()));
+}
+
+#[rocket::async_test]
+async fn a_holder_that_cannot_renew_its_claim_stops_serving_from_its_cache_before_it_lapses() {
+    let url = fresh_database().await;
+    let cached = store_on(&url, 1000).await;
+    assert!(cached
+        .create(&key(1), START, &set("a", b"old"), START)
+        .await
+        .unwrap());
+    let before = cached.statements();
+    assert_eq!(a_of(&cached, 1).await, Some(b"old".to_vec()));
+    assert_eq!(cached.statements(), before, "served from the cache");
+
+    // Hold the claim's row locked: the holder's renewals wait behind the lock.
+    let admin = pg::pool(&url).await;
+    let mut blocker = admin.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM rocket_sessions_claim FOR SHARE")
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    let until: f64 = sqlx::query_scalar(
+        "SELECT extract(epoch FROM until - clock_timestamp())::float8 FROM rocket_sessions_claim",
+    )
+    .fetch_one(&admin)
+    .await
+    .unwrap();
+    let lapses = Instant::now() + Duration::from_secs_f64(until);
+    eventually("the cache stops serving", || async {
+        !cached.cache_stats().unwrap().holding
+    })
+    .await;
+    assert!(
+        Instant::now() < lapses,
+        "it stopped only once the claim had lapsed"
+    );
+    let before = cached.statements();
+    assert_eq!(a_of(&cached, 1).await, Some(b"old".to_vec()));
+    assert_eq!(cached.statements(), before + 1, "a load from the database");
+    blocker.rollback().await.unwrap();
+    eventually("the claim is held again", || async {
+        cached.cache_stats().unwrap().holding
+    })
+    .await;
+}
+
+#[rocket::async_test]
+async fn after_a_change_by_hand_giving_the_claim_up_by_hand_empties_the_cache() {
+    let url = fresh_database().await;
+    let cached = store_on(&url, 1000).await;
+    assert!(cached
+        .create(&key(1), START, &set("a", b"old"), START)
+        .await
+        .unwrap());
+    assert_eq!(a_of(&cached, 1).await, Some(b"old".to_vec()));
+    // What the README says to do after changing sessions by hand.
+    let admin = pg::pool(&url).await;
+    sqlx::query("UPDATE rocket_session_data SET value = 'new'")
+        .execute(&admin)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE rocket_sessions_claim SET holder = NULL")
+        .execute(&admin)
+        .await
+        .unwrap();
+    let since = Instant::now();
+    eventually("the claim is taken anew", || async {
+        cached.cache_stats().unwrap().claims == 2
+    })
+    .await;
+    assert!(since.elapsed() < Duration::from_millis(1500));
+    assert_eq!(a_of(&cached, 1).await, Some(b"new".to_vec()));
+}
+
+#[rocket::async_test]
+async fn an_instance_that_shuts_down_hands_the_claim_over_at_once() {
+    let url = fresh_database().await;
+    let first = store_on(&url, 1000).await;
+    assert!(first.cache_stats().unwrap().holding);
+    first.close().await.unwrap();
+    assert!(!first.cache_stats().unwrap().holding);
+    // Still answers, from the database.
+    assert!(first
+        .create(&key(1), START, &set("a", b"1"), START)
+        .await
+        .unwrap());
+    let next = store_on(&url, 1000).await;
+    assert!(
+        next.cache_stats().unwrap().holding,
+        "the next instance takes the claim as it starts"
+    );
+    let started = Instant::now();
+    assert!(next.update(&key(1), &set("a", b"2"), START).await.unwrap());
+    assert!(started.elapsed() < Duration::from_secs(1));
 }
 
 #[rocket::async_test]
@@ -249,6 +441,30 @@ async fn the_cache_is_chosen_by_configuration() {
         listening == 1
     })
     .await;
+}
+
+#[rocket::async_test]
+async fn an_app_that_shuts_down_gives_up_the_claim_and_says_it_is_gone() {
+    let url = fresh_database().await;
+    let clock = rocket_server_sessions::ManualClock::new(START);
+    let client = cached_client(&url, &clock).await;
+    let cookie = get_with(&client, "/count", None).await.cookie.unwrap();
+    assert_eq!(get_with(&client, "/count", Some(&cookie)).await.body, "2");
+    let admin = pg::pool(&url).await;
+    let state = || async {
+        sqlx::query_as::<_, (Option<i64>, i64)>(
+            "SELECT holder, (SELECT count(*) FROM rocket_sessions_instances)
+               FROM rocket_sessions_claim",
+        )
+        .fetch_one(&admin)
+        .await
+        .unwrap()
+    };
+    let (holder, alive) = state().await;
+    assert!(holder.is_some(), "the app holds the claim");
+    assert_eq!(alive, 1);
+    client.terminate().await;
+    assert_eq!(state().await, (None, 0));
 }
 
 #[rocket::async_test]

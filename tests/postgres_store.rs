@@ -18,6 +18,9 @@ use rocket_db_pools::Database;
 use rocket_server_sessions::store::{ChangeSet, PostgresStore, SessionStore};
 use rocket_server_sessions::{ManualClock, SessionId, Sessions, StoreKey};
 
+/// The files in `migrations/`: the store applies each once.
+const MIGRATIONS: i64 = 2;
+
 async fn postgres() -> Arc<dyn SessionStore> {
     Arc::new(fresh_store(TTL).await)
 }
@@ -90,7 +93,7 @@ async fn the_store_can_run_on_the_apps_own_pool() {
     drop(rocket);
     assert_eq!(
         count(&url, "SELECT count(*) FROM rocket_sessions_schema").await,
-        1
+        MIGRATIONS
     );
 }
 
@@ -147,7 +150,7 @@ async fn migrations_are_idempotent_and_safe_when_instances_start_together() {
         .unwrap();
     assert_eq!(
         count(&url, "SELECT count(*) FROM rocket_sessions_schema").await,
-        1
+        MIGRATIONS
     );
     assert_eq!(
         count(
@@ -198,7 +201,9 @@ async fn tables_are_logged_by_default_and_unlogged_on_request() {
         let pool = pg::pool(&url).await;
         let rows = sqlx::query(
             "SELECT relname::text, relpersistence::text FROM pg_class
-              WHERE relname IN ('rocket_sessions', 'rocket_session_data') ORDER BY relname",
+              WHERE relname IN ('rocket_sessions', 'rocket_session_data',
+                                'rocket_sessions_claim', 'rocket_sessions_instances')
+              ORDER BY relname",
         )
         .fetch_all(&pool)
         .await
@@ -211,17 +216,18 @@ async fn tables_are_logged_by_default_and_unlogged_on_request() {
     PostgresStore::new(pg::pool(&url).await, &pg::config(TTL))
         .await
         .unwrap();
-    assert_eq!(persistence(url.clone()).await, "pp");
+    assert_eq!(persistence(url.clone()).await, "pppp");
     let mut unlogged = pg::config(TTL);
     unlogged.unlogged = true;
     PostgresStore::new(pg::pool(&url).await, &unlogged)
         .await
         .unwrap();
-    assert_eq!(persistence(url.clone()).await, "uu");
+    // The claim's tables too: a change locks the claim's row.
+    assert_eq!(persistence(url.clone()).await, "uuuu");
     PostgresStore::new(pg::pool(&url).await, &pg::config(TTL))
         .await
         .unwrap();
-    assert_eq!(persistence(url).await, "pp");
+    assert_eq!(persistence(url).await, "pppp");
 }
 
 #[rocket::async_test]
@@ -340,7 +346,7 @@ async fn a_sweep_on_the_stores_own_pool_reaches_expired_sessions_by_index_not_by
             .await
             .unwrap();
     let plan: Vec<String> =
-        sqlx::query_scalar(&format!("EXPLAIN EXECUTE {name}({START}, 1000, 'x')"))
+        sqlx::query_scalar(&format!("EXPLAIN EXECUTE {name}({START}, 1000, 'x', 1)"))
             .fetch_all(&pool)
             .await
             .unwrap();
@@ -349,7 +355,8 @@ async fn a_sweep_on_the_stores_own_pool_reaches_expired_sessions_by_index_not_by
         plan.contains("Index Scan using rocket_sessions_expires_at"),
         "{plan}"
     );
-    assert!(!plan.contains("Seq Scan on rocket_sessions"), "{plan}");
+    // (The claim's one-row table is scanned whole: `rocket_sessions_claim`.)
+    assert!(!plan.contains("Seq Scan on rocket_sessions "), "{plan}");
 }
 
 #[rocket::async_test]

@@ -1,20 +1,26 @@
 //! The PostgreSQL store's local cache: sessions this instance has read or written, kept in
 //! memory so that a request whose session is cached makes no round trip to load it.
 //!
-//! Every instance sharing the database announces what it changes with `NOTIFY` on
-//! [`CHANNEL`], in the statement that changes it, so the announcement is delivered when the
-//! change commits. An instance with a cache listens on one connection of its pool and drops
-//! what the others change. While that connection is down nothing is announced to it, so the
-//! cache is emptied and serves nothing until it listens again.
+//! The cache serves only while its instance holds the database's cache claim (see
+//! `claim` in the store): while it does, no other instance alive on the database changes a
+//! session, so what this instance wrote is what the database holds. It starts empty each time
+//! the claim is newly taken, and stops serving, as this instance counts time, before the claim
+//! could lapse in the database's.
+//!
+//! Every instance also announces what it changes with `NOTIFY` on [`CHANNEL`], and an instance
+//! with a cache listens on one connection of its pool and drops what the others change; while
+//! that connection is down the cache is emptied and serves nothing until it listens again.
 //!
 //! Two counters keep a slow load from filing what was true before a change: each shard counts
-//! its changes (`seq`), and the cache counts its listening connections (`epoch`). A load takes
-//! both before it asks the database and files its answer only if neither moved meanwhile.
+//! its changes (`seq`), and the cache counts its new starts (`epoch`: a listening connection,
+//! a claim). A load takes both before it asks the database and files its answer only if
+//! neither moved meanwhile.
 
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
+use std::time::Instant;
 
 use super::{ChangeSet, DigestHasher, SessionRecord};
 use crate::id::StoreKey;
@@ -65,6 +71,11 @@ pub struct CacheStats {
     pub listening: bool,
     /// Times the listening connection was (re)established.
     pub connections: u64,
+    /// Whether this instance holds the database's cache claim now (it serves nothing while
+    /// not): it is the only instance alive on the database.
+    pub holding: bool,
+    /// Times this instance newly took the claim (each time with an empty cache).
+    pub claims: u64,
 }
 
 pub(crate) struct Cache {
@@ -74,6 +85,10 @@ pub(crate) struct Cache {
     pub(crate) instance: u64,
     epoch: AtomicU64,
     listening: AtomicBool,
+    /// Until when the claim is held, in nanoseconds after `base`; 0 when it is not.
+    lease: AtomicU64,
+    base: Instant,
+    claims: AtomicU64,
     hits: AtomicU64,
     misses: AtomicU64,
     invalidations: AtomicU64,
@@ -88,6 +103,9 @@ impl Cache {
             instance,
             epoch: AtomicU64::new(0),
             listening: AtomicBool::new(false),
+            lease: AtomicU64::new(0),
+            base: Instant::now(),
+            claims: AtomicU64::new(0),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             invalidations: AtomicU64::new(0),
@@ -104,9 +122,47 @@ impl Cache {
             .unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Whether the cache may serve now: it listens, and the claim's lease has not run out.
+    fn serving(&self) -> bool {
+        self.listening.load(Ordering::Acquire) && self.holding()
+    }
+
+    /// Whether the claim's lease, as this instance counts it, has not run out.
+    fn holding(&self) -> bool {
+        let lease = self.lease.load(Ordering::Acquire);
+        lease != 0 && (self.base.elapsed().as_nanos() as u64) < lease
+    }
+
+    fn nanos(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.base).as_nanos().max(1) as u64
+    }
+
+    /// This instance newly took the claim, valid here until `until`: what the cache held
+    /// before may be stale, so it starts empty, and no load that began before can file.
+    pub(crate) fn claimed(&self, until: Instant) {
+        self.lease.store(0, Ordering::Release);
+        self.clear();
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        self.claims.fetch_add(1, Ordering::Relaxed);
+        self.lease.store(self.nanos(until), Ordering::Release);
+    }
+
+    /// The claim this instance holds was renewed without a break, valid here until `until`.
+    pub(crate) fn renewed(&self, until: Instant) {
+        self.lease.store(self.nanos(until), Ordering::Release);
+    }
+
+    /// This instance is about to give up the claim (or has lost it): the cache stops serving,
+    /// before anyone else may change a session, and is emptied.
+    pub(crate) fn unclaimed(&self) {
+        self.lease.store(0, Ordering::Release);
+        self.clear();
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+    }
+
     /// The live session under `key`, if cached.
     pub(crate) fn get(&self, key: &StoreKey, now: u64) -> Option<SessionRecord> {
-        let found = if self.listening.load(Ordering::Acquire) {
+        let found = if self.serving() {
             let shard = self.shard(prefix(key));
             shard
                 .entries
@@ -130,7 +186,7 @@ impl Cache {
     /// The counters a load of `key` takes before it asks the database.
     pub(crate) fn ticket(&self, key: &StoreKey) -> Option<Ticket> {
         let epoch = self.epoch.load(Ordering::Acquire);
-        if !self.listening.load(Ordering::Acquire) {
+        if !self.serving() {
             return None;
         }
         let seq = self.shard(prefix(key)).seq;
@@ -149,7 +205,7 @@ impl Cache {
         let mut shard = self.shard(prefix(key));
         if shard.seq != ticket.seq
             || self.epoch.load(Ordering::Acquire) != ticket.epoch
-            || !self.listening.load(Ordering::Acquire)
+            || !self.serving()
         {
             return;
         }
@@ -189,7 +245,7 @@ impl Cache {
     pub(crate) fn created(&self, key: &StoreKey, created: u64, expires: u64, changes: &ChangeSet) {
         let mut shard = self.shard(prefix(key));
         shard.seq += 1;
-        if self.listening.load(Ordering::Acquire) {
+        if self.serving() {
             let data = changes
                 .iter()
                 .filter_map(|(k, v)| Some((k.to_owned(), v?.to_vec())))
@@ -299,6 +355,8 @@ impl Cache {
             invalidations: self.invalidations.load(Ordering::Relaxed),
             listening: self.listening.load(Ordering::Acquire),
             connections: self.connections.load(Ordering::Relaxed),
+            holding: self.holding(),
+            claims: self.claims.load(Ordering::Relaxed),
         }
     }
 }
@@ -344,10 +402,42 @@ mod tests {
         }
     }
 
+    fn in_a_minute() -> Instant {
+        Instant::now() + std::time::Duration::from_secs(60)
+    }
+
+    /// A cache that listens and holds the claim.
     fn listening() -> Cache {
         let cache = Cache::new(100, 7);
         cache.set_listening(true);
+        cache.claimed(in_a_minute());
         cache
+    }
+
+    #[test]
+    fn a_cache_serves_only_while_its_claim_lasts_and_starts_empty_on_a_new_one() {
+        let cache = listening();
+        let ticket = cache.ticket(&key(1)).unwrap();
+        cache.fill(ticket, &key(1), &record(b"x"), 100);
+        assert!(cache.get(&key(1), 10).is_some());
+
+        // The lease runs out: nothing is served, nothing filed; a renewal serves it again.
+        cache.renewed(Instant::now());
+        assert!(cache.get(&key(1), 10).is_none());
+        assert!(cache.ticket(&key(1)).is_none());
+        assert!(!cache.stats().holding);
+        cache.renewed(in_a_minute());
+        assert!(cache.get(&key(1), 10).is_some());
+
+        // A load that began under the last claim files nothing under the next.
+        let ticket = cache.ticket(&key(2)).unwrap();
+        cache.unclaimed();
+        assert!(cache.get(&key(1), 10).is_none());
+        cache.claimed(in_a_minute());
+        cache.fill(ticket, &key(2), &record(b"old"), 100);
+        assert!(cache.get(&key(1), 10).is_none(), "emptied");
+        assert!(cache.get(&key(2), 10).is_none(), "a load from before");
+        assert_eq!(cache.stats().claims, 2);
     }
 
     #[test]
@@ -411,6 +501,7 @@ mod tests {
     fn the_cache_holds_at_most_its_capacity() {
         let cache = Cache::new(SHARDS, 7);
         cache.set_listening(true);
+        cache.claimed(in_a_minute());
         // 256 sessions, room for one per shard.
         for n in 0..=255u8 {
             let mut k = key(0);

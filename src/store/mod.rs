@@ -281,6 +281,13 @@ pub trait SessionStore: Send + Sync + 'static {
     async fn persist(&self) -> Result<(), StoreError> {
         Ok(())
     }
+
+    /// Lets go of what this instance holds in a store other instances share (the PostgreSQL
+    /// store gives up its cache claim and says it is gone). Called at shutdown, after the last
+    /// `persist`; calls made afterwards must still be answered.
+    async fn close(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// A shared store is a store: this lets one store serve several Rocket instances (and tests).
@@ -326,6 +333,9 @@ impl<S: SessionStore + ?Sized> SessionStore for std::sync::Arc<S> {
     }
     async fn persist(&self) -> Result<(), StoreError> {
         (**self).persist().await
+    }
+    async fn close(&self) -> Result<(), StoreError> {
+        (**self).close().await
     }
 }
 

@@ -3,13 +3,15 @@
 //! Sessions live in `rocket_sessions` (one row each, filed under the SHA-256 of the id) and
 //! their data in `rocket_session_data` (one row per key), as the schema in `migrations/`
 //! creates them. Every store call is one SQL statement, so one round trip: data-modifying
-//! common table expressions change the session row and its keys together.
+//! common table expressions change the session row and its keys together. Each statement that
+//! changes or deletes existing sessions also checks the cache claim (`fence!`), so that no
+//! instance ever changes a session another instance may be serving from its cache.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use rocket::tokio::sync::{oneshot, Notify};
+use rocket::tokio::sync::{oneshot, watch, Mutex as AsyncMutex, Notify};
 
 use rocket::figment::providers::Serialized;
 use rocket::figment::Figment;
@@ -27,11 +29,33 @@ use crate::error::StoreError;
 use crate::id::StoreKey;
 
 /// The schema, as `(version, description, SQL)`, in the order it is applied.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    20261125000000,
-    "rocket_sessions",
-    include_str!("../../migrations/20261125000000_rocket_sessions.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        20261125000000,
+        "rocket_sessions",
+        include_str!("../../migrations/20261125000000_rocket_sessions.sql"),
+    ),
+    (
+        20261126000000,
+        "rocket_sessions_claim",
+        include_str!("../../migrations/20261126000000_rocket_sessions_claim.sql"),
+    ),
+];
+
+/// How often every instance says it is alive, and one with a cache takes or renews the claim.
+const TICK: Duration = Duration::from_secs(1);
+
+/// How long a claim lasts in the database unless renewed, and how long an instance counts as
+/// alive after it last said so (both formatted into the tick's SQL).
+const LEASE: Duration = Duration::from_secs(5);
+
+/// How much sooner than the database the holder counts its claim as lapsed: room for the
+/// two clocks to drift apart while a lease runs.
+const LEASE_MARGIN: Duration = Duration::from_secs(1);
+
+/// How long a change waits for another instance's claim to be given up or to lapse before it
+/// fails as unavailable: the claim lapses within `LEASE` of its holder's last renewal.
+const FENCE_WAIT: Duration = Duration::from_secs(10);
 
 /// How long a connection of the store's own pool may have been idle and still be handed out
 /// without a round trip to check it (see [`PostgresStore::pool_from_figment`]).
@@ -46,17 +70,22 @@ const MIGRATION_LOCK: i64 = 0x726f_636b_6573_7373;
 /// [`PostgresStoreConfig`]), on a pool it initialises from `[<profile>.databases.<database>]`
 /// or on the app's own pool (see [`Sessions::with_database`](crate::Sessions::with_database)).
 ///
-/// Every change it makes is announced to the other instances on the database (`NOTIFY
-/// rocket_sessions`), so those that keep a local cache (`cache = N`, see
-/// [`PostgresStoreConfig`]) drop what changed elsewhere.
+/// Every instance on the database says every second that it is alive. One that keeps a local
+/// cache (`cache = N`, see [`PostgresStoreConfig`]) serves from it only while it holds the
+/// database's cache claim, which it may take only while no other instance is alive; every
+/// statement that changes or deletes an existing session checks the claim, under a lock, and
+/// waits while another instance holds it (see `migrations/`). Every change is also announced
+/// to the other instances (`NOTIFY rocket_sessions`).
 pub struct PostgresStore {
     db: Db,
     ttl: u64,
     sweep_batch: u32,
     loads: Arc<Coalescer<PendingLoad, Db>>,
     updates: Arc<Coalescer<PendingUpdate, Db>>,
-    /// Stops the task that listens for announcements, when there is a cache.
-    stop: Arc<Notify>,
+    /// Stops the store's tasks (the listener, the claim's ticks) when it is dropped or closed.
+    stop: watch::Sender<bool>,
+    /// Makes the claim's task tick at once (another instance asked for the claim).
+    tick_now: Arc<Notify>,
 }
 
 /// The pool and the statement count, shared by the store and its batch runners.
@@ -64,9 +93,25 @@ pub struct PostgresStore {
 struct Db {
     pool: PgPool,
     statements: Arc<AtomicU64>,
-    /// Tags this store's announcements, so that its own cache skips them.
+    /// Tags this store's announcements, so that its own cache skips them, and names this
+    /// instance in the claim's tables.
     instance: u64,
     cache: Option<Arc<Cache>>,
+    /// This instance's side of the claim; held through each tick, so ticks and `close` never
+    /// overlap.
+    claim: Arc<AsyncMutex<ClaimState>>,
+}
+
+/// What an instance knows of the claim.
+#[derive(Default)]
+struct ClaimState {
+    /// The claim's epoch while this instance holds it.
+    epoch: Option<i64>,
+    /// Set by `close`: no more ticks.
+    closed: bool,
+    /// The claim's own connection, outside the pool: a tick never waits for a pool that a
+    /// busy app has emptied (the claim would lapse under load), and takes nothing from it.
+    conn: Option<PgConnection>,
 }
 
 /// A live session as a load finds it: the record and its expiry.
@@ -166,24 +211,37 @@ impl PostgresStore {
             statements: Arc::new(AtomicU64::new(0)),
             instance,
             cache,
+            claim: Arc::new(AsyncMutex::new(ClaimState::default())),
         };
+        let (stop, stopped) = watch::channel(false);
         let store = PostgresStore {
             loads: Coalescer::new(db.clone(), LOAD_LEADERS),
             updates: Coalescer::new(db.clone(), UPDATE_LEADERS),
             db,
             ttl: config.ttl,
             sweep_batch: config.sweep_batch,
-            stop: Arc::new(Notify::new()),
+            stop,
+            tick_now: Arc::new(Notify::new()),
         };
         if config.migrate {
             store.migrate(config.unlogged).await?;
         } else {
             store.db.pool.execute("SELECT 1").await.map_err(classify)?;
         }
+        // Alive (and, with a cache, holding the claim if no other instance is) before it
+        // serves anything.
+        store.db.tick(&mut *store.db.claim.lock().await).await?;
         if let Some(cache) = &store.db.cache {
-            let listening = listen(store.db.pool.clone(), cache.clone(), store.stop.clone());
+            let listening = listen(
+                store.db.pool.clone(),
+                cache.clone(),
+                store.tick_now.clone(),
+                stopped.clone(),
+            );
             rocket::tokio::spawn(listening);
         }
+        let ticks = claim_ticks(store.db.clone(), store.tick_now.clone(), stopped);
+        rocket::tokio::spawn(ticks);
         Ok(store)
     }
 
@@ -260,7 +318,8 @@ impl PostgresStore {
         &self.db.pool
     }
 
-    /// How many SQL statements the store has sent: each is one round trip to the server.
+    /// How many SQL statements the store has sent for the calls made to it: each is one round
+    /// trip to the server. The claim's background statements (one a second) are not counted.
     pub fn statements(&self) -> u64 {
         self.db.statements.load(Ordering::Relaxed)
     }
@@ -315,24 +374,38 @@ impl PostgresStore {
             .await
             .map_err(classify)?;
         }
-        // A table referenced by a logged table cannot be unlogged, hence the order.
-        let persistence: String = sqlx::query_scalar(
-            "SELECT relpersistence::text FROM pg_class WHERE oid = 'rocket_sessions'::regclass",
-        )
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(classify)?;
-        let sql = match (unlogged, persistence.as_str()) {
-            (true, "p") => Some(
-                "ALTER TABLE rocket_session_data SET UNLOGGED; ALTER TABLE rocket_sessions SET UNLOGGED",
-            ),
-            (false, "u") => Some(
-                "ALTER TABLE rocket_sessions SET LOGGED; ALTER TABLE rocket_session_data SET LOGGED",
-            ),
-            _ => None,
+        // A table referenced by a logged table cannot be unlogged, and a logged table cannot
+        // reference an unlogged one, hence the orders. The claim's tables follow the sessions':
+        // a change locks the claim's row, which in a logged table writes to the WAL, and would
+        // make every change of an unlogged store wait for a WAL flush.
+        let tables: &[&str] = match unlogged {
+            true => &[
+                "rocket_session_data",
+                "rocket_sessions",
+                "rocket_sessions_claim",
+                "rocket_sessions_instances",
+            ],
+            false => &[
+                "rocket_sessions",
+                "rocket_session_data",
+                "rocket_sessions_claim",
+                "rocket_sessions_instances",
+            ],
         };
-        if let Some(sql) = sql {
-            tx.execute(sql).await.map_err(classify)?;
+        for table in tables {
+            let persistence: String = sqlx::query_scalar(
+                "SELECT relpersistence::text FROM pg_class WHERE oid = $1::regclass",
+            )
+            .bind(table)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(classify)?;
+            let sql = match (unlogged, persistence.as_str()) {
+                (true, "p") => format!("ALTER TABLE {table} SET UNLOGGED"),
+                (false, "u") => format!("ALTER TABLE {table} SET LOGGED"),
+                _ => continue,
+            };
+            tx.execute(sql.as_str()).await.map_err(classify)?;
         }
         tx.commit().await.map_err(classify)
     }
@@ -340,14 +413,20 @@ impl PostgresStore {
 
 impl Drop for PostgresStore {
     fn drop(&mut self) {
-        self.stop.notify_one();
+        let _ = self.stop.send(true);
     }
 }
 
 /// Keeps `cache` listening for announcements on a connection of `pool`, reconnecting when the
-/// connection is lost, until `stop` is notified or the pool is closed. The cache serves only
-/// while the connection is up.
-async fn listen(pool: PgPool, cache: Arc<Cache>, stop: Arc<Notify>) {
+/// connection is lost, until `stop` changes or the pool is closed. The cache serves only
+/// while the connection is up. Another instance asking for the claim makes the claim's task
+/// tick at once (`tick_now`).
+async fn listen(
+    pool: PgPool,
+    cache: Arc<Cache>,
+    tick_now: Arc<Notify>,
+    mut stop: watch::Receiver<bool>,
+) {
     use rocket::tokio::{select, time::sleep};
 
     let mut pause = Duration::from_millis(100);
@@ -358,15 +437,18 @@ async fn listen(pool: PgPool, cache: Arc<Cache>, stop: Arc<Notify>) {
             Ok::<_, sqlx::Error>(listener)
         };
         let failed = select! {
-            _ = stop.notified() => return,
+            _ = stop.changed() => return,
             connected = connect => match connected {
                 Ok(mut listener) => {
                     cache.set_listening(true);
                     pause = Duration::from_millis(100);
                     let end = loop {
                         select! {
-                            _ = stop.notified() => break None,
+                            _ = stop.changed() => break None,
                             next = listener.try_recv() => match next {
+                                Ok(Some(note)) if asks_for_claim(note.payload()) => {
+                                    tick_now.notify_one()
+                                }
                                 Ok(Some(note)) => cache.announced(note.payload()),
                                 Ok(None) => break Some("the connection was lost".to_string()),
                                 Err(sqlx::Error::PoolClosed) => break None,
@@ -386,10 +468,221 @@ async fn listen(pool: PgPool, cache: Arc<Cache>, stop: Arc<Notify>) {
         };
         rocket::warn!("session store: the cache is off until it listens again: {failed}");
         select! {
-            _ = stop.notified() => return,
+            _ = stop.changed() => return,
             _ = sleep(pause) => {}
         }
         pause = (pause * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Whether an announcement is another instance asking for the claim (see `Db::fenced`).
+fn asks_for_claim(payload: &str) -> bool {
+    payload.ends_with(" ?")
+}
+
+/// The claim's tick, in one statement: says `instance` is alive for [`LEASE`] more and, when it
+/// `wants` the claim (it has a cache) and no other instance is alive, takes the claim for
+/// [`LEASE`] or renews it. The epoch moves unless this instance held the claim without a break.
+/// Answers how many other instances are alive, and the claim's epoch if this instance holds
+/// it now. Taking or renewing the claim waits for every change in flight (each holds the
+/// claim's row `FOR SHARE`), and the times are read after that wait. Sent as a simple query
+/// (the values are numbers formatted in).
+fn tick_sql(instance: i64, wants: bool) -> String {
+    let lease = LEASE.as_secs();
+    format!(
+        "WITH claim_row AS (
+            INSERT INTO rocket_sessions_claim (one) VALUES (true) ON CONFLICT (one) DO NOTHING
+         ), alive AS (
+            INSERT INTO rocket_sessions_instances (instance, alive_until)
+            VALUES ({instance}, clock_timestamp() + interval '{lease} seconds')
+            ON CONFLICT (instance) DO UPDATE SET alive_until = excluded.alive_until
+         ), forgotten AS (
+            DELETE FROM rocket_sessions_instances
+             WHERE instance <> {instance} AND alive_until < clock_timestamp() - interval '1 day'
+         ), others AS (
+            SELECT count(*) AS n FROM rocket_sessions_instances
+             WHERE instance <> {instance} AND alive_until > clock_timestamp()
+         ), claimed AS (
+            UPDATE rocket_sessions_claim c
+               SET holder = {instance},
+                   until = clock_timestamp() + interval '{lease} seconds',
+                   epoch = CASE WHEN c.holder = {instance} AND c.until > clock_timestamp()
+                                THEN c.epoch ELSE c.epoch + 1 END
+             WHERE {wants} AND (SELECT n FROM others) = 0
+               AND (c.holder IS NULL OR c.holder = {instance} OR c.until < clock_timestamp())
+            RETURNING c.epoch
+         ) SELECT (SELECT n FROM others), (SELECT epoch FROM claimed)"
+    )
+}
+
+/// The check every statement that changes or deletes existing sessions makes, as its first
+/// common table expression: `fence` has a row, locked until the statement's transaction ends,
+/// when no other instance holds a valid claim (`$n` is this instance); the statement changes
+/// nothing otherwise.
+macro_rules! fence {
+    ($n:literal) => {
+        concat!(
+            "fence AS (
+                SELECT 1 FROM rocket_sessions_claim
+                 WHERE holder IS NULL OR holder = $",
+            $n,
+            " OR until < clock_timestamp()
+                   FOR SHARE
+             )"
+        )
+    };
+}
+
+/// Ticks every [`TICK`] (or at once when another instance asks for the claim) until the store
+/// is dropped or closed, then, if not closed, lets go of the claim.
+async fn claim_ticks(db: Db, tick_now: Arc<Notify>, mut stop: watch::Receiver<bool>) {
+    use rocket::tokio::{select, time::sleep};
+
+    let mut failing = false;
+    loop {
+        select! {
+            _ = stop.changed() => break,
+            _ = sleep(TICK) => {}
+            _ = tick_now.notified() => {}
+        }
+        let mut claim = db.claim.lock().await;
+        if claim.closed {
+            return;
+        }
+        match db.tick(&mut claim).await {
+            Ok(()) => failing = false,
+            Err(e) if !failing => {
+                failing = true;
+                rocket::warn!("session store: cannot say this instance is alive: {e}");
+            }
+            Err(_) => {}
+        }
+    }
+    let _ = db.close(&mut *db.claim.lock().await).await;
+}
+
+impl Db {
+    /// One tick of the claim (see [`tick_sql`]): with a cache, serving starts on a newly taken
+    /// claim with the cache emptied, goes on while the claim is renewed, and stops, before the
+    /// claim is given up, when another instance is alive. A tick that fails changes nothing:
+    /// the cache stops serving when its lease runs out.
+    async fn tick(&self, claim: &mut ClaimState) -> Result<(), StoreError> {
+        let started = Instant::now();
+        let sql = tick_sql(self.instance as i64, self.cache.is_some());
+        let row = self.claim_statement(claim, &sql).await?;
+        let epoch: Option<i64> = row.try_get(1).map_err(classify)?;
+        let Some(cache) = &self.cache else {
+            return Ok(());
+        };
+        match epoch {
+            Some(epoch) => {
+                // Counted from before the statement was sent, and shorter: the database's lease
+                // began later and runs longer.
+                let until = started + LEASE - LEASE_MARGIN;
+                if claim.epoch == Some(epoch) {
+                    cache.renewed(until);
+                } else {
+                    cache.claimed(until);
+                    claim.epoch = Some(epoch);
+                }
+                Ok(())
+            }
+            None if claim.epoch.is_some() => self.give_up(claim).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Runs `sql` on the claim's own connection, connecting it first if it is not connected;
+    /// a connection that fails is dropped, and the next statement connects anew.
+    async fn claim_statement(
+        &self,
+        claim: &mut ClaimState,
+        sql: &str,
+    ) -> Result<sqlx::postgres::PgRow, StoreError> {
+        let conn = match &mut claim.conn {
+            Some(conn) => conn,
+            None => {
+                let options = self.pool.connect_options();
+                let connect = PgConnection::connect_with(&options);
+                let conn = rocket::tokio::time::timeout(LEASE, connect)
+                    .await
+                    .map_err(|_| StoreError::Unavailable("connecting timed out".into()))?
+                    .map_err(classify)?;
+                claim.conn.insert(conn)
+            }
+        };
+        let row = conn.fetch_one(sql).await;
+        if row.is_err() {
+            claim.conn = None;
+        }
+        row.map_err(classify)
+    }
+
+    /// Stops serving from the cache, then gives up the claim, so that the others' changes need
+    /// not wait for it to lapse.
+    async fn give_up(&self, claim: &mut ClaimState) -> Result<(), StoreError> {
+        if let Some(cache) = &self.cache {
+            cache.unclaimed();
+        }
+        claim.epoch = None;
+        let sql = format!(
+            "WITH given_up AS (
+                UPDATE rocket_sessions_claim SET holder = NULL, until = '-infinity'
+                 WHERE holder = {}
+             ) SELECT 1",
+            self.instance as i64
+        );
+        self.claim_statement(claim, &sql).await.map(|_| ())
+    }
+
+    /// Gives up the claim and says this instance is gone; no more ticks.
+    async fn close(&self, claim: &mut ClaimState) -> Result<(), StoreError> {
+        if claim.closed {
+            return Ok(());
+        }
+        claim.closed = true;
+        if let Some(cache) = &self.cache {
+            cache.unclaimed();
+        }
+        claim.epoch = None;
+        let sql = format!(
+            "WITH gone AS (
+                DELETE FROM rocket_sessions_instances WHERE instance = {0}
+             ), given_up AS (
+                UPDATE rocket_sessions_claim SET holder = NULL, until = '-infinity'
+                 WHERE holder = {0}
+             ) SELECT 1",
+            self.instance as i64
+        );
+        self.claim_statement(claim, &sql).await?;
+        claim.conn = None;
+        Ok(())
+    }
+
+    /// A change found another instance's claim in its way (`since`: when it first did). Asks
+    /// the holder to look at once (it gives the claim up while another instance is alive, and
+    /// this one is), then waits a moment; after [`FENCE_WAIT`], fails as unavailable.
+    async fn fenced(&self, since: &mut Option<Instant>) -> Result<(), StoreError> {
+        match since {
+            None => {
+                *since = Some(Instant::now());
+                self.count();
+                sqlx::query("SELECT pg_notify($1, $2)")
+                    .bind(CHANNEL)
+                    .bind(format!("{:016x} ?", self.instance))
+                    .execute(&self.pool)
+                    .await
+                    .map_err(classify)?;
+            }
+            Some(t) if t.elapsed() >= FENCE_WAIT => {
+                return Err(StoreError::Unavailable(
+                    "another instance holds the session cache claim and has not given it up".into(),
+                ))
+            }
+            Some(_) => {}
+        }
+        rocket::tokio::time::sleep(Duration::from_millis(10)).await;
+        Ok(())
     }
 }
 
@@ -578,15 +871,19 @@ impl Batch<PendingUpdate> for Db {
 }
 
 /// The batched update: extends each live session, applies its per-key changes and announces
-/// the sessions whose data changed ($9, or NULL), in one statement. Answers the positions in
-/// the batch of the sessions that were live.
-const UPDATE_MANY: &str = "WITH input AS (
+/// the sessions whose data changed ($9, or NULL), in one statement, unless another instance
+/// holds the claim ($10 is this instance). Answers the positions in the batch of the sessions
+/// that were live, and whether the claim let the statement through.
+const UPDATE_MANY: &str = concat!(
+    "WITH ",
+    fence!(10),
+    ", input AS (
         SELECT * FROM unnest($1::bytea[], $2::bigint[], $3::bigint[])
           WITH ORDINALITY AS i(key, expires, now, n)
      ), s AS (
         UPDATE rocket_sessions t SET expires_at = i.expires
           FROM input i
-         WHERE t.key = i.key AND t.expires_at > i.now
+         WHERE t.key = i.key AND t.expires_at > i.now AND EXISTS (SELECT FROM fence)
         RETURNING t.id, t.key, i.n
      ), removed AS (
         DELETE FROM rocket_session_data d
@@ -600,7 +897,8 @@ const UPDATE_MANY: &str = "WITH input AS (
         ON CONFLICT (session_id, name) DO UPDATE SET value = excluded.value
      ), announced AS (
         SELECT pg_notify('rocket_sessions', $9) WHERE $9 IS NOT NULL AND EXISTS (SELECT FROM s)
-     ) SELECT array(SELECT n FROM s), (SELECT count(*) FROM announced)";
+     ) SELECT array(SELECT n FROM s), (SELECT count(*) FROM announced), EXISTS (SELECT FROM fence)"
+);
 
 impl Db {
     /// What one query finds for each of the batch's sessions, in the batch's order: the
@@ -688,11 +986,11 @@ impl Db {
         // Only changed data is announced: another cache holding an older expiry reloads early.
         let announcement =
             (!changed.is_empty()).then(|| cache::announcement(self.instance, changed.into_iter()));
-        let mut attempt = 0;
+        let (mut attempt, mut fenced_since) = (0, None);
         let rows = loop {
             self.count();
             let conn = self.held(held, attempt > 0).await?;
-            let done: Result<(Vec<i64>, i64), _> = sqlx::query_as(UPDATE_MANY)
+            let done: Result<(Vec<i64>, i64, bool), _> = sqlx::query_as(UPDATE_MANY)
                 .bind(&keys)
                 .bind(&expires)
                 .bind(&nows)
@@ -702,13 +1000,17 @@ impl Db {
                 .bind(&set_names)
                 .bind(&set_values)
                 .bind(&announcement)
+                .bind(self.instance as i64)
                 .fetch_one(conn)
                 .await;
             match done {
-                Ok((rows, _)) => break rows,
-                Err(e) => after_failure(held, attempt, e)?,
+                Ok((rows, _, true)) => break rows,
+                Ok((_, _, false)) => self.fenced(&mut fenced_since).await?,
+                Err(e) => {
+                    after_failure(held, attempt, e)?;
+                    attempt += 1;
+                }
             }
-            attempt += 1;
         };
         let mut live = vec![false; batch.len()];
         for n in rows {
@@ -818,14 +1120,19 @@ impl SessionStore for PostgresStore {
         changes: &ChangeSet,
         now: u64,
     ) -> Result<bool, StoreError> {
-        self.count();
         let (names, values, removed) = split(changes);
         let announcement = cache::announcement(self.db.instance, [old, new].into_iter());
-        let moved = sqlx::query_as::<_, (i64, i64)>(
-            "WITH s AS (
+        let mut fenced_since = None;
+        let moved = loop {
+            self.count();
+            let moved = sqlx::query_as::<_, (i64, i64, bool)>(concat!(
+                "WITH ",
+                fence!(9),
+                ", s AS (
                 UPDATE rocket_sessions SET key = $2, expires_at = $3
                  WHERE key = $1 AND expires_at > $4
                    AND NOT EXISTS (SELECT 1 FROM rocket_sessions WHERE key = $2)
+                   AND EXISTS (SELECT FROM fence)
                 RETURNING id
              ), removed AS (
                 DELETE FROM rocket_session_data d USING s
@@ -836,24 +1143,31 @@ impl SessionStore for PostgresStore {
                 ON CONFLICT (session_id, name) DO UPDATE SET value = excluded.value
              ), announced AS (
                 SELECT pg_notify('rocket_sessions', $8) WHERE EXISTS (SELECT FROM s)
-             ) SELECT (SELECT count(*) FROM s), (SELECT count(*) FROM announced)",
-        )
-        .bind(&old.0[..])
-        .bind(&new.0[..])
-        .bind(secs(now.saturating_add(self.ttl)))
-        .bind(secs(now))
-        .bind(&removed)
-        .bind(&names)
-        .bind(&values)
-        .bind(announcement)
-        .fetch_one(&self.db.pool)
-        .await;
+             ) SELECT (SELECT count(*) FROM s), (SELECT count(*) FROM announced),
+                      EXISTS (SELECT FROM fence)"
+            ))
+            .bind(&old.0[..])
+            .bind(&new.0[..])
+            .bind(secs(now.saturating_add(self.ttl)))
+            .bind(secs(now))
+            .bind(&removed)
+            .bind(&names)
+            .bind(&values)
+            .bind(&announcement)
+            .bind(self.db.instance as i64)
+            .fetch_one(&self.db.pool)
+            .await;
+            match moved {
+                Ok((_, _, false)) => self.db.fenced(&mut fenced_since).await?,
+                moved => break moved,
+            }
+        };
         if let Some(cache) = self.cache() {
             cache.drop_key(old);
             cache.drop_key(new);
         }
         match moved {
-            Ok((n, _)) => Ok(n == 1),
+            Ok((n, _, _)) => Ok(n == 1),
             // The new id was taken between the check and the update.
             Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Ok(false),
             Err(e) => Err(classify(e)),
@@ -861,16 +1175,30 @@ impl SessionStore for PostgresStore {
     }
 
     async fn destroy(&self, key: &StoreKey) -> Result<(), StoreError> {
-        self.count();
-        let done = sqlx::query(
-            "WITH d AS (
-                DELETE FROM rocket_sessions WHERE key = $1 RETURNING 1
-             ) SELECT pg_notify('rocket_sessions', $2) WHERE EXISTS (SELECT FROM d)",
-        )
-        .bind(&key.0[..])
-        .bind(cache::announcement(self.db.instance, [key].into_iter()))
-        .execute(&self.db.pool)
-        .await;
+        let announcement = cache::announcement(self.db.instance, [key].into_iter());
+        let mut fenced_since = None;
+        let done = loop {
+            self.count();
+            let done = sqlx::query_as::<_, (bool, i64)>(concat!(
+                "WITH ",
+                fence!(3),
+                ", d AS (
+                DELETE FROM rocket_sessions WHERE key = $1 AND EXISTS (SELECT FROM fence)
+                RETURNING 1
+             ), announced AS (
+                SELECT pg_notify('rocket_sessions', $2) WHERE EXISTS (SELECT FROM d)
+             ) SELECT EXISTS (SELECT FROM fence), (SELECT count(*) FROM announced)"
+            ))
+            .bind(&key.0[..])
+            .bind(&announcement)
+            .bind(self.db.instance as i64)
+            .fetch_one(&self.db.pool)
+            .await;
+            match done {
+                Ok((false, _)) => self.db.fenced(&mut fenced_since).await?,
+                done => break done,
+            }
+        };
         if let Some(cache) = self.cache() {
             cache.drop_key(key);
         }
@@ -879,27 +1207,39 @@ impl SessionStore for PostgresStore {
     }
 
     async fn destroy_where(&self, name: &str, value: &[u8]) -> Result<u64, StoreError> {
-        self.count();
-        // Announces the deleted sessions by the first 8 bytes of their keys, as
-        // `cache::announcement` does, or `*` when there are too many to name.
-        let done: Result<(Vec<Vec<u8>>, i64), _> = sqlx::query_as(
-            "WITH d AS (
+        let mut fenced_since = None;
+        let done = loop {
+            self.count();
+            // Announces the deleted sessions by the first 8 bytes of their keys, as
+            // `cache::announcement` does, or `*` when there are too many to name.
+            let done: Result<(Vec<Vec<u8>>, i64, bool), _> = sqlx::query_as(concat!(
+                "WITH ",
+                fence!(5),
+                ", d AS (
                 DELETE FROM rocket_sessions s USING rocket_session_data d
                  WHERE d.session_id = s.id AND d.name = $1 AND d.value = $2
+                   AND EXISTS (SELECT FROM fence)
                 RETURNING s.key
              ), announced AS (
                 SELECT pg_notify('rocket_sessions', CASE WHEN count(*) > $4 THEN $3 || ' *'
                     ELSE $3 || string_agg(' ' || encode(substring(key FROM 1 FOR 8), 'hex'), '') END)
                   FROM d HAVING count(*) > 0
-             ) SELECT array(SELECT key FROM d), (SELECT count(*) FROM announced)",
-        )
-        .bind(name)
-        .bind(value)
-        .bind(format!("{:016x}", self.db.instance))
-        .bind(cache::MAX_NAMED as i64)
-        .fetch_one(&self.db.pool)
-        .await;
-        let (deleted, _) = done.map_err(|e| {
+             ) SELECT array(SELECT key FROM d), (SELECT count(*) FROM announced),
+                      EXISTS (SELECT FROM fence)"
+            ))
+            .bind(name)
+            .bind(value)
+            .bind(format!("{:016x}", self.db.instance))
+            .bind(cache::MAX_NAMED as i64)
+            .bind(self.db.instance as i64)
+            .fetch_one(&self.db.pool)
+            .await;
+            match done {
+                Ok((_, _, false)) => self.db.fenced(&mut fenced_since).await?,
+                done => break done,
+            }
+        };
+        let (deleted, _, _) = done.map_err(|e| {
             if let Some(cache) = self.cache() {
                 cache.clear(); // what was deleted is unknown
             }
@@ -919,22 +1259,31 @@ impl SessionStore for PostgresStore {
             self.count();
             // `= ANY(ARRAY(..))` rather than `IN (..)`: as a generic plan (see
             // `pool_from_figment`), `IN` joins the batch against a scan of the whole table.
-            let (deleted, _): (i64, i64) = sqlx::query_as(
-                "WITH d AS (
+            // Another instance's claim lets nothing through: that instance sweeps.
+            let (deleted, _, through): (i64, i64, bool) = sqlx::query_as(concat!(
+                "WITH ",
+                fence!(4),
+                ", d AS (
                     DELETE FROM rocket_sessions WHERE id = ANY(ARRAY(
-                        SELECT id FROM rocket_sessions WHERE expires_at <= $1
+                        SELECT id FROM rocket_sessions
+                         WHERE expires_at <= $1 AND EXISTS (SELECT FROM fence)
                          ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED))
                     RETURNING 1
                  ), announced AS (
                     SELECT pg_notify('rocket_sessions', $3) WHERE EXISTS (SELECT FROM d)
-                 ) SELECT (SELECT count(*) FROM d), (SELECT count(*) FROM announced)",
-            )
+                 ) SELECT (SELECT count(*) FROM d), (SELECT count(*) FROM announced),
+                          EXISTS (SELECT FROM fence)"
+            ))
             .bind(secs(now))
             .bind(i64::from(self.sweep_batch))
             .bind(cache::announcement_swept(self.db.instance, now))
+            .bind(self.db.instance as i64)
             .fetch_one(&self.db.pool)
             .await
             .map_err(classify)?;
+            if !through {
+                return Ok(total);
+            }
             if let Some(cache) = self.cache() {
                 cache.drop_expired(now);
             }
@@ -944,6 +1293,12 @@ impl SessionStore for PostgresStore {
                 return Ok(total);
             }
         }
+    }
+
+    async fn close(&self) -> Result<(), StoreError> {
+        let closed = self.db.close(&mut *self.db.claim.lock().await).await;
+        let _ = self.stop.send(true);
+        closed
     }
 }
 
