@@ -138,9 +138,9 @@ pub struct MemoryStoreConfig {
 /// | `unlogged` | bool | `false` | create the tables UNLOGGED (faster, emptied after a crash) |
 /// | `sweep_interval` | seconds | 60 | delete expired sessions this often |
 /// | `sweep_batch` | rows | 1000 | at most this many sessions deleted per statement |
-/// | `cache` | sessions | 0 (off) | keep up to this many sessions in this instance's memory (see below) |
+/// | `cache` | sessions | 10000 | keep up to this many sessions in this instance's memory, served only while no other instance uses the database (see below); 0 turns it off |
 ///
-/// With `cache` set, a request whose session is cached makes no round trip to load it, and
+/// With the cache on, a request whose session is cached makes no round trip to load it, and
 /// what the cache serves is always what the database holds. Every instance on the database
 /// says every second that it is alive (`rocket_sessions_instances`), and a caching instance
 /// serves from its cache only while it holds the database's cache claim
@@ -158,8 +158,8 @@ pub struct MemoryStoreConfig {
 /// on one connection of the pool, for the changes the other instances announce (`NOTIFY
 /// rocket_sessions`), and serves nothing while that connection is down. Sessions changed by
 /// hand in SQL bypass the claim: after such a change, run `UPDATE rocket_sessions_claim SET
-/// holder = NULL` and the holder starts again with an empty cache within a second, or leave
-/// the cache off.
+/// holder = NULL` and the holder starts again with an empty cache within a second, or turn the
+/// cache off. The listening connection means a cache needs a pool of at least 2 connections.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PostgresStoreConfig {
     /// Name of the database under `[<profile>.databases]`.
@@ -180,6 +180,9 @@ pub struct PostgresStoreConfig {
 
 /// A larger cache than this is a mistake (it would hold gigabytes).
 const MAX_CACHE: usize = 10_000_000;
+/// The PostgreSQL store's cache unless configured: a few megabytes for the sessions of the
+/// last active visitors.
+const DEFAULT_CACHE: usize = 10_000;
 const WEEK: u64 = 7 * 86_400;
 /// Durations above this are refused: they overflow nothing, and mean nothing either.
 const MAX_SECONDS: u64 = 100 * 365 * 86_400;
@@ -458,7 +461,7 @@ impl RawStore {
                 if sweep_batch == 0 {
                     return Err(err("store.sweep_batch", "must be at least 1".into()));
                 }
-                let cache = self.cache.unwrap_or(0);
+                let cache = self.cache.unwrap_or(DEFAULT_CACHE);
                 if cache > MAX_CACHE {
                     return Err(err("store.cache", format!("at most {MAX_CACHE} sessions")));
                 }

@@ -92,6 +92,19 @@ fn postgres_store_settings_are_read() {
     }
 }
 
+#[test]
+fn the_postgres_store_caches_unless_told_not_to() {
+    let cache_of = |store: &str| {
+        let toml = format!("[prod.session]\nsecret_key = \"{KEY}\"\nstore = {store}\n");
+        match from_toml(&toml, "prod").unwrap().store {
+            StoreConfig::Postgres(p) => p.cache,
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(cache_of("{ kind = \"postgres\" }"), 10_000);
+    assert_eq!(cache_of("{ kind = \"postgres\", cache = 0 }"), 0);
+}
+
 /// Each invalid setting, the key the error must name, and a word its reason must contain.
 const INVALID: &[(&str, &str, &str)] = &[
     ("cookie_name = \"\"", "cookie_name", "empty"),

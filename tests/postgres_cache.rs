@@ -481,7 +481,11 @@ async fn a_cache_on_a_pool_of_one_connection_is_refused() {
         .await
         .err()
         .expect("refused");
-    assert!(refused.to_string().contains("store.cache"), "{refused}");
+    assert!(
+        refused.to_string().contains("store.cache")
+            && refused.to_string().contains("store.cache = 0"),
+        "the key, and how to do without: {refused}"
+    );
 }
 
 #[rocket::async_test]

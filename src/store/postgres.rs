@@ -199,7 +199,9 @@ impl PostgresStore {
         if config.cache > 0 && pool.options().get_max_connections() < 2 {
             // The listener would hold the only connection, and every store call would wait.
             return Err(StoreError::Other(
-                "store.cache needs a pool of at least 2 connections (one of them listens)".into(),
+                "store.cache needs a pool of at least 2 connections (one of them listens): \
+                 raise the database's max_connections, or set store.cache = 0"
+                    .into(),
             ));
         }
         let mut tag = [0u8; 8];
