@@ -337,6 +337,32 @@ async fn after_a_change_by_hand_giving_the_claim_up_by_hand_empties_the_cache() 
 }
 
 #[rocket::async_test]
+async fn a_database_that_stops_answering_stops_the_cache_and_never_holds_up_shutdown() {
+    let (url, frozen) = pg::freezable_proxy(&fresh_database().await).await;
+    let cached = store_on(&url, 1000).await;
+    assert!(cached
+        .create(&key(1), START, &set("a", b"1"), START)
+        .await
+        .unwrap());
+    frozen.store(true, std::sync::atomic::Ordering::SeqCst);
+    eventually("the cache stops serving", || async {
+        !cached.cache_stats().unwrap().holding
+    })
+    .await;
+    let started = Instant::now();
+    let closed = cached.close().await;
+    assert!(
+        matches!(closed, Err(StoreError::Unavailable(_))),
+        "{closed:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[rocket::async_test]
 async fn an_instance_that_shuts_down_hands_the_claim_over_at_once() {
     let url = fresh_database().await;
     let first = store_on(&url, 1000).await;

@@ -53,6 +53,9 @@ const LEASE: Duration = Duration::from_secs(5);
 /// two clocks to drift apart while a lease runs.
 const LEASE_MARGIN: Duration = Duration::from_secs(1);
 
+/// How long closing the store may take to give up the claim before leaving it to lapse.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
+
 /// How long a change waits for another instance's claim to be given up or to lapse before it
 /// fails as unavailable: the claim lapses within `LEASE` of its holder's last renewal.
 const FENCE_WAIT: Duration = Duration::from_secs(10);
@@ -601,23 +604,30 @@ impl Db {
         claim: &mut ClaimState,
         sql: &str,
     ) -> Result<sqlx::postgres::PgRow, StoreError> {
+        use rocket::tokio::time::timeout;
+
+        let timed_out = || StoreError::Unavailable("the claim's statement timed out".into());
         let conn = match &mut claim.conn {
             Some(conn) => conn,
             None => {
                 let options = self.pool.connect_options();
-                let connect = PgConnection::connect_with(&options);
-                let conn = rocket::tokio::time::timeout(LEASE, connect)
+                let conn = timeout(LEASE, PgConnection::connect_with(&options))
                     .await
-                    .map_err(|_| StoreError::Unavailable("connecting timed out".into()))?
+                    .map_err(|_| timed_out())?
                     .map_err(classify)?;
                 claim.conn.insert(conn)
             }
         };
-        let row = conn.fetch_one(sql).await;
+        // Bounded, so that a database that stopped answering never holds up a tick (or the
+        // shutdown) for long; the connection is then dropped.
+        let row = match timeout(LEASE, conn.fetch_one(sql)).await {
+            Ok(row) => row.map_err(classify),
+            Err(_) => Err(timed_out()),
+        };
         if row.is_err() {
             claim.conn = None;
         }
-        row.map_err(classify)
+        row
     }
 
     /// Stops serving from the cache, then gives up the claim, so that the others' changes need
@@ -1298,9 +1308,21 @@ impl SessionStore for PostgresStore {
     }
 
     async fn close(&self) -> Result<(), StoreError> {
-        let closed = self.db.close(&mut *self.db.claim.lock().await).await;
+        // No more serving from the cache from here, and no more ticks.
+        if let Some(cache) = self.cache() {
+            cache.unclaimed();
+        }
         let _ = self.stop.send(true);
-        closed
+        // Giving the claim up only spares the next instance a wait; a database that does not
+        // answer must not hold up the shutdown, and then the claim lapses by itself.
+        let closing = async { self.db.close(&mut *self.db.claim.lock().await).await };
+        rocket::tokio::time::timeout(CLOSE_WAIT, closing)
+            .await
+            .unwrap_or_else(|_| {
+                Err(StoreError::Unavailable(
+                    "giving up the cache claim timed out; it lapses by itself".into(),
+                ))
+            })
     }
 }
 

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use rocket_db_pools::sqlx::{self, Connection, Executor, PgConnection, PgPool};
@@ -144,13 +144,9 @@ impl Drop for Cluster {
     }
 }
 
-/// A proxy on 127.0.0.1 in front of the server of `url` that counts the `Sync` messages
-/// clients send: one ends every statement of the extended protocol, and sqlx's check of a
-/// pooled connection is a `Sync` on its own. Returns `url` through the proxy, and the count.
-pub async fn sync_counting_proxy(url: &str) -> (String, Arc<AtomicUsize>) {
-    use rocket::tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use rocket::tokio::net::{TcpListener, TcpStream};
-
+/// A listener on 127.0.0.1 to stand in for the server of `url`: the listener, the server's
+/// address, and `url` through the listener.
+async fn stand_in(url: &str) -> (rocket::tokio::net::TcpListener, String, String) {
     let scheme = url.find("://").map_or(0, |i| i + 3);
     let end = url[scheme..]
         .find(['/', '?'])
@@ -162,13 +158,70 @@ pub async fn sync_counting_proxy(url: &str) -> (String, Arc<AtomicUsize>) {
         hp if hp.contains(':') => hp.to_string(),
         host => format!("{host}:5432"),
     };
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = rocket::tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap();
     let proxied = format!(
         "{}127.0.0.1:{}{}",
         &url[..at],
         listener.local_addr().unwrap().port(),
         &url[end..]
     );
+    (listener, server, proxied)
+}
+
+/// A proxy on 127.0.0.1 in front of the server of `url` that stops passing bytes either way
+/// while the returned flag is set, as a server that stopped answering would. Returns `url`
+/// through the proxy, and the flag.
+pub async fn freezable_proxy(url: &str) -> (String, Arc<AtomicBool>) {
+    use rocket::tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+    use rocket::tokio::net::TcpStream;
+
+    async fn pass(
+        mut from: impl AsyncRead + Unpin,
+        mut to: impl AsyncWrite + Unpin,
+        frozen: Arc<AtomicBool>,
+    ) {
+        let mut chunk = [0u8; 8192];
+        loop {
+            let n = match from.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            while frozen.load(Ordering::SeqCst) {
+                rocket::tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            if to.write_all(&chunk[..n]).await.is_err() {
+                break;
+            }
+        }
+    }
+
+    let (listener, server, proxied) = stand_in(url).await;
+    let frozen = Arc::new(AtomicBool::new(false));
+    let flag = frozen.clone();
+    rocket::tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(upstream) = TcpStream::connect(&server).await else {
+                continue;
+            };
+            let (from_client, to_client) = client.into_split();
+            let (from_server, to_server) = upstream.into_split();
+            rocket::tokio::spawn(pass(from_server, to_client, flag.clone()));
+            rocket::tokio::spawn(pass(from_client, to_server, flag.clone()));
+        }
+    });
+    (proxied, frozen)
+}
+
+/// A proxy on 127.0.0.1 in front of the server of `url` that counts the `Sync` messages
+/// clients send: one ends every statement of the extended protocol, and sqlx's check of a
+/// pooled connection is a `Sync` on its own. Returns `url` through the proxy, and the count.
+pub async fn sync_counting_proxy(url: &str) -> (String, Arc<AtomicUsize>) {
+    use rocket::tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use rocket::tokio::net::TcpStream;
+
+    let (listener, server, proxied) = stand_in(url).await;
     let syncs = Arc::new(AtomicUsize::new(0));
     let counted = syncs.clone();
     rocket::tokio::spawn(async move {
