@@ -33,6 +33,17 @@ async fn store_on(url: &str, cache: usize) -> PostgresStore {
     store
 }
 
+/// A store on `url` with a cache of `cache` sessions, and one session in it: `key(1)`, its
+/// `a` set to `old`.
+async fn store_with_one(url: &str, cache: usize) -> PostgresStore {
+    let store = store_on(url, cache).await;
+    assert!(store
+        .create(&key(1), START, &set("a", b"old"), START)
+        .await
+        .unwrap());
+    store
+}
+
 async fn cached() -> Arc<dyn SessionStore> {
     Arc::new(store_on(&fresh_database().await, 1000).await)
 }
@@ -195,11 +206,7 @@ async fn foreign_claim(url: &str, secs: f64) {
 #[rocket::async_test]
 async fn a_change_waits_until_another_instances_claim_lapses() {
     let url = fresh_database().await;
-    let store = store_on(&url, 0).await;
-    assert!(store
-        .create(&key(1), START, &set("a", b"old"), START)
-        .await
-        .unwrap());
+    let store = store_with_one(&url, 0).await;
     // A holder that went away without giving its claim up: nobody answers the request to.
     foreign_claim(&url, 2.0).await;
     let started = Instant::now();
@@ -230,11 +237,7 @@ async fn a_change_waits_until_another_instances_claim_lapses() {
 #[rocket::async_test]
 async fn a_claim_that_is_never_given_up_fails_changes_as_unavailable_and_changes_nothing() {
     let url = fresh_database().await;
-    let store = store_on(&url, 0).await;
-    assert!(store
-        .create(&key(1), START, &set("a", b"old"), START)
-        .await
-        .unwrap());
+    let store = store_with_one(&url, 0).await;
     foreign_claim(&url, 3600.0).await;
     let started = Instant::now();
     let (one, two, changes) = (key(1), key(2), set("a", b"new"));
@@ -267,11 +270,7 @@ async fn a_claim_that_is_never_given_up_fails_changes_as_unavailable_and_changes
 #[rocket::async_test]
 async fn a_holder_that_cannot_renew_its_claim_stops_serving_from_its_cache_before_it_lapses() {
     let url = fresh_database().await;
-    let cached = store_on(&url, 1000).await;
-    assert!(cached
-        .create(&key(1), START, &set("a", b"old"), START)
-        .await
-        .unwrap());
+    let cached = store_with_one(&url, 1000).await;
     let before = cached.statements();
     assert_eq!(a_of(&cached, 1).await, Some(b"old".to_vec()));
     assert_eq!(cached.statements(), before, "served from the cache");
@@ -311,11 +310,7 @@ async fn a_holder_that_cannot_renew_its_claim_stops_serving_from_its_cache_befor
 #[rocket::async_test]
 async fn after_a_change_by_hand_giving_the_claim_up_by_hand_empties_the_cache() {
     let url = fresh_database().await;
-    let cached = store_on(&url, 1000).await;
-    assert!(cached
-        .create(&key(1), START, &set("a", b"old"), START)
-        .await
-        .unwrap());
+    let cached = store_with_one(&url, 1000).await;
     assert_eq!(a_of(&cached, 1).await, Some(b"old".to_vec()));
     // What the README says to do after changing sessions by hand.
     let admin = pg::pool(&url).await;
@@ -339,11 +334,7 @@ async fn after_a_change_by_hand_giving_the_claim_up_by_hand_empties_the_cache() 
 #[rocket::async_test]
 async fn a_database_that_stops_answering_stops_the_cache_and_never_holds_up_shutdown() {
     let (url, frozen) = pg::freezable_proxy(&fresh_database().await).await;
-    let cached = store_on(&url, 1000).await;
-    assert!(cached
-        .create(&key(1), START, &set("a", b"1"), START)
-        .await
-        .unwrap());
+    let cached = store_with_one(&url, 1000).await;
     frozen.store(true, std::sync::atomic::Ordering::SeqCst);
     eventually("the cache stops serving", || async {
         !cached.cache_stats().unwrap().holding
@@ -387,12 +378,8 @@ async fn an_instance_that_shuts_down_hands_the_claim_over_at_once() {
 #[rocket::async_test]
 async fn a_cache_that_lost_its_listening_connection_serves_nothing_stale() {
     let url = fresh_database().await;
-    let cached = store_on(&url, 1000).await;
+    let cached = store_with_one(&url, 1000).await;
     let other = store_on(&url, 0).await;
-    assert!(cached
-        .create(&key(1), START, &set("a", b"old"), START)
-        .await
-        .unwrap());
     assert!(cached.load(&key(1), START).await.unwrap().is_some());
 
     // Cut the cache's connection: announcements made until it reconnects never reach it.
@@ -449,7 +436,7 @@ async fn cached_client(
 }
 
 #[rocket::async_test]
-async fn the_cache_is_chosen_by_configuration() {
+async fn the_cache_is_chosen_by_configuration_and_its_claim_given_up_at_shutdown() {
     let url = fresh_database().await;
     let clock = rocket_server_sessions::ManualClock::new(START);
     let client = cached_client(&url, &clock).await;
@@ -467,16 +454,7 @@ async fn the_cache_is_chosen_by_configuration() {
         listening == 1
     })
     .await;
-}
-
-#[rocket::async_test]
-async fn an_app_that_shuts_down_gives_up_the_claim_and_says_it_is_gone() {
-    let url = fresh_database().await;
-    let clock = rocket_server_sessions::ManualClock::new(START);
-    let client = cached_client(&url, &clock).await;
-    let cookie = get_with(&client, "/count", None).await.cookie.unwrap();
-    assert_eq!(get_with(&client, "/count", Some(&cookie)).await.body, "2");
-    let admin = pg::pool(&url).await;
+    // The claim's holder, and how many instances say they are alive.
     let state = || async {
         sqlx::query_as::<_, (Option<i64>, i64)>(
             "SELECT holder, (SELECT count(*) FROM rocket_sessions_instances)
@@ -490,7 +468,7 @@ async fn an_app_that_shuts_down_gives_up_the_claim_and_says_it_is_gone() {
     assert!(holder.is_some(), "the app holds the claim");
     assert_eq!(alive, 1);
     client.terminate().await;
-    assert_eq!(state().await, (None, 0));
+    assert_eq!(state().await, (None, 0), "given up, and gone");
 }
 
 #[rocket::async_test]
