@@ -214,16 +214,17 @@ pub async fn freezable_proxy(url: &str) -> (String, Arc<AtomicBool>) {
     (proxied, frozen)
 }
 
-/// A proxy on 127.0.0.1 in front of the server of `url` that counts the `Sync` messages
-/// clients send: one ends every statement of the extended protocol, and sqlx's check of a
-/// pooled connection is a `Sync` on its own. Returns `url` through the proxy, and the count.
-pub async fn sync_counting_proxy(url: &str) -> (String, Arc<AtomicUsize>) {
+/// A proxy on 127.0.0.1 in front of the server of `url` that counts sqlx's checks of pooled
+/// connections: a `Sync` message on its own, ending no statement (every statement of the
+/// extended protocol, its preparation included, ends with a `Sync` after its own messages).
+/// Returns `url` through the proxy, and the count.
+pub async fn check_counting_proxy(url: &str) -> (String, Arc<AtomicUsize>) {
     use rocket::tokio::io::{AsyncReadExt, AsyncWriteExt};
     use rocket::tokio::net::TcpStream;
 
     let (listener, server, proxied) = stand_in(url).await;
-    let syncs = Arc::new(AtomicUsize::new(0));
-    let counted = syncs.clone();
+    let checks = Arc::new(AtomicUsize::new(0));
+    let counted = checks.clone();
     rocket::tokio::spawn(async move {
         while let Ok((client, _)) = listener.accept().await {
             let Ok(upstream) = TcpStream::connect(&server).await else {
@@ -239,6 +240,9 @@ pub async fn sync_counting_proxy(url: &str) -> (String, Arc<AtomicUsize>) {
                 // Untyped messages (SSL request, startup) until the startup message, then
                 // typed ones: a type byte and a length that counts itself.
                 let (mut pending, mut started, mut chunk) = (Vec::new(), false, [0u8; 8192]);
+                // The type of the last typed message: a round trip ends with a `Sync` (`S`) or a
+                // simple query (`Q`).
+                let mut last: Option<u8> = None;
                 loop {
                     let n = match from_client.read(&mut chunk).await {
                         Ok(0) | Err(_) => break,
@@ -257,8 +261,12 @@ pub async fn sync_counting_proxy(url: &str) -> (String, Arc<AtomicUsize>) {
                         if pending.len() < whole {
                             break;
                         }
-                        if started && pending[0] == b'S' {
-                            counted.fetch_add(1, Ordering::SeqCst);
+                        if started {
+                            let kind = pending[0];
+                            if kind == b'S' && matches!(last, None | Some(b'S') | Some(b'Q')) {
+                                counted.fetch_add(1, Ordering::SeqCst);
+                            }
+                            last = Some(kind);
                         }
                         // Protocol 3.0 in the untyped message: the startup message.
                         started |= !started && pending.get(4..8) == Some(&[0, 3, 0, 0][..]);
@@ -268,5 +276,5 @@ pub async fn sync_counting_proxy(url: &str) -> (String, Arc<AtomicUsize>) {
             });
         }
     });
-    (proxied, syncs)
+    (proxied, checks)
 }
