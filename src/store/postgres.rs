@@ -696,6 +696,28 @@ impl Db {
         rocket::tokio::time::sleep(Duration::from_millis(10)).await;
         Ok(())
     }
+
+    /// Runs a changing `statement` (counted) until the claim lets it through, as `through`
+    /// reads its answer, waiting between tries as [`Db::fenced`] does. A failed statement is
+    /// not tried again: its error is the answer.
+    async fn through_the_fence<T, F, Fut>(
+        &self,
+        mut statement: F,
+        through: impl Fn(&T) -> bool,
+    ) -> Result<Result<T, sqlx::Error>, StoreError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
+    {
+        let mut since = None;
+        loop {
+            self.count();
+            match statement().await {
+                Ok(answer) if !through(&answer) => self.fenced(&mut since).await?,
+                answer => return Ok(answer),
+            }
+        }
+    }
 }
 
 fn lost() -> StoreError {
@@ -1134,10 +1156,8 @@ impl SessionStore for PostgresStore {
     ) -> Result<bool, StoreError> {
         let (names, values, removed) = split(changes);
         let announcement = cache::announcement(self.db.instance, [old, new].into_iter());
-        let mut fenced_since = None;
-        let moved = loop {
-            self.count();
-            let moved = sqlx::query_as::<_, (i64, i64, bool)>(concat!(
+        let statement = || {
+            sqlx::query_as::<_, (i64, i64, bool)>(concat!(
                 "WITH ",
                 fence!(9),
                 ", s AS (
@@ -1168,12 +1188,11 @@ impl SessionStore for PostgresStore {
             .bind(&announcement)
             .bind(self.db.instance as i64)
             .fetch_one(&self.db.pool)
-            .await;
-            match moved {
-                Ok((_, _, false)) => self.db.fenced(&mut fenced_since).await?,
-                moved => break moved,
-            }
         };
+        let moved = self
+            .db
+            .through_the_fence(statement, |(_, _, through)| *through)
+            .await?;
         if let Some(cache) = self.cache() {
             cache.drop_key(old);
             cache.drop_key(new);
@@ -1188,10 +1207,8 @@ impl SessionStore for PostgresStore {
 
     async fn destroy(&self, key: &StoreKey) -> Result<(), StoreError> {
         let announcement = cache::announcement(self.db.instance, [key].into_iter());
-        let mut fenced_since = None;
-        let done = loop {
-            self.count();
-            let done = sqlx::query_as::<_, (bool, i64)>(concat!(
+        let statement = || {
+            sqlx::query_as::<_, (bool, i64)>(concat!(
                 "WITH ",
                 fence!(3),
                 ", d AS (
@@ -1205,12 +1222,11 @@ impl SessionStore for PostgresStore {
             .bind(&announcement)
             .bind(self.db.instance as i64)
             .fetch_one(&self.db.pool)
-            .await;
-            match done {
-                Ok((false, _)) => self.db.fenced(&mut fenced_since).await?,
-                done => break done,
-            }
         };
+        let done = self
+            .db
+            .through_the_fence(statement, |(through, _)| *through)
+            .await?;
         if let Some(cache) = self.cache() {
             cache.drop_key(key);
         }
@@ -1219,12 +1235,10 @@ impl SessionStore for PostgresStore {
     }
 
     async fn destroy_where(&self, name: &str, value: &[u8]) -> Result<u64, StoreError> {
-        let mut fenced_since = None;
-        let done = loop {
-            self.count();
-            // Announces the deleted sessions by the first 8 bytes of their keys, as
-            // `cache::announcement` does, or `*` when there are too many to name.
-            let done: Result<(Vec<Vec<u8>>, i64, bool), _> = sqlx::query_as(concat!(
+        // Announces the deleted sessions by the first 8 bytes of their keys, as
+        // `cache::announcement` does, or `*` when there are too many to name.
+        let statement = || {
+            sqlx::query_as::<_, (Vec<Vec<u8>>, i64, bool)>(concat!(
                 "WITH ",
                 fence!(5),
                 ", d AS (
@@ -1245,12 +1259,11 @@ impl SessionStore for PostgresStore {
             .bind(cache::MAX_NAMED as i64)
             .bind(self.db.instance as i64)
             .fetch_one(&self.db.pool)
-            .await;
-            match done {
-                Ok((_, _, false)) => self.db.fenced(&mut fenced_since).await?,
-                done => break done,
-            }
         };
+        let done = self
+            .db
+            .through_the_fence(statement, |(_, _, through)| *through)
+            .await?;
         let (deleted, _, _) = done.map_err(|e| {
             if let Some(cache) = self.cache() {
                 cache.clear(); // what was deleted is unknown
