@@ -327,7 +327,12 @@ async fn after_a_change_by_hand_giving_the_claim_up_by_hand_empties_the_cache() 
         cached.cache_stats().unwrap().claims == 2
     })
     .await;
-    assert!(since.elapsed() < Duration::from_millis(1500));
+    // A tick a second, with room for a loaded machine.
+    assert!(
+        since.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        since.elapsed()
+    );
     assert_eq!(a_of(&cached, 1).await, Some(b"new".to_vec()));
 }
 
