@@ -228,7 +228,11 @@ async fn a_change_waits_until_another_instances_claim_lapses() {
         .create(&key(2), START, &set("a", b"x"), START)
         .await
         .unwrap());
-    assert!(started.elapsed() < Duration::from_secs(2));
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
     // A sweep leaves the sessions to the claim's holder.
     assert_eq!(store.sweep(START + 10 * TTL).await.unwrap(), 0);
     assert_eq!(a_of(&store, 2).await, Some(b"x".to_vec()));
@@ -377,7 +381,12 @@ async fn an_instance_that_shuts_down_hands_the_claim_over_at_once() {
     );
     let started = Instant::now();
     assert!(next.update(&key(1), &set("a", b"2"), START).await.unwrap());
-    assert!(started.elapsed() < Duration::from_secs(1));
+    // Not the dead claim's 5 s: there is none to wait for.
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 #[rocket::async_test]
