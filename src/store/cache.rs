@@ -140,11 +140,9 @@ impl Cache {
     /// This instance newly took the claim, valid here until `until`: what the cache held
     /// before may be stale, so it starts empty, and no load that began before can file.
     pub(crate) fn claimed(&self, until: Instant) {
-        self.lease.store(0, Ordering::Release);
-        self.clear();
-        self.epoch.fetch_add(1, Ordering::AcqRel);
+        self.unclaimed();
         self.claims.fetch_add(1, Ordering::Relaxed);
-        self.lease.store(self.nanos(until), Ordering::Release);
+        self.renewed(until);
     }
 
     /// The claim this instance holds was renewed without a break, valid here until `until`.

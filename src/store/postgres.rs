@@ -592,7 +592,7 @@ impl Db {
                 }
                 Ok(())
             }
-            None if claim.epoch.is_some() => self.give_up(claim).await,
+            None if claim.epoch.is_some() => self.give_up(claim, false).await,
             None => Ok(()),
         }
     }
@@ -631,16 +631,18 @@ impl Db {
     }
 
     /// Stops serving from the cache, then gives up the claim, so that the others' changes need
-    /// not wait for it to lapse.
-    async fn give_up(&self, claim: &mut ClaimState) -> Result<(), StoreError> {
+    /// not wait for it to lapse; with `gone`, in the same statement, says this instance is gone.
+    async fn give_up(&self, claim: &mut ClaimState, gone: bool) -> Result<(), StoreError> {
         if let Some(cache) = &self.cache {
             cache.unclaimed();
         }
         claim.epoch = None;
         let sql = format!(
-            "WITH given_up AS (
+            "WITH gone AS (
+                DELETE FROM rocket_sessions_instances WHERE {gone} AND instance = {0}
+             ), given_up AS (
                 UPDATE rocket_sessions_claim SET holder = NULL, until = '-infinity'
-                 WHERE holder = {}
+                 WHERE holder = {0}
              ) SELECT 1",
             self.instance as i64
         );
@@ -653,20 +655,7 @@ impl Db {
             return Ok(());
         }
         claim.closed = true;
-        if let Some(cache) = &self.cache {
-            cache.unclaimed();
-        }
-        claim.epoch = None;
-        let sql = format!(
-            "WITH gone AS (
-                DELETE FROM rocket_sessions_instances WHERE instance = {0}
-             ), given_up AS (
-                UPDATE rocket_sessions_claim SET holder = NULL, until = '-infinity'
-                 WHERE holder = {0}
-             ) SELECT 1",
-            self.instance as i64
-        );
-        self.claim_statement(claim, &sql).await?;
+        self.give_up(claim, true).await?;
         claim.conn = None;
         Ok(())
     }
