@@ -11,11 +11,13 @@ use rocket::fairing::{self, Fairing, Info, Kind};
 use rocket::http::{Cookie, Header};
 use rocket::{Build, Orbit, Request, Response, Rocket};
 
-use crate::clock::{Clock, SystemClock, TickingClock};
+use crate::clock::{Clock, SystemClock};
 use crate::config::{SameSite, SessionConfig, StoreConfig};
 use crate::error::{SessionError, StoreError};
-use crate::manager::{CookieAction, Flush, RequestSession, SessionManager};
-use crate::store::{MemoryStore, PostgresStore, SessionStore, StoreHandle};
+use crate::flush::{CookieAction, Flush};
+use crate::manager::SessionManager;
+use crate::store::{MemoryStore, PostgresStore, SessionStore};
+use crate::working::RequestSession;
 use rocket_db_pools::sqlx::PgPool;
 
 /// The fairing that gives a Rocket application sessions.
@@ -38,10 +40,9 @@ use rocket_db_pools::sqlx::PgPool;
 /// requests to close: Rocket checks for such connections once, when the shutdown fairings
 /// end, and waits out its whole grace period if it finds one.
 pub struct Sessions {
-    /// `None`: the system clock, read through a [`TickingClock`] started at ignite (or
-    /// directly, if no thread can be had for it).
+    /// `None`: the system clock.
     clock: Option<Arc<dyn Clock>>,
-    store: Mutex<Option<StoreHandle>>,
+    store: Mutex<Option<Arc<dyn SessionStore>>>,
     app_pool: Option<AppPool>,
     /// A pool the fairing made itself, closed once the last flush is done.
     own_pool: OnceLock<PgPool>,
@@ -105,7 +106,7 @@ impl Sessions {
     /// Uses `store` instead of building the configured one; the `store` table's `kind` is then
     /// ignored, and its intervals still apply.
     pub fn with_store<S: SessionStore>(self, store: S) -> Sessions {
-        *self.store.lock().unwrap_or_else(|p| p.into_inner()) = Some(StoreHandle::new(store));
+        *self.store.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(store));
         self
     }
 
@@ -113,7 +114,7 @@ impl Sessions {
         &self,
         rocket: &Rocket<Build>,
         config: &SessionConfig,
-    ) -> Result<StoreHandle, StoreError> {
+    ) -> Result<Arc<dyn SessionStore>, StoreError> {
         if let Some(store) = self.store.lock().unwrap_or_else(|p| p.into_inner()).take() {
             return Ok(store);
         }
@@ -123,7 +124,7 @@ impl Sessions {
                 let store = rocket::tokio::task::spawn_blocking(move || MemoryStore::open(&memory))
                     .await
                     .map_err(|e| StoreError::Other(e.to_string()))??;
-                Ok(StoreHandle::new(store))
+                Ok(Arc::new(store))
             }
             StoreConfig::Postgres(postgres) => {
                 let pool = match &self.app_pool {
@@ -140,7 +141,7 @@ impl Sessions {
                         pool
                     }
                 };
-                Ok(StoreHandle::new(PostgresStore::new(pool, postgres).await?))
+                Ok(Arc::new(PostgresStore::new(pool, postgres).await?))
             }
         }
     }
@@ -188,9 +189,9 @@ fn respond(
 }
 
 /// A future that is ready at once, and zero-sized: boxing it allocates nothing.
-struct Done;
+struct Immediate;
 
-impl Future for Done {
+impl Future for Immediate {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<()> {
@@ -245,13 +246,7 @@ impl Fairing for Sessions {
                 return Err(rocket);
             }
         };
-        let clock: Arc<dyn Clock> = match &self.clock {
-            Some(clock) => clock.clone(),
-            None => match TickingClock::start() {
-                Some(ticking) => Arc::new(ticking),
-                None => Arc::new(SystemClock),
-            },
-        };
+        let clock = self.clock.clone().unwrap_or_else(|| Arc::new(SystemClock));
         let manager = SessionManager::new(config, store, clock);
         if rocket.state::<SessionManager>().is_some() || self.manager.set(manager.clone()).is_err()
         {
@@ -310,7 +305,7 @@ impl Fairing for Sessions {
         Self: 'async_trait,
     {
         let Some(manager) = self.manager.get() else {
-            return Box::pin(Done);
+            return Box::pin(Immediate);
         };
         let config = manager.config();
         let working = req.local_cache(RequestSession::default).lock().take();
@@ -327,9 +322,9 @@ impl Fairing for Sessions {
             loaded && manager.request_finished()
         };
         match manager.flush(working, cookie.map(|c| c.value())) {
-            Flush::Done(action) => match conclude(action, res) {
+            Flush::Ready(action) => match conclude(action, res) {
                 true => Box::pin(manager.persist_late()),
-                false => Box::pin(Done),
+                false => Box::pin(Immediate),
             },
             Flush::Pending(write) => Box::pin(async move {
                 if conclude(write.await, res) {

@@ -5,7 +5,8 @@ use std::str::FromStr;
 
 use sha2::{Digest, Sha256};
 
-use crate::b64;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
 
 /// Length of a session id in bytes: 256 bits from the OS CSPRNG.
 pub const ID_LEN: usize = 32;
@@ -55,7 +56,7 @@ impl fmt::Debug for SessionId {
 
 impl fmt::Display for SessionId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&b64::encode(&self.0))
+        f.write_str(&URL_SAFE_NO_PAD.encode(self.0))
     }
 }
 
@@ -75,7 +76,7 @@ impl FromStr for SessionId {
     type Err = InvalidSessionId;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        b64::decode_exact(s.as_bytes())
+        crate::cookie::decode_exact(s.as_bytes())
             .map(SessionId)
             .ok_or(InvalidSessionId)
     }
@@ -96,7 +97,7 @@ impl fmt::Debug for StoreKey {
 pub(crate) fn random_hex(len: usize) -> Result<String, getrandom::Error> {
     let mut bytes = vec![0u8; len];
     getrandom::getrandom(&mut bytes)?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    Ok(hex::encode(bytes))
 }
 
 #[cfg(test)]

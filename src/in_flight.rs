@@ -1,8 +1,10 @@
-//! Counting the requests whose session changes are not written yet, for a graceful shutdown.
+//! Counting the requests whose session changes are not written yet, so that shutdown can wait
+//! for them.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
-use crate::padded::Padded;
+use crossbeam_utils::CachePadded;
+use rocket::tokio::sync::Notify;
 
 /// Slots per counter: more than Rocket's worker threads on most machines. Threads beyond it
 /// share slots, which stays correct (the slots are atomic) and only costs contention.
@@ -16,8 +18,12 @@ const SLOTS: usize = 16;
 /// slot says anything alone; [`InFlight::is_idle`] reads all `finished` counts and then all
 /// `started` ones: every request counted as finished started before it finished, so its start
 /// is counted too, and equal sums mean none of the requests seen is still running.
+///
+/// Once [`drain`](InFlight::drain) has begun, each finishing request wakes it.
 pub(crate) struct InFlight {
-    slots: Box<[Padded<Slot>]>,
+    slots: Box<[CachePadded<Slot>]>,
+    idle: Notify,
+    shutting_down: AtomicBool,
 }
 
 #[derive(Default)]
@@ -29,7 +35,9 @@ struct Slot {
 impl Default for InFlight {
     fn default() -> Self {
         InFlight {
-            slots: (0..SLOTS).map(|_| Padded::default()).collect(),
+            slots: (0..SLOTS).map(|_| CachePadded::default()).collect(),
+            idle: Notify::new(),
+            shutting_down: AtomicBool::new(false),
         }
     }
 }
@@ -47,12 +55,37 @@ impl InFlight {
         self.slot().started.fetch_add(1, Ordering::SeqCst);
     }
 
-    pub fn finish(&self) {
+    /// Counts a request as finished. True when it finished after shutdown began: its changes
+    /// came after the shutdown's persist, and the caller persists again.
+    pub fn finish(&self) -> bool {
         self.slot().finished.fetch_add(1, Ordering::SeqCst);
+        // Only `drain` waits, and only once `shutting_down` is set: before that, a request
+        // ends without touching the `Notify` (a lock). Both sides use SeqCst, so either this
+        // load sees the flag, or `drain`'s later check of the counts sees this request end.
+        if !self.shutting_down.load(Ordering::SeqCst) {
+            return false;
+        }
+        self.idle.notify_waiters();
+        true
+    }
+
+    /// Marks the start of shutdown and waits, at most `limit`, for requests in flight to end.
+    pub async fn drain(&self, limit: std::time::Duration) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+        let wait = async {
+            loop {
+                let idle = self.idle.notified();
+                if self.is_idle() {
+                    return;
+                }
+                idle.await;
+            }
+        };
+        let _ = rocket::tokio::time::timeout(limit, wait).await;
     }
 
     /// Whether every request that started (as far as this call can see) has finished.
-    pub fn is_idle(&self) -> bool {
+    fn is_idle(&self) -> bool {
         let sum = |count: fn(&Slot) -> &AtomicU64| {
             self.slots
                 .iter()

@@ -80,18 +80,19 @@
 //! | — | [`Session::cycle_id`], [`Session::destroy`], [`SessionManager::destroy_where`] |
 #![deny(missing_docs)]
 
-mod b64;
 pub mod clock;
 pub mod config;
 mod cookie;
 pub mod error;
 mod fairing;
+mod flush;
 mod id;
 mod in_flight;
 mod manager;
-mod padded;
 mod session;
 pub mod store;
+mod value;
+mod working;
 
 /// A deterministic xorshift generator for randomised unit tests (a failure names its seed):
 /// each call gives a number below its argument.
@@ -127,10 +128,10 @@ pub mod fuzzing {
 
     /// Decodes `data` as a stored value, into several types.
     pub fn stored_value(data: &[u8]) {
-        let _ = crate::manager::decode::<u64>("k", data);
-        let _ = crate::manager::decode::<String>("k", data);
-        let _ = crate::manager::decode::<Vec<Option<i32>>>("k", data);
-        let _ = crate::manager::decode::<HashMap<String, (bool, f64, Vec<u8>)>>("k", data);
+        let _ = crate::value::decode::<u64>("k", data);
+        let _ = crate::value::decode::<String>("k", data);
+        let _ = crate::value::decode::<Vec<Option<i32>>>("k", data);
+        let _ = crate::value::decode::<HashMap<String, (bool, f64, Vec<u8>)>>("k", data);
     }
 
     /// Decodes `data` as a memory store snapshot.
@@ -170,7 +171,7 @@ pub mod bench {
 
     /// A value encoded as the session stores it (MessagePack).
     pub fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
-        crate::manager::Encoded::new(value)
+        crate::value::Encoded::new(value)
             .expect("encodes")
             .as_bytes()
             .to_vec()

@@ -8,7 +8,9 @@ use serde::Serialize;
 
 use crate::error::SessionError;
 use crate::id::SessionId;
-use crate::manager::{decode, Encoded, Loading, RequestSession, SessionManager, Working};
+use crate::manager::{Loading, SessionManager};
+use crate::value::{decode, Encoded};
+use crate::working::{Origin, RequestSession, Working};
 
 /// The current request's session.
 ///
@@ -72,8 +74,8 @@ impl<'r> FromRequest<'r> for Session<'r> {
                 Loading::Store(pending) => pending,
             }
         };
-        // Boxed: only stores other than the memory store get here, and the guard's own future,
-        // which Rocket boxes for every request, stays small.
+        // Boxed: only loads the store could not answer at once get here, and the guard's own
+        // future, which Rocket boxes for every request, stays small.
         match Box::pin(manager.finish_load(pending)).await {
             Ok(working) => {
                 let mut held = slot.lock();
@@ -119,7 +121,7 @@ impl Session<'_> {
 
     /// Whether the session was made in this request rather than loaded from the store.
     pub fn is_new(&self) -> bool {
-        self.with(|w| matches!(w.origin, crate::manager::Origin::New { .. }))
+        self.with(|w| matches!(w.origin, Origin::New { .. }))
     }
 
     /// The value of `key` (koyo: `session-ref` without a default).

@@ -5,7 +5,6 @@
 //! a temporary file in the same folder, synced, renamed over the old one and the folder synced,
 //! so a crash at any point leaves either the old snapshot or the new one, whole.
 
-use std::cell::Cell;
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
 use std::io::Write;
@@ -19,47 +18,20 @@ use super::{ChangeSet, DigestHasher, SessionRecord, SessionStore};
 use crate::config::MemoryStoreConfig;
 use crate::error::StoreError;
 use crate::id::StoreKey;
-use crate::padded::Padded;
+use crossbeam_utils::CachePadded;
 
 const SHARDS: usize = 1024;
 const MAGIC: &[u8; 8] = b"RSSNAP\x00\x01";
 
-thread_local! {
-    /// The buffers of the changes this thread last wrote to a memory store, for the next load
-    /// on this thread to copy a session into: a request that loads, changes and writes back a
-    /// small session then allocates nothing for its data (it saves three allocations and three
-    /// frees per request on a one-key session).
-    static SPARE: Cell<Vec<(String, Vec<u8>)>> = const { Cell::new(Vec::new()) };
-}
-
-/// Spare buffers are kept only up to this many entries and this many bytes each, so that a
-/// thread holds at most one small session's worth.
-const SPARE_ENTRIES: usize = 16;
-const SPARE_BYTES: usize = 1024;
-
-/// A session's data copied out of the store, into this thread's spare buffers where they fit.
+/// A session's data as a load returns it: each name and its value, copied out of the entry.
 fn copy_out(data: &[u8]) -> Vec<(String, Vec<u8>)> {
-    let mut out = SPARE.with(Cell::take);
-    let mut n = 0;
     // Names are UTF-8: written from `&str`, or checked when a snapshot is read.
-    let text = |name| std::str::from_utf8(name).unwrap_or_default();
-    for (name, value) in pairs(data) {
-        match out.get_mut(n) {
-            Some((k, v)) => {
-                // A thread's requests mostly use the same names: those are copied already.
-                if k.as_bytes() != name {
-                    k.clear();
-                    k.push_str(text(name));
-                }
-                v.clear();
-                v.extend_from_slice(value);
-            }
-            None => out.push((text(name).to_string(), value.to_vec())),
-        }
-        n += 1;
-    }
-    out.truncate(n);
-    out
+    pairs(data)
+        .map(|(name, value)| {
+            let name = std::str::from_utf8(name).unwrap_or_default();
+            (name.to_string(), value.to_vec())
+        })
+        .collect()
 }
 
 /// One shard's sessions, and how many times they changed: counted here, under the shard's
@@ -211,7 +183,7 @@ impl Entry {
 pub struct MemoryStore {
     /// Each shard on its own cache lines, so that requests on different shards never contend
     /// for a line.
-    shards: Box<[Padded<Mutex<Shard>>]>,
+    shards: Box<[CachePadded<Mutex<Shard>>]>,
     ttl: u64,
     file: Option<PathBuf>,
     /// The shards' change counts summed when the last snapshot was taken: a snapshot with
@@ -225,7 +197,7 @@ impl MemoryStore {
     /// An empty store without a file.
     pub fn new(ttl: u64) -> MemoryStore {
         MemoryStore {
-            shards: (0..SHARDS).map(|_| Padded::default()).collect(),
+            shards: (0..SHARDS).map(|_| CachePadded::default()).collect(),
             ttl,
             file: None,
             persisted: AtomicU64::new(0),
@@ -323,8 +295,8 @@ impl MemoryStore {
 }
 
 impl MemoryStore {
-    /// [`SessionStore::load`] without a future: the memory store never waits.
-    pub(crate) fn load_now(&self, key: &StoreKey, now: u64) -> Option<SessionRecord> {
+    /// The live session under `key`: [`SessionStore::load`], which never waits here.
+    fn find(&self, key: &StoreKey, now: u64) -> Option<SessionRecord> {
         let shard = self.shard(key);
         shard
             .get(key)
@@ -335,45 +307,8 @@ impl MemoryStore {
             })
     }
 
-    /// Hands a written change set's buffers to this thread's next load.
-    pub(crate) fn recycle(changes: ChangeSet) {
-        // Same layout in and out: collected in place.
-        MemoryStore::recycle_entries(
-            changes
-                .into_inner()
-                .into_iter()
-                .map(|(key, value)| (key, value.unwrap_or_default()))
-                .collect(),
-        );
-    }
-
-    /// Hands a session's buffers to this thread's next load, if there are any and they are
-    /// small (an empty set would only replace better ones).
-    pub(crate) fn recycle_entries(spare: Vec<(String, Vec<u8>)>) {
-        let small = spare.len() <= SPARE_ENTRIES
-            && spare
-                .iter()
-                .all(|(k, v)| k.capacity() + v.capacity() <= SPARE_BYTES);
-        if small && !spare.is_empty() {
-            SPARE.with(|s| s.set(spare));
-        }
-    }
-
-    /// [`SessionStore::destroy`] without a future.
-    pub(crate) fn destroy_now(&self, key: &StoreKey) {
-        let mut shard = self.shard(key);
-        if shard.remove(key).is_some() {
-            shard.changed();
-        }
-    }
-
-    /// [`SessionStore::update`] without a future.
-    pub(crate) fn update_now(
-        &self,
-        key: &StoreKey,
-        changes: &ChangeSet,
-        now: u64,
-    ) -> Result<bool, StoreError> {
+    /// [`SessionStore::update`], which never waits here.
+    fn apply(&self, key: &StoreKey, changes: &ChangeSet, now: u64) -> Result<bool, StoreError> {
         fits(changes)?;
         let mut shard = self.shard(key);
         let Some(entry) = shard.get_mut(key).filter(|e| e.expires > now) else {
@@ -391,7 +326,7 @@ impl MemoryStore {
     }
 }
 
-fn lock(shard: &Padded<Mutex<Shard>>) -> MutexGuard<'_, Shard> {
+fn lock(shard: &CachePadded<Mutex<Shard>>) -> MutexGuard<'_, Shard> {
     // A panic while holding a shard lock cannot leave an entry half-written (every change is
     // one insert, assignment or removal), so the data behind a poisoned lock is sound.
     shard
@@ -402,7 +337,24 @@ fn lock(shard: &Padded<Mutex<Shard>>) -> MutexGuard<'_, Shard> {
 #[rocket::async_trait]
 impl SessionStore for MemoryStore {
     async fn load(&self, key: &StoreKey, now: u64) -> Result<Option<SessionRecord>, StoreError> {
-        Ok(self.load_now(key, now))
+        Ok(self.find(key, now))
+    }
+
+    fn load_now(
+        &self,
+        key: &StoreKey,
+        now: u64,
+    ) -> Option<Result<Option<SessionRecord>, StoreError>> {
+        Some(Ok(self.find(key, now)))
+    }
+
+    fn update_now(
+        &self,
+        key: &StoreKey,
+        changes: &ChangeSet,
+        now: u64,
+    ) -> Option<Result<bool, StoreError>> {
+        Some(self.apply(key, changes, now))
     }
 
     async fn create(
@@ -429,7 +381,7 @@ impl SessionStore for MemoryStore {
         changes: &ChangeSet,
         now: u64,
     ) -> Result<bool, StoreError> {
-        self.update_now(key, changes, now)
+        self.apply(key, changes, now)
     }
 
     async fn cycle(
@@ -464,7 +416,10 @@ impl SessionStore for MemoryStore {
     }
 
     async fn destroy(&self, key: &StoreKey) -> Result<(), StoreError> {
-        self.destroy_now(key);
+        let mut shard = self.shard(key);
+        if shard.remove(key).is_some() {
+            shard.changed();
+        }
         Ok(())
     }
 
@@ -656,61 +611,6 @@ mod tests {
     }
 
     #[test]
-    fn a_load_into_spare_buffers_copies_exactly_the_stored_data() {
-        let sessions: [&[(&str, &[u8])]; 5] = [
-            &[("a", &[1, 2, 3]), ("é", &[])],
-            &[("count", &[7])],
-            &[],
-            &[("a-longer-key", &[9; 300]), ("b", &[1]), ("c", &[2, 2])],
-            &[("x", &[0; 2000])],
-        ];
-        let store = MemoryStore::new(100);
-        let runtime = rocket::tokio::runtime::Runtime::new().unwrap();
-        for (n, data) in sessions.iter().enumerate() {
-            let mut changes = ChangeSet::new();
-            for (k, v) in *data {
-                changes.set(*k, v.to_vec());
-            }
-            let created = runtime.block_on(store.create(&StoreKey([n as u8; 32]), 5, &changes, 10));
-            assert!(created.unwrap());
-        }
-        // Each load follows a recycled change set of another shape: more or fewer entries,
-        // longer or shorter buffers, removals (no value), one too large to be kept.
-        type Changes<'a> = &'a [(&'a str, Option<&'a [u8]>)];
-        let spares: [Changes; 5] = [
-            &[("zzzzzzzz", Some(&[5; 40])), ("y", None), ("w", Some(&[1]))],
-            &[],
-            &[("q", Some(&[3]))],
-            &[("p", None)],
-            &[("big", Some(&[0; 4000]))],
-        ];
-        for (spare, (n, data)) in spares
-            .iter()
-            .cycle()
-            .skip(1)
-            .zip(sessions.iter().enumerate())
-        {
-            let mut changes = ChangeSet::new();
-            for (k, v) in *spare {
-                match v {
-                    Some(v) => changes.set(*k, v.to_vec()),
-                    None => changes.remove(*k),
-                }
-            }
-            MemoryStore::recycle(changes);
-            let loaded = store.load_now(&StoreKey([n as u8; 32]), 10).unwrap();
-            let mut expected: Vec<(String, Vec<u8>)> = data
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_vec()))
-                .collect();
-            expected.sort();
-            let mut got = loaded.data;
-            got.sort();
-            assert_eq!(got, expected, "session {n}");
-        }
-    }
-
-    #[test]
     fn updates_match_a_model_over_random_change_sets() {
         let mut next = crate::xorshift(0x2545_f491_4f6c_dd1d);
         let store = MemoryStore::new(100);
@@ -738,8 +638,8 @@ mod tests {
                     }
                 }
             }
-            assert!(store.update_now(&key, &changes, 10).unwrap(), "seed {seed}");
-            let mut got = store.load_now(&key, 10).unwrap().data;
+            assert!(store.apply(&key, &changes, 10).unwrap(), "seed {seed}");
+            let mut got = store.find(&key, 10).unwrap().data;
             got.sort();
             let mut expected: Vec<_> = model.clone().into_iter().collect();
             expected.sort();
@@ -771,9 +671,9 @@ mod tests {
         refused(runtime.block_on(store.update(&StoreKey([1; 32]), &huge, 10)));
         let (old, new) = (StoreKey([1; 32]), StoreKey([4; 32]));
         refused(runtime.block_on(store.cycle(&old, &new, &huge, 10)));
-        assert!(store.load_now(&StoreKey([3; 32]), 10).is_none());
-        assert!(store.load_now(&new, 10).is_none());
-        let mut data = store.load_now(&old, 10).unwrap().data;
+        assert!(store.find(&StoreKey([3; 32]), 10).is_none());
+        assert!(store.find(&new, 10).is_none());
+        let mut data = store.find(&old, 10).unwrap().data;
         data.sort();
         assert_eq!(data, [("a".into(), vec![1, 2, 3]), ("é".into(), vec![])]);
     }

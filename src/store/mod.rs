@@ -162,11 +162,6 @@ impl ChangeSet {
         }
     }
 
-    /// The changes themselves, sorted by key.
-    pub(crate) fn into_inner(self) -> Vec<(String, Option<Vec<u8>>)> {
-        self.changes
-    }
-
     /// Changes in which every key occurs once, in any order.
     pub(crate) fn from_distinct(mut changes: Vec<(String, Option<Vec<u8>>)>) -> ChangeSet {
         changes.sort_unstable_by(|a, b| a.0.cmp(&b.0));
@@ -269,6 +264,31 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Deletes the session under `key`, if any.
     async fn destroy(&self, key: &StoreKey) -> Result<(), StoreError>;
 
+    /// [`load`](Self::load), answered without waiting, for a store that can (one that holds
+    /// its sessions in memory): `Some` with the answer, or `None` for "not available now", and
+    /// the manager then awaits `load`. A request tries this first, so a store that answers
+    /// here saves each request a boxed future. The default answers `None`.
+    fn load_now(
+        &self,
+        key: &StoreKey,
+        now: u64,
+    ) -> Option<Result<Option<SessionRecord>, StoreError>> {
+        let _ = (key, now);
+        None
+    }
+
+    /// [`update`](Self::update), answered without waiting, as [`load_now`](Self::load_now)
+    /// answers `load`. The default answers `None`.
+    fn update_now(
+        &self,
+        key: &StoreKey,
+        changes: &ChangeSet,
+        now: u64,
+    ) -> Option<Result<bool, StoreError>> {
+        let _ = (key, changes, now);
+        None
+    }
+
     /// Deletes every session whose `name` key holds exactly the encoded `value`; returns how
     /// many were deleted.
     async fn destroy_where(&self, name: &str, value: &[u8]) -> Result<u64, StoreError>;
@@ -325,6 +345,21 @@ impl<S: SessionStore + ?Sized> SessionStore for std::sync::Arc<S> {
     async fn destroy(&self, key: &StoreKey) -> Result<(), StoreError> {
         (**self).destroy(key).await
     }
+    fn load_now(
+        &self,
+        key: &StoreKey,
+        now: u64,
+    ) -> Option<Result<Option<SessionRecord>, StoreError>> {
+        (**self).load_now(key, now)
+    }
+    fn update_now(
+        &self,
+        key: &StoreKey,
+        changes: &ChangeSet,
+        now: u64,
+    ) -> Option<Result<bool, StoreError>> {
+        (**self).update_now(key, changes, now)
+    }
     async fn destroy_where(&self, name: &str, value: &[u8]) -> Result<u64, StoreError> {
         (**self).destroy_where(name, value).await
     }
@@ -336,84 +371,5 @@ impl<S: SessionStore + ?Sized> SessionStore for std::sync::Arc<S> {
     }
     async fn close(&self) -> Result<(), StoreError> {
         (**self).close().await
-    }
-}
-
-/// A store as the session manager holds it: behind `dyn` for every call, and, when it is the
-/// built-in memory store, also by its type, so that a request's load and update can call it
-/// directly (it never waits) instead of through a boxed future each.
-#[derive(Clone)]
-pub(crate) struct StoreHandle {
-    pub any: std::sync::Arc<dyn SessionStore>,
-    pub memory: Option<std::sync::Arc<MemoryStore>>,
-}
-
-impl StoreHandle {
-    pub fn new<S: SessionStore>(store: S) -> StoreHandle {
-        use std::any::Any;
-        use std::sync::Arc;
-        let store: Box<dyn Any> = Box::new(store);
-        let store = match store.downcast::<MemoryStore>() {
-            Ok(memory) => return StoreHandle::memory(Arc::new(*memory)),
-            Err(other) => other,
-        };
-        let store = match store.downcast::<Arc<MemoryStore>>() {
-            Ok(memory) => return StoreHandle::memory(*memory),
-            Err(other) => other,
-        };
-        let any: Arc<dyn SessionStore> = match store.downcast::<Arc<dyn SessionStore>>() {
-            Ok(shared) => *shared,
-            Err(other) => Arc::new(*other.downcast::<S>().expect("the box holds the store")),
-        };
-        StoreHandle { any, memory: None }
-    }
-
-    fn memory(memory: std::sync::Arc<MemoryStore>) -> StoreHandle {
-        StoreHandle {
-            any: memory.clone(),
-            memory: Some(memory),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::sync::Arc;
-
-    use super::*;
-
-    #[test]
-    fn the_memory_store_is_recognised_by_value_and_in_an_arc() {
-        let by_value = StoreHandle::new(MemoryStore::new(60));
-        let memory = by_value.memory.expect("a MemoryStore is recognised");
-        assert!(std::ptr::addr_eq(
-            Arc::as_ptr(&memory),
-            Arc::as_ptr(&by_value.any)
-        ));
-
-        let shared = Arc::new(MemoryStore::new(60));
-        let handle = StoreHandle::new(shared.clone());
-        assert!(
-            Arc::ptr_eq(&handle.memory.unwrap(), &shared),
-            "the same store, not a copy"
-        );
-        assert!(std::ptr::addr_eq(
-            Arc::as_ptr(&handle.any),
-            Arc::as_ptr(&shared)
-        ));
-    }
-
-    #[test]
-    fn any_other_store_goes_through_dyn_unwrapped() {
-        let shared: Arc<dyn SessionStore> = Arc::new(MemoryStore::new(60));
-        let handle = StoreHandle::new(shared.clone());
-        assert!(
-            handle.memory.is_none(),
-            "behind dyn, a store is not looked into"
-        );
-        assert!(
-            Arc::ptr_eq(&handle.any, &shared),
-            "an Arc<dyn> is used as it is"
-        );
     }
 }
