@@ -1,6 +1,7 @@
 //! The crate's errors: one enum for handlers, one for stores, one for configuration.
 
 use std::fmt;
+use std::sync::Arc;
 
 use rocket::http::Status;
 use rocket::request::Request;
@@ -81,7 +82,7 @@ impl SessionError {
     /// The HTTP status this error answers with: 503 when the store is unavailable, else 500.
     pub fn status(&self) -> Status {
         match self {
-            SessionError::Store(StoreError::Unavailable(_)) => Status::ServiceUnavailable,
+            SessionError::Store(e) if e.is_unavailable() => Status::ServiceUnavailable,
             _ => Status::InternalServerError,
         }
     }
@@ -94,29 +95,99 @@ impl<'r> Responder<'r, 'static> for SessionError {
     }
 }
 
-/// What went wrong inside a [`SessionStore`](crate::store::SessionStore).
+/// What went wrong inside a [`SessionStore`](crate::store::SessionStore): a
+/// [kind](StoreErrorKind), what was being done, and the error that caused it, if any.
+///
+/// Its `Display` names the cause too, so that one log line says everything; the cause is also
+/// [`source`](std::error::Error::source).
+///
+/// ```
+/// use rocket_server_sessions::{StoreError, StoreErrorKind};
+///
+/// let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+/// let e = StoreError::new(StoreErrorKind::Unavailable, "cannot reach the database").with_source(refused);
+/// assert_eq!(e.kind(), StoreErrorKind::Unavailable);
+/// assert_eq!(e.to_string(), "unavailable: cannot reach the database: connection refused");
+/// ```
 #[derive(Debug, Clone)]
+pub struct StoreError {
+    kind: StoreErrorKind,
+    context: String,
+    source: Option<Arc<dyn std::error::Error + Send + Sync>>,
+}
+
+/// The kinds of [`StoreError`]: what a caller may do about it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
-pub enum StoreError {
-    /// The store cannot be reached now (a database that is down); worth retrying later.
-    Unavailable(String),
+pub enum StoreErrorKind {
+    /// The store cannot be reached now (a database that is down, a change held back by
+    /// another instance); worth retrying later. Requests answer 503.
+    Unavailable,
+    /// Concurrent changes collided (a deadlock) and retrying did not get through.
+    Conflict,
     /// Stored bytes are not what the store wrote (a corrupt file or row).
-    Corrupt(String),
+    Corrupt,
+    /// A name or value is larger than the store can hold.
+    TooLarge,
+    /// A file the store keeps could not be read or written.
+    Io,
     /// Any other failure.
-    Other(String),
+    Other,
+}
+
+impl StoreError {
+    /// An error of `kind`, while doing what `context` says.
+    pub fn new(kind: StoreErrorKind, context: impl Into<String>) -> StoreError {
+        StoreError {
+            kind,
+            context: context.into(),
+            source: None,
+        }
+    }
+
+    /// The same error, caused by `source`.
+    pub fn with_source(
+        mut self,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> StoreError {
+        self.source = Some(Arc::from(source.into()));
+        self
+    }
+
+    /// What kind of failure this is.
+    pub fn kind(&self) -> StoreErrorKind {
+        self.kind
+    }
+
+    /// Whether the store cannot be reached now (the error answers 503).
+    pub fn is_unavailable(&self) -> bool {
+        self.kind == StoreErrorKind::Unavailable
+    }
 }
 
 impl fmt::Display for StoreError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            StoreError::Unavailable(m) => write!(f, "unavailable: {m}"),
-            StoreError::Corrupt(m) => write!(f, "corrupt data: {m}"),
-            StoreError::Other(m) => f.write_str(m),
+        match self.kind {
+            StoreErrorKind::Unavailable => f.write_str("unavailable: ")?,
+            StoreErrorKind::Conflict => f.write_str("conflict: ")?,
+            StoreErrorKind::Corrupt => f.write_str("corrupt data: ")?,
+            _ => {}
+        }
+        f.write_str(&self.context)?;
+        match &self.source {
+            Some(source) => write!(f, ": {source}"),
+            None => Ok(()),
         }
     }
 }
 
-impl std::error::Error for StoreError {}
+impl std::error::Error for StoreError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
 
 /// An invalid `session` configuration: it names the key and the profile.
 ///

@@ -13,7 +13,7 @@ use rocket::{Build, Orbit, Request, Response, Rocket};
 
 use crate::clock::{Clock, SystemClock};
 use crate::config::{SameSite, SessionConfig, StoreConfig};
-use crate::error::{SessionError, StoreError};
+use crate::error::{SessionError, StoreError, StoreErrorKind};
 use crate::flush::{CookieAction, Flush};
 use crate::manager::SessionManager;
 use crate::store::{MemoryStore, PostgresStore, SessionStore};
@@ -123,14 +123,17 @@ impl Sessions {
                 let memory = memory.clone();
                 let store = rocket::tokio::task::spawn_blocking(move || MemoryStore::open(&memory))
                     .await
-                    .map_err(|e| StoreError::Other(e.to_string()))??;
+                    .map_err(|e| {
+                        StoreError::new(StoreErrorKind::Other, "opening the store").with_source(e)
+                    })??;
                 Ok(Arc::new(store))
             }
             StoreConfig::Postgres(postgres) => {
                 let pool = match &self.app_pool {
                     Some(find) => find(rocket).ok_or_else(|| {
-                        StoreError::Other(
-                            "the app's database is not attached before the Sessions fairing".into(),
+                        StoreError::new(
+                            StoreErrorKind::Other,
+                            "the app's database is not attached before the Sessions fairing",
                         )
                     })?,
                     None => {

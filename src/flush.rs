@@ -5,7 +5,7 @@
 use std::future::Future;
 use std::pin::Pin;
 
-use crate::error::{SessionError, StoreError};
+use crate::error::{SessionError, StoreError, StoreErrorKind};
 use crate::id::{SessionId, StoreKey};
 use crate::manager::SessionManager;
 use crate::store::ChangeSet;
@@ -248,5 +248,5 @@ impl SessionManager {
 }
 
 fn no_free_id() -> SessionError {
-    StoreError::Other("no free session id".into()).into()
+    StoreError::new(StoreErrorKind::Conflict, "no free session id").into()
 }

@@ -108,7 +108,7 @@ pub(crate) fn xorshift(mut state: u64) -> impl FnMut(u64) -> u64 {
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{SessionConfig, StoreConfig};
-pub use error::{ConfigError, SessionError, StoreError};
+pub use error::{ConfigError, SessionError, StoreError, StoreErrorKind};
 pub use fairing::Sessions;
 pub use id::{InvalidSessionId, SessionId, StoreKey};
 pub use manager::SessionManager;
@@ -136,7 +136,7 @@ pub mod fuzzing {
 
     /// Decodes `data` as a memory store snapshot.
     pub fn snapshot(data: &[u8]) {
-        crate::store::memory_snapshot_fuzz(data);
+        let _ = crate::store::memory::snapshot::decodes(data);
     }
 }
 

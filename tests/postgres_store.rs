@@ -748,9 +748,14 @@ async fn batches_cut_off_by_the_server_run_again_on_a_fresh_connection_of_the_st
     batches_survive_the_server_cutting_every_connection(&url, pool).await;
 }
 
-/// Loads and updates without a pause from 16 tasks while the server cuts every connection
-/// of the store's pool five times over: not one call fails.
+/// Loads and updates from 16 tasks, in six rounds, each after the first following a cut of
+/// every connection of the store by the server (the batch leaders' kept ones, the pool's idle
+/// ones): not one call fails. Calls and cuts take turns at two barriers, and each cut waits
+/// until the server has ended every backend it cut, so no call can meet a backend that is
+/// still being ended (a connection checked alive a moment before it goes), whatever the
+/// machine's load.
 async fn batches_survive_the_server_cutting_every_connection(url: &str, pool: sqlx::PgPool) {
+    const ROUNDS: usize = 6;
     let store = Arc::new(PostgresStore::new(pool, &pg::config(TTL)).await.unwrap());
     let keys: Vec<_> = (0..16u8).map(key).collect();
     let mut one = ChangeSet::new();
@@ -758,55 +763,71 @@ async fn batches_survive_the_server_cutting_every_connection(url: &str, pool: sq
     for key in &keys {
         assert!(store.create(key, START, &one, START).await.unwrap());
     }
-
-    // Loads and updates without a pause, so that batch leaders keep their connections...
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let called = Arc::new(rocket::tokio::sync::Barrier::new(keys.len() + 1));
+    let cut = Arc::new(rocket::tokio::sync::Barrier::new(keys.len() + 1));
     let workers: Vec<_> = keys
         .iter()
         .map(|key| {
-            let (store, stop, key, one) = (store.clone(), stop.clone(), *key, one.clone());
+            let (store, key, one) = (store.clone(), *key, one.clone());
+            let (called, cut) = (called.clone(), cut.clone());
             rocket::tokio::spawn(async move {
                 let mut failures = Vec::new();
-                let mut calls = 0u32;
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    if let Err(e) = store.load(&key, START).await {
-                        failures.push(e.to_string());
+                for _ in 0..ROUNDS {
+                    for _ in 0..5 {
+                        if let Err(e) = store.load(&key, START).await {
+                            failures.push(e.to_string());
+                        }
+                        if let Err(e) = store.update(&key, &one, START).await {
+                            failures.push(e.to_string());
+                        }
                     }
-                    if let Err(e) = store.update(&key, &one, START).await {
-                        failures.push(e.to_string());
-                    }
-                    calls += 2;
+                    called.wait().await;
+                    cut.wait().await;
                 }
-                (calls, failures)
+                failures
             })
         })
         .collect();
-    rocket::tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    // ...then the server cuts every connection of the store, five times over.
-    let admin = pg::pool(url).await;
-    for _ in 0..5 {
-        let cut: i64 = sqlx::query_scalar(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
-              WHERE datname = current_database() AND pid <> pg_backend_pid()",
-        )
-        .fetch_one(&admin)
+    // One connection, which the cuts spare (a pool's other connections would be cut too).
+    let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(url)
         .await
         .unwrap();
-        assert!(cut >= 1);
-        rocket::tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    for round in 0..ROUNDS {
+        called.wait().await;
+        if round + 1 < ROUNDS {
+            let before = store.statements();
+            let cut: Vec<i32> = sqlx::query_scalar(
+                "SELECT coalesce(array_agg(pid) FILTER (WHERE pg_terminate_backend(pid)), '{}')
+                   FROM pg_stat_activity
+                  WHERE datname = current_database() AND pid <> pg_backend_pid()",
+            )
+            .fetch_one(&mut admin)
+            .await
+            .unwrap();
+            assert!(
+                !cut.is_empty(),
+                "round {round}: the store's connections to cut"
+            );
+            // `pg_terminate_backend` only signals: wait until each cut backend has ended.
+            loop {
+                let left: i64 =
+                    sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1)")
+                        .bind(&cut)
+                        .fetch_one(&mut admin)
+                        .await
+                        .unwrap();
+                if left == 0 {
+                    break;
+                }
+                rocket::tokio::task::yield_now().await;
+            }
+            assert_eq!(store.statements(), before, "no call ran during the cut");
+        }
+        cut.wait().await;
     }
-    let before = store.statements();
-    rocket::tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut failures = Vec::new();
     for worker in workers {
-        let (calls, failed) = worker.await.unwrap();
-        assert!(calls > 0);
-        failures.extend(failed);
+        failures.extend(worker.await.unwrap());
     }
-    assert!(
-        store.statements() > before,
-        "the store went on after the cut"
-    );
     assert!(failures.is_empty(), "{failures:?}");
 }

@@ -102,18 +102,11 @@ use std::hash::Hasher;
 use crate::error::StoreError;
 use crate::id::StoreKey;
 
-mod cache;
-mod coalesce;
-mod memory;
+pub(crate) mod memory;
 mod postgres;
 
-pub use cache::CacheStats;
 pub use memory::MemoryStore;
-pub use postgres::PostgresStore;
-
-pub(crate) fn memory_snapshot_fuzz(data: &[u8]) {
-    let _ = memory::snapshot_decodes(data);
-}
+pub use postgres::{CacheStats, PostgresStore};
 
 /// Store keys are SHA-256 digests, uniformly distributed already: hashing them again is waste.
 #[derive(Default)]

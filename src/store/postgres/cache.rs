@@ -22,8 +22,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
-use super::{ChangeSet, DigestHasher, SessionRecord};
 use crate::id::StoreKey;
+use crate::store::{ChangeSet, DigestHasher, SessionRecord};
 
 /// The channel every PostgreSQL store announces its changes on.
 pub(crate) const CHANNEL: &str = "rocket_sessions";
@@ -158,27 +158,32 @@ impl Cache {
         self.epoch.fetch_add(1, Ordering::AcqRel);
     }
 
-    /// The live session under `key`, if cached.
+    /// The live session under `key`, if cached; a hit or a miss is counted.
     pub(crate) fn get(&self, key: &StoreKey, now: u64) -> Option<SessionRecord> {
-        let found = if self.serving() {
-            let shard = self.shard(prefix(key));
-            shard
-                .entries
-                .get(&prefix(key))
-                .filter(|e| e.key == *key && e.expires > now)
-                .map(|e| SessionRecord {
-                    created: e.created,
-                    data: e.data.clone(),
-                })
-        } else {
-            None
-        };
-        let counter = match found {
-            Some(_) => &self.hits,
-            None => &self.misses,
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
+        let found = self.hit(key, now);
+        if found.is_none() {
+            self.misses.fetch_add(1, Ordering::Relaxed);
+        }
         found
+    }
+
+    /// The live session under `key`, if cached; only a hit is counted (a miss goes on to
+    /// [`get`](Self::get) through the store's `load`).
+    pub(crate) fn hit(&self, key: &StoreKey, now: u64) -> Option<SessionRecord> {
+        if !self.serving() {
+            return None;
+        }
+        let shard = self.shard(prefix(key));
+        let found = shard
+            .entries
+            .get(&prefix(key))
+            .filter(|e| e.key == *key && e.expires > now)
+            .map(|e| SessionRecord {
+                created: e.created,
+                data: e.data.clone(),
+            })?;
+        self.hits.fetch_add(1, Ordering::Relaxed);
+        Some(found)
     }
 
     /// The counters a load of `key` takes before it asks the database.
@@ -207,7 +212,7 @@ impl Cache {
         {
             return;
         }
-        self.file(
+        self.insert(
             &mut shard,
             key,
             record.created,
@@ -216,7 +221,7 @@ impl Cache {
         );
     }
 
-    fn file(
+    fn insert(
         &self,
         shard: &mut Shard,
         key: &StoreKey,
@@ -240,7 +245,13 @@ impl Cache {
     }
 
     /// Files a session this instance has just created.
-    pub(crate) fn created(&self, key: &StoreKey, created: u64, expires: u64, changes: &ChangeSet) {
+    pub(crate) fn record_created(
+        &self,
+        key: &StoreKey,
+        created: u64,
+        expires: u64,
+        changes: &ChangeSet,
+    ) {
         let mut shard = self.shard(prefix(key));
         shard.seq += 1;
         if self.serving() {
@@ -248,13 +259,13 @@ impl Cache {
                 .iter()
                 .filter_map(|(k, v)| Some((k.to_owned(), v?.to_vec())))
                 .collect();
-            self.file(&mut shard, key, created, expires, data);
+            self.insert(&mut shard, key, created, expires, data);
         }
     }
 
     /// Applies an update this instance has just committed: `Some` with the changes and the new
     /// expiry when the session was live, `None` when it was not (or the outcome is unknown).
-    pub(crate) fn updated(&self, key: &StoreKey, outcome: Option<(&ChangeSet, u64)>) {
+    pub(crate) fn record_update(&self, key: &StoreKey, outcome: Option<(&ChangeSet, u64)>) {
         let mut shard = self.shard(prefix(key));
         shard.seq += 1;
         let p = prefix(key);
@@ -447,7 +458,7 @@ mod tests {
         assert_eq!(cache.get(&key(1), 10), None);
 
         let ticket = cache.ticket(&key(1)).unwrap();
-        cache.updated(&key(1), None);
+        cache.record_update(&key(1), None);
         cache.fill(ticket, &key(1), &record(b"old"), 100);
         assert_eq!(cache.get(&key(1), 10), None);
 

@@ -1,0 +1,500 @@
+//! The PostgreSQL store, on a `rocket_db_pools` sqlx pool.
+//!
+//! Sessions live in `rocket_sessions` (one row each, filed under the SHA-256 of the id) and
+//! their data in `rocket_session_data` (one row per key), as the schema in `migrations/`
+//! creates them. Every store call is one SQL statement, so one round trip: data-modifying
+//! common table expressions change the session row and its keys together. Each statement that
+//! changes or deletes existing sessions also checks the cache claim (`fence!`), so that no
+//! instance ever changes a session another instance may be serving from its cache.
+//!
+//! The files, in the order a store meets them: `pool.rs` (connections, and what an error
+//! means), `schema.rs` (migrations at launch), `claim.rs` (instances alive, the cache claim
+//! and the fence), `listen.rs` (the others' announcements), `cache.rs` (the local cache),
+//! `batch.rs` (concurrent loads and updates coalesced into one statement each); this file
+//! holds the store itself and its [`SessionStore`] methods.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use rocket::tokio::sync::{oneshot, watch, Mutex as AsyncMutex, Notify};
+use rocket_db_pools::sqlx::postgres::PgPool;
+use rocket_db_pools::sqlx::{self, Executor};
+
+use super::{ChangeSet, SessionRecord, SessionStore};
+use crate::config::PostgresStoreConfig;
+use crate::error::{StoreError, StoreErrorKind};
+use crate::id::StoreKey;
+
+#[macro_use]
+mod claim;
+mod batch;
+mod cache;
+mod listen;
+mod pool;
+mod schema;
+
+use self::batch::{Coalescer, PendingLoad, PendingUpdate, LOAD_LEADERS, UPDATE_LEADERS};
+pub use self::cache::CacheStats;
+use self::cache::{Cache, Ticket};
+use self::claim::{claim_ticks, ClaimState, CLOSE_WAIT};
+use self::listen::listen;
+use self::pool::classify;
+
+/// Sessions in PostgreSQL (koyo's `make-postgres-session-store`).
+///
+/// Built by the fairing from `store = { kind = "postgres", ... }` (see
+/// [`PostgresStoreConfig`]), on a pool it initialises from `[<profile>.databases.<database>]`
+/// or on the app's own pool (see [`Sessions::with_database`](crate::Sessions::with_database)).
+///
+/// Every instance on the database says every second that it is alive. One that keeps a local
+/// cache (`cache = N`, see [`PostgresStoreConfig`]) serves from it only while it holds the
+/// database's cache claim, which it may take only while no other instance is alive; every
+/// statement that changes or deletes an existing session checks the claim, under a lock, and
+/// waits while another instance holds it (see `migrations/`). Every change is also announced
+/// to the other instances (`NOTIFY rocket_sessions`).
+pub struct PostgresStore {
+    db: Db,
+    ttl: u64,
+    sweep_batch: u32,
+    loads: Arc<Coalescer<PendingLoad, Db>>,
+    updates: Arc<Coalescer<PendingUpdate, Db>>,
+    /// Stops the store's tasks (the listener, the claim's ticks) when it is dropped or closed.
+    stop: watch::Sender<bool>,
+    /// Makes the claim's task tick at once (another instance asked for the claim).
+    tick_now: Arc<Notify>,
+}
+
+/// The pool and the statement count, shared by the store and its batch runners.
+#[derive(Clone)]
+struct Db {
+    pool: PgPool,
+    statements: Arc<AtomicU64>,
+    /// Tags this store's announcements, so that its own cache skips them, and names this
+    /// instance in the claim's tables.
+    instance: u64,
+    cache: Option<Arc<Cache>>,
+    /// This instance's side of the claim; held through each tick, so ticks and `close` never
+    /// overlap.
+    claim: Arc<AsyncMutex<ClaimState>>,
+}
+
+impl Db {
+    fn count(&self) {
+        self.statements.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The keys and values a change set sets, and the keys it removes, as SQL arrays.
+fn split(changes: &ChangeSet) -> (Vec<&str>, Vec<&[u8]>, Vec<&str>) {
+    let (mut names, mut values, mut removed) = (Vec::new(), Vec::new(), Vec::new());
+    for (key, value) in changes.iter() {
+        match value {
+            Some(v) => {
+                names.push(key);
+                values.push(v);
+            }
+            None => removed.push(key),
+        }
+    }
+    (names, values, removed)
+}
+
+fn secs(t: u64) -> i64 {
+    t.min(i64::MAX as u64) as i64
+}
+
+impl PostgresStore {
+    /// A store on `pool`, applying the schema first when `config.migrate` is set (and checking
+    /// that the database answers either way).
+    ///
+    /// With `config.cache` set, a task listens for the other instances' announcements on one
+    /// connection of `pool` for as long as the store lives.
+    pub async fn new(
+        pool: PgPool,
+        config: &PostgresStoreConfig,
+    ) -> Result<PostgresStore, StoreError> {
+        if config.cache > 0 && pool.options().get_max_connections() < 2 {
+            // The listener would hold the only connection, and every store call would wait.
+            return Err(StoreError::new(
+                StoreErrorKind::Other,
+                "store.cache needs a pool of at least 2 connections (one of them listens): \
+                 raise the database's max_connections, or set store.cache = 0",
+            ));
+        }
+        let mut tag = [0u8; 8];
+        getrandom::getrandom(&mut tag).map_err(|e| {
+            StoreError::new(StoreErrorKind::Other, "the OS random source").with_source(e)
+        })?;
+        let instance = u64::from_be_bytes(tag);
+        let cache = (config.cache > 0).then(|| Arc::new(Cache::new(config.cache, instance)));
+        let db = Db {
+            pool,
+            statements: Arc::new(AtomicU64::new(0)),
+            instance,
+            cache,
+            claim: Arc::new(AsyncMutex::new(ClaimState::default())),
+        };
+        let (stop, stopped) = watch::channel(false);
+        let store = PostgresStore {
+            loads: Coalescer::new(db.clone(), LOAD_LEADERS),
+            updates: Coalescer::new(db.clone(), UPDATE_LEADERS),
+            db,
+            ttl: config.ttl,
+            sweep_batch: config.sweep_batch,
+            stop,
+            tick_now: Arc::new(Notify::new()),
+        };
+        if config.migrate {
+            store.migrate(config.unlogged).await?;
+        } else {
+            store.db.pool.execute("SELECT 1").await.map_err(classify)?;
+        }
+        // Alive (and, with a cache, holding the claim if no other instance is) before it
+        // serves anything.
+        store.db.tick(&mut *store.db.claim.lock().await).await?;
+        if let Some(cache) = &store.db.cache {
+            let listening = listen(
+                store.db.pool.clone(),
+                cache.clone(),
+                store.tick_now.clone(),
+                stopped.clone(),
+            );
+            rocket::tokio::spawn(listening);
+        }
+        let ticks = claim_ticks(store.db.clone(), store.tick_now.clone(), stopped);
+        rocket::tokio::spawn(ticks);
+        Ok(store)
+    }
+
+    /// What the local cache has done, or `None` when it is off.
+    pub fn cache_stats(&self) -> Option<CacheStats> {
+        self.db.cache.as_ref().map(|c| c.stats())
+    }
+
+    /// The pool this store runs on.
+    pub fn pool(&self) -> &PgPool {
+        &self.db.pool
+    }
+
+    /// How many SQL statements the store has sent for the calls made to it: each is one round
+    /// trip to the server. The claim's background statements (one a second) are not counted.
+    pub fn statements(&self) -> u64 {
+        self.db.statements.load(Ordering::Relaxed)
+    }
+
+    fn count(&self) {
+        self.db.count();
+    }
+
+    fn cache(&self) -> Option<&Cache> {
+        self.db.cache.as_deref()
+    }
+}
+
+impl Drop for PostgresStore {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+fn lost() -> StoreError {
+    StoreError::new(
+        StoreErrorKind::Other,
+        "the batch that carried this call was lost",
+    )
+}
+
+#[rocket::async_trait]
+impl SessionStore for PostgresStore {
+    async fn load(&self, key: &StoreKey, now: u64) -> Result<Option<SessionRecord>, StoreError> {
+        let mut ticket: Option<Ticket> = None;
+        if let Some(cache) = self.cache() {
+            if let Some(record) = cache.get(key, now) {
+                return Ok(Some(record));
+            }
+            ticket = cache.ticket(key);
+        }
+        let (done, answer) = oneshot::channel();
+        self.loads.submit(PendingLoad {
+            key: *key,
+            now,
+            done,
+        });
+        let found = answer.await.map_err(|_| lost())??;
+        if let (Some(cache), Some(ticket), Some((record, expires))) = (self.cache(), ticket, &found)
+        {
+            cache.fill(ticket, key, record, *expires);
+        }
+        Ok(found.map(|(record, _)| record))
+    }
+
+    fn load_now(
+        &self,
+        key: &StoreKey,
+        now: u64,
+    ) -> Option<Result<Option<SessionRecord>, StoreError>> {
+        // A session the cache serves is answered at once; any other is loaded from the database.
+        self.cache()?.hit(key, now).map(|record| Ok(Some(record)))
+    }
+
+    async fn create(
+        &self,
+        key: &StoreKey,
+        created: u64,
+        changes: &ChangeSet,
+        now: u64,
+    ) -> Result<bool, StoreError> {
+        let (names, values, _) = split(changes);
+        for _ in 0..2 {
+            self.count();
+            let made: i64 = sqlx::query_scalar(
+                "WITH s AS (
+                    INSERT INTO rocket_sessions (key, created_at, expires_at)
+                    VALUES ($1, $2, $3)
+                    ON CONFLICT (key) DO NOTHING
+                    RETURNING id
+                 ), d AS (
+                    INSERT INTO rocket_session_data (session_id, name, value)
+                    SELECT s.id, u.name, u.value FROM s, unnest($4::text[], $5::bytea[]) AS u(name, value)
+                 )
+                 SELECT count(*) FROM s",
+            )
+            .bind(&key.0[..])
+            .bind(secs(created))
+            .bind(secs(now.saturating_add(self.ttl)))
+            .bind(&names)
+            .bind(&values)
+            .fetch_one(&self.db.pool)
+            .await
+            .map_err(classify)?;
+            if made == 1 {
+                if let Some(cache) = self.cache() {
+                    cache.record_created(key, created, now.saturating_add(self.ttl), changes);
+                }
+                return Ok(true);
+            }
+            // The key is taken. Only an expired session may give it up.
+            self.count();
+            let freed =
+                sqlx::query("DELETE FROM rocket_sessions WHERE key = $1 AND expires_at <= $2")
+                    .bind(&key.0[..])
+                    .bind(secs(now))
+                    .execute(&self.db.pool)
+                    .await
+                    .map_err(classify)?;
+            if freed.rows_affected() == 0 {
+                return Ok(false);
+            }
+        }
+        Ok(false)
+    }
+
+    async fn update(
+        &self,
+        key: &StoreKey,
+        changes: &ChangeSet,
+        now: u64,
+    ) -> Result<bool, StoreError> {
+        let (done, answer) = oneshot::channel();
+        self.updates.submit(PendingUpdate {
+            key: *key,
+            changes: changes.clone(),
+            now,
+            expires: now.saturating_add(self.ttl),
+            done,
+        });
+        answer.await.map_err(|_| lost())?
+    }
+
+    async fn cycle(
+        &self,
+        old: &StoreKey,
+        new: &StoreKey,
+        changes: &ChangeSet,
+        now: u64,
+    ) -> Result<bool, StoreError> {
+        let (names, values, removed) = split(changes);
+        let announcement = cache::announcement(self.db.instance, [old, new].into_iter());
+        let statement = || {
+            sqlx::query_as::<_, (i64, i64, bool)>(concat!(
+                "WITH ",
+                fence!(9),
+                ", s AS (
+                UPDATE rocket_sessions SET key = $2, expires_at = $3
+                 WHERE key = $1 AND expires_at > $4
+                   AND NOT EXISTS (SELECT 1 FROM rocket_sessions WHERE key = $2)
+                   AND EXISTS (SELECT FROM fence)
+                RETURNING id
+             ), removed AS (
+                DELETE FROM rocket_session_data d USING s
+                 WHERE d.session_id = s.id AND d.name = ANY($5::text[])
+             ), upserted AS (
+                INSERT INTO rocket_session_data (session_id, name, value)
+                SELECT s.id, u.name, u.value FROM s, unnest($6::text[], $7::bytea[]) AS u(name, value)
+                ON CONFLICT (session_id, name) DO UPDATE SET value = excluded.value
+             ), announced AS (
+                SELECT pg_notify('rocket_sessions', $8) WHERE EXISTS (SELECT FROM s)
+             ) SELECT (SELECT count(*) FROM s), (SELECT count(*) FROM announced),
+                      EXISTS (SELECT FROM fence)"
+            ))
+            .bind(&old.0[..])
+            .bind(&new.0[..])
+            .bind(secs(now.saturating_add(self.ttl)))
+            .bind(secs(now))
+            .bind(&removed)
+            .bind(&names)
+            .bind(&values)
+            .bind(&announcement)
+            .bind(self.db.instance as i64)
+            .fetch_one(&self.db.pool)
+        };
+        let moved = self
+            .db
+            .through_the_fence(statement, |(_, _, through)| *through)
+            .await?;
+        if let Some(cache) = self.cache() {
+            cache.drop_key(old);
+            cache.drop_key(new);
+        }
+        match moved {
+            Ok((n, _, _)) => Ok(n == 1),
+            // The new id was taken between the check and the update.
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Ok(false),
+            Err(e) => Err(classify(e)),
+        }
+    }
+
+    async fn destroy(&self, key: &StoreKey) -> Result<(), StoreError> {
+        let announcement = cache::announcement(self.db.instance, [key].into_iter());
+        let statement = || {
+            sqlx::query_as::<_, (bool, i64)>(concat!(
+                "WITH ",
+                fence!(3),
+                ", d AS (
+                DELETE FROM rocket_sessions WHERE key = $1 AND EXISTS (SELECT FROM fence)
+                RETURNING 1
+             ), announced AS (
+                SELECT pg_notify('rocket_sessions', $2) WHERE EXISTS (SELECT FROM d)
+             ) SELECT EXISTS (SELECT FROM fence), (SELECT count(*) FROM announced)"
+            ))
+            .bind(&key.0[..])
+            .bind(&announcement)
+            .bind(self.db.instance as i64)
+            .fetch_one(&self.db.pool)
+        };
+        let done = self
+            .db
+            .through_the_fence(statement, |(through, _)| *through)
+            .await?;
+        if let Some(cache) = self.cache() {
+            cache.drop_key(key);
+        }
+        done.map_err(classify)?;
+        Ok(())
+    }
+
+    async fn destroy_where(&self, name: &str, value: &[u8]) -> Result<u64, StoreError> {
+        // Announces the deleted sessions by the first 8 bytes of their keys, as
+        // `cache::announcement` does, or `*` when there are too many to name.
+        let statement = || {
+            sqlx::query_as::<_, (Vec<Vec<u8>>, i64, bool)>(concat!(
+                "WITH ",
+                fence!(5),
+                ", d AS (
+                DELETE FROM rocket_sessions s USING rocket_session_data d
+                 WHERE d.session_id = s.id AND d.name = $1 AND d.value = $2
+                   AND EXISTS (SELECT FROM fence)
+                RETURNING s.key
+             ), announced AS (
+                SELECT pg_notify('rocket_sessions', CASE WHEN count(*) > $4 THEN $3 || ' *'
+                    ELSE $3 || string_agg(' ' || encode(substring(key FROM 1 FOR 8), 'hex'), '') END)
+                  FROM d HAVING count(*) > 0
+             ) SELECT array(SELECT key FROM d), (SELECT count(*) FROM announced),
+                      EXISTS (SELECT FROM fence)"
+            ))
+            .bind(name)
+            .bind(value)
+            .bind(format!("{:016x}", self.db.instance))
+            .bind(cache::MAX_NAMED as i64)
+            .bind(self.db.instance as i64)
+            .fetch_one(&self.db.pool)
+        };
+        let done = self
+            .db
+            .through_the_fence(statement, |(_, _, through)| *through)
+            .await?;
+        let (deleted, _, _) = done.map_err(|e| {
+            if let Some(cache) = self.cache() {
+                cache.clear(); // what was deleted is unknown
+            }
+            classify(e)
+        })?;
+        if let Some(cache) = self.cache() {
+            for key in deleted.iter().filter_map(|k| k.as_slice().try_into().ok()) {
+                cache.drop_key(&StoreKey(key));
+            }
+        }
+        Ok(deleted.len() as u64)
+    }
+
+    async fn sweep(&self, now: u64) -> Result<u64, StoreError> {
+        let mut total = 0;
+        loop {
+            self.count();
+            // `= ANY(ARRAY(..))` rather than `IN (..)`: as a generic plan (see
+            // `pool_from_figment`), `IN` joins the batch against a scan of the whole table.
+            // Another instance's claim lets nothing through: that instance sweeps.
+            let (deleted, _, through): (i64, i64, bool) = sqlx::query_as(concat!(
+                "WITH ",
+                fence!(4),
+                ", d AS (
+                    DELETE FROM rocket_sessions WHERE id = ANY(ARRAY(
+                        SELECT id FROM rocket_sessions
+                         WHERE expires_at <= $1 AND EXISTS (SELECT FROM fence)
+                         ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED))
+                    RETURNING 1
+                 ), announced AS (
+                    SELECT pg_notify('rocket_sessions', $3) WHERE EXISTS (SELECT FROM d)
+                 ) SELECT (SELECT count(*) FROM d), (SELECT count(*) FROM announced),
+                          EXISTS (SELECT FROM fence)"
+            ))
+            .bind(secs(now))
+            .bind(i64::from(self.sweep_batch))
+            .bind(cache::announcement_swept(self.db.instance, now))
+            .bind(self.db.instance as i64)
+            .fetch_one(&self.db.pool)
+            .await
+            .map_err(classify)?;
+            if !through {
+                return Ok(total);
+            }
+            if let Some(cache) = self.cache() {
+                cache.drop_expired(now);
+            }
+            let deleted = deleted.max(0) as u64;
+            total += deleted;
+            if deleted < u64::from(self.sweep_batch) {
+                return Ok(total);
+            }
+        }
+    }
+
+    async fn close(&self) -> Result<(), StoreError> {
+        // No more serving from the cache from here, and no more ticks.
+        if let Some(cache) = self.cache() {
+            cache.unclaimed();
+        }
+        let _ = self.stop.send(true);
+        // Giving the claim up only spares the next instance a wait; a database that does not
+        // answer must not hold up the shutdown, and then the claim lapses by itself.
+        let closing = async { self.db.close(&mut *self.db.claim.lock().await).await };
+        rocket::tokio::time::timeout(CLOSE_WAIT, closing)
+            .await
+            .unwrap_or_else(|_| {
+                Err(StoreError::new(
+                    StoreErrorKind::Unavailable,
+                    "giving up the cache claim timed out; it lapses by itself",
+                ))
+            })
+    }
+}

@@ -1,0 +1,199 @@
+//! The store's connections: its own pool (from `[<profile>.databases.<name>]`), the connection
+//! a batch leader keeps between batches, and what a sqlx error means for the caller.
+
+use std::time::Duration;
+
+use rocket::figment::providers::Serialized;
+use rocket::figment::Figment;
+use rocket_db_pools::sqlx::pool::PoolConnection;
+use rocket_db_pools::sqlx::postgres::{
+    PgConnectOptions, PgConnection, PgPool, PgPoolOptions, Postgres,
+};
+use rocket_db_pools::sqlx::{self, ConnectOptions, Connection, Executor};
+
+use super::{Db, PostgresStore};
+use crate::error::{StoreError, StoreErrorKind};
+
+/// How long a connection of the store's own pool may have been idle and still be handed out
+/// without a round trip to check it (see [`PostgresStore::pool_from_figment`]).
+const TRUSTED_IDLE: Duration = Duration::from_secs(1);
+
+/// Whether a sqlx error means the database cannot be reached (so 503, and worth retrying).
+pub(super) fn classify(e: sqlx::Error) -> StoreError {
+    use sqlx::Error as E;
+    match &e {
+        E::Io(_)
+        | E::Tls(_)
+        | E::PoolTimedOut
+        | E::PoolClosed
+        | E::WorkerCrashed
+        | E::Protocol(_) => {
+            StoreError::new(StoreErrorKind::Unavailable, "PostgreSQL").with_source(e)
+        }
+        E::Database(db) => match db.code().as_deref() {
+            // Class 08: connection exception; 57P0x: the server is shutting down or restarting;
+            // 53300: too many connections.
+            Some(code) if code.starts_with("08") || code.starts_with("57P0") || code == "53300" => {
+                StoreError::new(StoreErrorKind::Unavailable, "PostgreSQL").with_source(e)
+            }
+            // 40P01: deadlock detected.
+            Some("40P01") => StoreError::new(StoreErrorKind::Conflict, "PostgreSQL").with_source(e),
+            _ => StoreError::new(StoreErrorKind::Other, "PostgreSQL").with_source(e),
+        },
+        _ => StoreError::new(StoreErrorKind::Other, "PostgreSQL").with_source(e),
+    }
+}
+
+impl PostgresStore {
+    /// A pool initialised from `[<profile>.databases.<name>]` of `figment`, with the keys and
+    /// defaults of `rocket_db_pools` (`url`, `max_connections`, `connect_timeout`,
+    /// `idle_timeout`, `min_connections`), whose connections plan each statement once.
+    ///
+    /// PostgreSQL re-plans a prepared statement on every call while it expects a plan made
+    /// for the call's own arguments to be cheaper than a generic one; for the store's
+    /// batched statements that is every batch of fewer than about ten sessions, so at low
+    /// load every load and every flush, with the planning costing several times the
+    /// execution. These connections run with `plan_cache_mode = force_generic_plan`
+    /// (PostgreSQL 12 and later): the store's statements have one right plan whatever their
+    /// arguments (sessions through the key's unique index, sweeps through the expiry index),
+    /// so one generic plan serves every call.
+    ///
+    /// sqlx checks every pooled connection with a round trip before handing it out, which at
+    /// low load was one round trip more for every load and every flush (batch leaders keep
+    /// their connection only while work keeps coming). Here only a connection idle for a
+    /// second or more is checked. One that died within the second fails its statement
+    /// instead: a batch then runs again on another connection, checked first, and any other
+    /// call answers an error, as it would had the database gone away during the statement.
+    /// Statement logging is off, as `rocket_db_pools` has it at the usual log levels.
+    pub async fn pool_from_figment(figment: &Figment, name: &str) -> Result<PgPool, StoreError> {
+        let workers: usize = figment.extract_inner("workers").unwrap_or(2);
+        let config: rocket_db_pools::Config = figment
+            .focus(&format!("databases.{name}"))
+            .join(Serialized::default("max_connections", workers * 4))
+            .join(Serialized::default("connect_timeout", 5))
+            .extract()
+            .map_err(|e| {
+                StoreError::new(StoreErrorKind::Other, format!("databases.{name}")).with_source(e)
+            })?;
+        let options = config
+            .url
+            .parse::<PgConnectOptions>()
+            .map_err(|e| {
+                StoreError::new(StoreErrorKind::Other, format!("databases.{name}.url"))
+                    .with_source(e)
+            })?
+            .disable_statement_logging();
+        PgPoolOptions::new()
+            // A connection used a moment ago is handed out as it is; one idle for longer is
+            // checked with a round trip first, as sqlx checks every one by default.
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for >= TRUSTED_IDLE {
+                        conn.ping().await?;
+                    }
+                    Ok(true)
+                })
+            })
+            .max_connections(config.max_connections as u32)
+            .acquire_timeout(Duration::from_secs(config.connect_timeout))
+            .idle_timeout(config.idle_timeout.map(Duration::from_secs))
+            .min_connections(config.min_connections.unwrap_or_default())
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    if conn.server_version_num().unwrap_or(0) >= 120000 {
+                        conn.execute("SET plan_cache_mode = force_generic_plan")
+                            .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect_with(options)
+            .await
+            .map_err(classify)
+    }
+}
+
+/// The connection a batch leader keeps while batches keep coming, and for a moment after
+/// (see [`Db::may_keep`]): sqlx checks a connection with a round trip as the pool hands it out
+/// and as it is given back, so that is paid once per run of batches instead of once per
+/// batch.
+pub(super) type Kept = Option<PoolConnection<Postgres>>;
+
+/// Whether a failure means the connection was broken (the server restarted, or closed it), so
+/// the batch is worth running again on a fresh one. Batches are idempotent: a load reads, an
+/// update sets values and an expiry.
+fn broken(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) | sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|c| c.starts_with("08") || c.starts_with("57P0")),
+        _ => false,
+    }
+}
+
+impl Db {
+    /// The kept connection, acquired if none is kept. With `check` (a batch running again
+    /// after its connection broke), an acquired connection answers a round trip first: what
+    /// broke one connection (a restart, connections cut by the server) may have broken those
+    /// idle in the pool too, which the pool hands out unchecked for a second (see
+    /// [`TRUSTED_IDLE`]). One that fails the check is closed and another taken, at most as
+    /// many times as the pool holds connections.
+    pub(super) async fn kept_connection<'h>(
+        &self,
+        kept: &'h mut Kept,
+        check: bool,
+    ) -> Result<&'h mut PgConnection, StoreError> {
+        if let Some(conn) = kept {
+            return Ok(conn);
+        }
+        let mut tries = self.pool.options().get_max_connections();
+        let conn = loop {
+            let mut conn = self.pool.acquire().await.map_err(classify)?;
+            if !check {
+                break conn;
+            }
+            match conn.ping().await {
+                Ok(()) => break conn,
+                Err(e) => {
+                    // Closed, not given back: it is broken.
+                    drop(conn.detach());
+                    tries = tries.saturating_sub(1);
+                    if tries == 0 {
+                        return Err(classify(e));
+                    }
+                }
+            }
+        };
+        Ok(kept.insert(conn))
+    }
+
+    /// Whether a batch leader may keep its connection while it waits for more work: when it
+    /// has one, and the pool can still hand out another at once (an idle one, or room for a
+    /// new one), so that the app and the store's other calls never wait for it. A kept
+    /// connection skips the round trips sqlx spends checking a connection when it is handed
+    /// out and when it is given back.
+    pub(super) fn may_keep(&self, kept: &Kept) -> bool {
+        kept.is_some()
+            && (self.pool.num_idle() > 0
+                || self.pool.size() < self.pool.options().get_max_connections())
+    }
+}
+
+/// After attempt `attempt` (from 0) of a statement failed with `e`: `Ok` to run it again on a
+/// fresh connection (once, when the connection was broken), or the error. A broken connection
+/// is never kept.
+pub(super) fn after_failure(
+    kept: &mut Kept,
+    attempt: u32,
+    e: sqlx::Error,
+) -> Result<(), StoreError> {
+    if broken(&e) {
+        *kept = None;
+        if attempt == 0 {
+            return Ok(());
+        }
+    }
+    Err(classify(e))
+}
