@@ -91,6 +91,8 @@ mod in_flight;
 mod manager;
 mod session;
 pub mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
 mod value;
 mod working;
 

@@ -1,5 +1,5 @@
 //! The examples are smoke tests: each runs as shipped, on the repository's Rocket.toml (debug
-//! profile, memory store), except that the snapshot goes to a temporary folder.
+//! profile, memory store), except that the snapshot and the debug key go to a temporary folder.
 
 mod common;
 
@@ -15,14 +15,21 @@ use common::*;
 use rocket::http::{ContentType, Status};
 use rocket::local::asynchronous::Client;
 
-/// The example's Rocket, keeping its snapshot in `dir` (this binary's tests all set the same).
+/// The example's Rocket, keeping its snapshot and its debug key in `dir`, never in the
+/// repository.
 async fn launch(rocket: rocket::Rocket<rocket::Build>, dir: &TempDir) -> Client {
     let figment = rocket
         .figment()
         .clone()
         .merge(("session.store.file_path", dir.path("sessions.snapshot")))
+        .merge(("session.secret_key_file", dir.path("session_secret.key")))
         .merge(("log_level", "off"));
-    Client::untracked(rocket.configure(figment)).await.unwrap()
+    let client = Client::untracked(rocket.configure(figment)).await.unwrap();
+    assert!(
+        dir.path("session_secret.key").exists(),
+        "the debug key is kept in `dir`"
+    );
+    client
 }
 
 #[rocket::async_test]

@@ -6,11 +6,12 @@ mod common;
 use std::path::Path;
 use std::sync::Arc;
 
-use common::conformance::{key, TTL};
 use common::*;
 use rocket::local::asynchronous::Client;
 use rocket::serde::json::json;
 use rocket_server_sessions::store::{MemoryStore, SessionStore};
+use rocket_server_sessions::store_conformance;
+use rocket_server_sessions::testing::{key, TTL};
 use rocket_server_sessions::{ManualClock, SessionId, SessionManager};
 
 /// By its type, so the app calls it directly, as it does the memory store it builds itself.

@@ -9,12 +9,13 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::conformance::{key, TTL};
 use common::pg::{self, fresh_database};
 use common::*;
 use rocket::serde::json::json;
 use rocket_db_pools::sqlx;
 use rocket_server_sessions::store::{ChangeSet, PostgresStore, SessionRecord, SessionStore};
+use rocket_server_sessions::store_conformance;
+use rocket_server_sessions::testing::{key, TTL};
 
 /// A store on `url` with a cache of `cache` sessions (0: none), listening once it returns.
 async fn store_on(url: &str, cache: usize) -> PostgresStore {

@@ -7,7 +7,6 @@ mod common;
 use std::sync::atomic::Ordering::SeqCst;
 use std::sync::Arc;
 
-use common::conformance::{key, TTL};
 use common::pg::{self, fresh_database, fresh_store, Cluster};
 use common::*;
 use rocket::http::Status;
@@ -16,6 +15,8 @@ use rocket::serde::json::json;
 use rocket_db_pools::sqlx::{self, Row};
 use rocket_db_pools::Database;
 use rocket_server_sessions::store::{ChangeSet, PostgresStore, SessionStore};
+use rocket_server_sessions::store_conformance;
+use rocket_server_sessions::testing::{key, TTL};
 use rocket_server_sessions::{ManualClock, SessionId, Sessions, StoreKey};
 
 /// The files in `migrations/`: the store applies each once.
@@ -274,6 +275,118 @@ async fn created(store: &PostgresStore, byte: u8) -> (StoreKey, ChangeSet) {
     changes.set("n", vec![1]);
     assert!(store.create(&key, START, &changes, START).await.unwrap());
     (key, changes)
+}
+
+/// Two requests of one session, each on its own instance (its own manager and store) over one
+/// database, both load the session before either writes, then change different keys: both
+/// changes persist, whichever instance is asked.
+#[rocket::async_test]
+async fn two_instances_changing_different_keys_of_one_session_at_once_both_persist() {
+    let url = fresh_database().await;
+    let barrier = Arc::new(rocket::tokio::sync::Barrier::new(2));
+    let clock = ManualClock::new(START);
+    let mut instances = Vec::new();
+    for _ in 0..2 {
+        let store = PostgresStore::new(pg::pool(&url).await, &pg::config(TTL))
+            .await
+            .unwrap();
+        let sessions = Sessions::fairing()
+            .with_clock(clock.clone())
+            .with_store(store);
+        let app = rocket_server_sessions::testing::app_with_barrier(
+            figment(json!({})),
+            sessions,
+            barrier.clone(),
+        );
+        instances.push(Client::untracked(app).await.unwrap());
+    }
+    let (a, b) = (&instances[0], &instances[1]);
+    let cookie = post_with(a, "/set/base/0", None).await.cookie.unwrap();
+    let (on_a, on_b) = rocket::tokio::join!(
+        post_with(a, "/set-together/a/1", Some(&cookie)),
+        post_with(b, "/set-together/b/2", Some(&cookie)),
+    );
+    assert_eq!((on_a.status, on_b.status), (Status::Ok, Status::Ok));
+    for client in [a, b] {
+        for (name, value) in [("a", "1"), ("b", "2"), ("base", "0")] {
+            let reply = get_with(client, &format!("/get/{name}"), Some(&cookie)).await;
+            assert_eq!(reply.body, value, "{name}");
+        }
+    }
+}
+
+/// When PostgreSQL aborts a batched update to break a deadlock (SQLSTATE 40P01), the batch
+/// runs again and its callers never see the error. The deadlock is made on purpose: another
+/// transaction holds a data row the update needs, then asks for the session row the update
+/// holds; the update's connections look for deadlocks first, so the update is the one aborted.
+#[rocket::async_test]
+async fn a_batched_update_aborted_to_break_a_deadlock_runs_again() {
+    use rocket_db_pools::sqlx::{Connection, Executor, PgConnection};
+
+    let url = fresh_database().await;
+    let database = url.rsplit('/').next().unwrap().to_string();
+    let mut admin = PgConnection::connect(&url).await.unwrap();
+    let timeout = format!("ALTER DATABASE {database} SET deadlock_timeout = '20ms'");
+    admin.execute(timeout.as_str()).await.unwrap();
+    let store = PostgresStore::new(pg::pool(&url).await, &pg::config(TTL))
+        .await
+        .unwrap();
+    let (k, _) = created(&store, 1).await;
+
+    let mut other = PgConnection::connect(&url).await.unwrap();
+    other
+        .execute("SET deadlock_timeout = '1min'")
+        .await
+        .unwrap();
+    let other_pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut other)
+        .await
+        .unwrap();
+    other.execute("BEGIN").await.unwrap();
+    sqlx::query(
+        "SELECT 1 FROM rocket_session_data d JOIN rocket_sessions s ON s.id = d.session_id
+          WHERE s.key = $1 AND d.name = 'n' FOR UPDATE OF d",
+    )
+    .bind(&k.0[..])
+    .execute(&mut other)
+    .await
+    .unwrap();
+
+    let mut two = ChangeSet::new();
+    two.set("n", vec![2]);
+    let store = Arc::new(store);
+    let update = rocket::tokio::spawn({
+        let store = store.clone();
+        async move { store.update(&k, &two, START + 1).await }
+    });
+    // The update holds the session row and waits for the data row...
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+              WHERE datname = current_database() AND wait_event_type = 'Lock' AND pid <> $1",
+        )
+        .bind(other_pid)
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+        if waiting > 0 {
+            break;
+        }
+        rocket::tokio::task::yield_now().await;
+    }
+    // ...and now the other transaction asks for the session row: each waits for the other.
+    sqlx::query("UPDATE rocket_sessions SET expires_at = expires_at WHERE key = $1")
+        .bind(&k.0[..])
+        .execute(&mut other)
+        .await
+        .unwrap();
+    other.execute("COMMIT").await.unwrap();
+
+    // The other transaction went through: PostgreSQL broke the deadlock by aborting the
+    // update's transaction, and the update ran again.
+    assert!(update.await.unwrap().unwrap(), "live, and updated");
+    let loaded = store.load(&k, START + 1).await.unwrap().unwrap();
+    assert_eq!(loaded.data, [("n".to_string(), vec![2])]);
 }
 
 /// A store on a fresh database and on a pool of its own made as the fairing makes it, of one

@@ -5,28 +5,19 @@ mod common;
 
 use std::sync::Arc;
 
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
 use common::*;
 use rocket::http::Status;
 use rocket::serde::json::json;
-use rocket_server_sessions::store::{ChangeSet, MemoryStore, SessionStore};
-use rocket_server_sessions::{SessionId, SessionManager};
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::Mutex;
+
+use rocket_server_sessions::store::{ChangeSet, MemoryStore, SessionRecord, SessionStore};
+use rocket_server_sessions::{SessionId, SessionManager, StoreError, StoreKey};
 
 const TTL: u64 = 10_000;
-
-/// URL-safe base64 without padding, for forging values of the right shape.
-fn base64url(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let bits: Vec<bool> = bytes
-        .iter()
-        .flat_map(|b| (0..8).rev().map(move |i| b >> i & 1 == 1))
-        .collect();
-    bits.chunks(6)
-        .map(|c| {
-            let v = c.iter().fold(0usize, |v, &b| v << 1 | b as usize) << (6 - c.len());
-            ALPHABET[v] as char
-        })
-        .collect()
-}
 
 fn store() -> Arc<MemoryStore> {
     Arc::new(MemoryStore::new(TTL))
@@ -41,7 +32,7 @@ async fn fixation_an_attacker_chosen_id_is_replaced_and_nothing_is_stored_under_
     let mut raw = chosen.as_bytes().to_vec();
     raw.extend_from_slice(&START.to_be_bytes());
     raw.extend_from_slice(&[0u8; 32]);
-    let forged = base64url(&raw);
+    let forged = URL_SAFE_NO_PAD.encode(&raw);
     assert_eq!(forged.len(), 96, "the shape of a real cookie value");
     for value in [forged.as_str(), &chosen.to_string()] {
         let reply = post_with(&client, "/set/user/victim", Some(value)).await;
@@ -50,21 +41,6 @@ async fn fixation_an_attacker_chosen_id_is_replaced_and_nothing_is_stored_under_
         assert_ne!(id, chosen.to_string());
     }
     assert_eq!(store.load(&chosen.store_key(), START).await.unwrap(), None);
-}
-
-#[rocket::async_test]
-async fn fixation_an_unknown_but_validly_signed_id_is_never_adopted() {
-    let store = store();
-    let (client, _) = client_with(store.clone(), json!({})).await;
-    let cookie = post_with(&client, "/set/a/1", None).await.cookie.unwrap();
-    let id: SessionId = id_of(&client, &cookie).await;
-    store.destroy(&id.store_key()).await.unwrap();
-    let reply = post_with(&client, "/set/user/victim", Some(&cookie)).await;
-    let new_id = get_with(&client, "/id", Some(&reply.cookie.unwrap()))
-        .await
-        .body;
-    assert_ne!(new_id, id.to_string());
-    assert_eq!(store.load(&id.store_key(), START).await.unwrap(), None);
 }
 
 #[rocket::async_test]
@@ -150,14 +126,130 @@ async fn max_lifetime_survives_cycling_the_id() {
     assert_eq!(get_with(&client, "/peek", Some(&cycled)).await.body, "0");
 }
 
-#[rocket::async_test]
-async fn new_ids_never_reuse_a_live_one() {
-    let (client, _) = client_with(store(), json!({})).await;
-    let mut ids = std::collections::HashSet::new();
-    for _ in 0..200 {
-        let cookie = get_with(&client, "/count", None).await.cookie.unwrap();
-        assert!(ids.insert(get_with(&client, "/id", Some(&cookie)).await.body));
+/// A memory store whose next `refusals` creates and cycles answer "taken", as a store does
+/// when a drawn id collides with a live session; it records the keys they were asked for.
+struct Colliding {
+    inner: MemoryStore,
+    refusals: AtomicUsize,
+    asked: Mutex<Vec<StoreKey>>,
+}
+
+impl Colliding {
+    fn new(refusals: usize) -> Arc<Colliding> {
+        Arc::new(Colliding {
+            inner: MemoryStore::new(TTL),
+            refusals: AtomicUsize::new(refusals),
+            asked: Mutex::default(),
+        })
     }
+
+    /// Whether this call is refused, after recording `key`.
+    fn refuses(&self, key: &StoreKey) -> bool {
+        self.asked.lock().unwrap().push(*key);
+        let take = |n: usize| n.checked_sub(1);
+        self.refusals.fetch_update(SeqCst, SeqCst, take).is_ok()
+    }
+
+    fn asked(&self) -> Vec<StoreKey> {
+        self.asked.lock().unwrap().clone()
+    }
+}
+
+#[rocket::async_trait]
+impl SessionStore for Colliding {
+    async fn load(&self, key: &StoreKey, now: u64) -> Result<Option<SessionRecord>, StoreError> {
+        self.inner.load(key, now).await
+    }
+    async fn create(
+        &self,
+        key: &StoreKey,
+        created: u64,
+        changes: &ChangeSet,
+        now: u64,
+    ) -> Result<bool, StoreError> {
+        if self.refuses(key) {
+            return Ok(false);
+        }
+        self.inner.create(key, created, changes, now).await
+    }
+    async fn update(
+        &self,
+        key: &StoreKey,
+        changes: &ChangeSet,
+        now: u64,
+    ) -> Result<bool, StoreError> {
+        self.inner.update(key, changes, now).await
+    }
+    async fn cycle(
+        &self,
+        old: &StoreKey,
+        new: &StoreKey,
+        changes: &ChangeSet,
+        now: u64,
+    ) -> Result<bool, StoreError> {
+        if self.refuses(new) {
+            return Ok(false);
+        }
+        self.inner.cycle(old, new, changes, now).await
+    }
+    async fn destroy(&self, key: &StoreKey) -> Result<(), StoreError> {
+        self.inner.destroy(key).await
+    }
+    async fn destroy_where(&self, name: &str, value: &[u8]) -> Result<u64, StoreError> {
+        self.inner.destroy_where(name, value).await
+    }
+    async fn sweep(&self, now: u64) -> Result<u64, StoreError> {
+        self.inner.sweep(now).await
+    }
+}
+
+#[rocket::async_test]
+async fn a_new_session_whose_id_collides_is_stored_under_a_newly_drawn_one() {
+    let store = Colliding::new(2);
+    let (client, _) = client_with(store.clone(), json!({})).await;
+    let reply = post_with(&client, "/set/user/ada", None).await;
+    assert_eq!(reply.status, Status::Ok);
+    let id = id_of(&client, &reply.cookie.expect("a cookie")).await;
+    let asked = store.asked();
+    assert_eq!(asked.len(), 3, "two ids taken, the third free");
+    assert_eq!(
+        asked.iter().collect::<HashSet<_>>().len(),
+        3,
+        "each drawn anew"
+    );
+    assert_eq!(asked[2], id.store_key(), "the cookie names the stored one");
+    assert!(store.inner.load(&asked[2], START).await.unwrap().is_some());
+}
+
+#[rocket::async_test]
+async fn a_new_session_whose_ids_keep_colliding_fails_and_stores_nothing() {
+    let store = Colliding::new(3);
+    let (client, _) = client_with(store.clone(), json!({})).await;
+    let reply = post_with(&client, "/set/user/ada", None).await;
+    assert_eq!(reply.status, Status::InternalServerError);
+    assert_eq!(reply.cookie, None);
+    assert_eq!(store.asked().len(), 3);
+    assert!(store.inner.is_empty());
+}
+
+#[rocket::async_test]
+async fn a_cycled_session_whose_new_id_collides_moves_to_a_newly_drawn_one() {
+    let store = Colliding::new(0);
+    let (client, _) = client_with(store.clone(), json!({})).await;
+    let old = post_with(&client, "/set/user/ada", None)
+        .await
+        .cookie
+        .unwrap();
+    store.refusals.store(1, SeqCst);
+    let cycled = post_with(&client, "/cycle", Some(&old)).await;
+    let new = cycled.cookie.expect("a new cookie");
+    let asked = store.asked();
+    assert_eq!(asked.len(), 3, "one create, then two cycles");
+    assert_ne!(asked[1], asked[2], "drawn anew");
+    assert_eq!(id_of(&client, &new).await.store_key(), asked[2]);
+    assert_eq!(get_with(&client, "/get/user", Some(&new)).await.body, "ada");
+    let replay = get_with(&client, "/untouched", Some(&old)).await;
+    assert_eq!(replay.body, "true", "the old cookie leads nowhere");
 }
 
 #[rocket::async_test]

@@ -6,22 +6,66 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
+use rocket::fairing::{Fairing, Info, Kind};
 use rocket::serde::json::json;
 use rocket::tokio::sync::Notify;
 use rocket::{post, routes, State};
 use rocket_server_sessions::{ManualClock, Session, SessionError};
 
-/// Loads the session, then waits for the test to open the gate before changing it.
+/// What the gated request and the shutdown tell the test, and the gate the test opens.
+#[derive(Default)]
+struct Signals {
+    /// The gated request has loaded its session.
+    arrived: Notify,
+    /// Opened by the test: the gated request may go on.
+    gate: Notify,
+    /// The shutdown fairings have begun, the sessions fairing's first: it waits for the
+    /// requests in flight.
+    shutting_down: Notify,
+}
+
+/// Loads the session, says so, then waits for the test to open the gate before changing it.
 #[post("/gated/<key>/<value>")]
 async fn gated(
     session: Session<'_>,
-    gate: &State<Arc<Notify>>,
+    signals: &State<Arc<Signals>>,
     key: &str,
     value: &str,
 ) -> Result<&'static str, SessionError> {
-    gate.notified().await;
+    signals.arrived.notify_one();
+    signals.gate.notified().await;
     session.set(key, value)?;
     Ok("ok")
+}
+
+/// Attached after the sessions fairing: Rocket polls shutdown fairings in order, so when this
+/// one runs, the sessions fairing is already waiting for the requests in flight.
+struct ShutdownBegun(Arc<Signals>);
+
+#[rocket::async_trait]
+impl Fairing for ShutdownBegun {
+    fn info(&self) -> Info {
+        Info {
+            name: "shutdown begun",
+            kind: Kind::Shutdown,
+        }
+    }
+
+    async fn on_shutdown(&self, _: &rocket::Rocket<rocket::Orbit>) {
+        self.0.shutting_down.notify_one();
+    }
+}
+
+/// Waits until `done` holds, looking every 10 ms; fails the test naming `what` after 30 s.
+async fn wait_until(what: &str, done: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: not after 30 s"
+        );
+        rocket::tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// Launches `rocket` on a real socket at `port` and returns once it accepts connections,
@@ -47,7 +91,7 @@ async fn serve(
 struct GatedShutdown {
     _dir: TempDir,
     file: std::path::PathBuf,
-    gate: Arc<Notify>,
+    signals: Arc<Signals>,
     cookie: String,
     in_flight: rocket::tokio::task::JoinHandle<(u16, Option<String>, String)>,
     server: rocket::tokio::task::JoinHandle<Result<rocket::Rocket<rocket::Ignite>, rocket::Error>>,
@@ -59,7 +103,7 @@ async fn shut_down_while_gated(name: &str, settings: &[(&str, u32)]) -> GatedShu
     let dir = TempDir::new(name);
     let file = dir.path("sessions.snapshot");
     let port = free_port();
-    let gate = Arc::new(Notify::new());
+    let signals = Arc::new(Signals::default());
     let clock = ManualClock::new(START);
     let mut figment = figment(json!({ "store": { "file_path": &file, "snapshot_interval": 0 } }))
         .merge(("port", port))
@@ -68,7 +112,8 @@ async fn shut_down_while_gated(name: &str, settings: &[(&str, u32)]) -> GatedShu
         figment = figment.merge((key, value));
     }
     let rocket = app(figment, &clock)
-        .manage(gate.clone())
+        .attach(ShutdownBegun(signals.clone()))
+        .manage(signals.clone())
         .mount("/", routes![gated]);
     let (shutdown, server) = serve(rocket, port).await;
     let cookie =
@@ -81,14 +126,14 @@ async fn shut_down_while_gated(name: &str, settings: &[(&str, u32)]) -> GatedShu
     let in_flight = rocket::tokio::task::spawn_blocking(move || {
         http(port, "POST", "/gated/during/2", Some(&c))
     });
-    // Let the request reach the gate, then start the shutdown.
-    rocket::tokio::time::sleep(Duration::from_millis(300)).await;
+    // Once the request has loaded its session, start the shutdown.
+    signals.arrived.notified().await;
     shutdown.clone().notify();
-    shutdown.await;
+    signals.shutting_down.notified().await;
     GatedShutdown {
         _dir: dir,
         file,
-        gate,
+        signals,
         cookie,
         in_flight,
         server,
@@ -98,9 +143,8 @@ async fn shut_down_while_gated(name: &str, settings: &[(&str, u32)]) -> GatedShu
 #[rocket::async_test]
 async fn changes_of_requests_in_flight_at_shutdown_reach_the_snapshot() {
     let run = shut_down_while_gated("shutdown", &[]).await;
-    // Let the request finish during the shutdown wait.
-    rocket::tokio::time::sleep(Duration::from_millis(300)).await;
-    run.gate.notify_one();
+    // The shutdown is waiting for the request: let it finish.
+    run.signals.gate.notify_one();
     let (status, _, _) = run.in_flight.await.unwrap();
     assert_eq!(status, 200);
     let _ = run.server.await.unwrap();
@@ -129,8 +173,8 @@ async fn a_request_that_outlives_the_shutdown_wait_is_persisted_when_it_ends() {
     )
     .await;
 
-    // The wait is over and the snapshot written without the request's change.
-    rocket::tokio::time::sleep(Duration::from_millis(2300)).await;
+    // The wait is over when the shutdown's snapshot appears, without the request's change.
+    wait_until("the shutdown's snapshot", || run.file.exists()).await;
     let (client, _) = client_with(Arc::new(open_snapshot(&run.file)), json!({})).await;
     assert_eq!(
         get_with(&client, "/get/before", Some(&run.cookie))
@@ -142,7 +186,7 @@ async fn a_request_that_outlives_the_shutdown_wait_is_persisted_when_it_ends() {
     assert_ne!(during.status, rocket::http::Status::Ok, "{}", during.body);
 
     // The request ends: its flush writes the snapshot again.
-    run.gate.notify_one();
+    run.signals.gate.notify_one();
     let _ = run.server.await.unwrap();
     let _ = run.in_flight.await;
     let (client, _) = client_with(Arc::new(open_snapshot(&run.file)), json!({})).await;

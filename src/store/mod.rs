@@ -8,6 +8,8 @@
 //! The crate ships [`MemoryStore`] and [`PostgresStore`]; anything implementing
 //! [`SessionStore`] can be plugged in with [`Sessions::with_store`](crate::Sessions::with_store).
 //!
+//! # A complete store
+//!
 //! A complete (if naive) store, to show what each method must do:
 //!
 //! ```
@@ -17,10 +19,12 @@
 //! use rocket_server_sessions::store::{ChangeSet, SessionRecord, SessionStore};
 //! use rocket_server_sessions::{StoreError, StoreKey};
 //!
+//! /// Each session by its key: (created, expires, data).
+//! type Sessions = HashMap<StoreKey, (u64, u64, HashMap<String, Vec<u8>>)>;
+//!
 //! struct Toy {
 //!     ttl: u64,
-//!     // key → (created, expires, data)
-//!     sessions: Mutex<HashMap<StoreKey, (u64, u64, HashMap<String, Vec<u8>>)>>,
+//!     sessions: Mutex<Sessions>,
 //! }
 //!
 //! #[rocket::async_trait]
@@ -95,6 +99,10 @@
 //!     }
 //! }
 //! ```
+//!
+//! This very store passes the crate's conformance suite (`tests/toy_store.rs`): with the
+//! `testing` feature, [`store_conformance!`](crate::store_conformance) runs the suite the
+//! crate's own stores pass against any store, unchanged (see `testing`).
 
 use std::collections::HashMap;
 use std::hash::Hasher;

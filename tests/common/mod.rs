@@ -1,8 +1,8 @@
-//! What every test suite shares: a test app, a client that handles cookies by hand, temporary
-//! folders, and the store conformance suite.
+//! What every test suite shares: the test app (the conformance suite's, from
+//! `rocket_server_sessions::testing`, with a few routes more), temporary folders, and a store
+//! that counts its calls.
 #![allow(dead_code)]
 
-pub mod conformance;
 pub mod pg;
 
 use std::path::PathBuf;
@@ -11,16 +11,14 @@ use std::sync::Arc;
 
 use rocket::figment::providers::Serialized;
 use rocket::figment::Figment;
-use rocket::http::{Cookie, Status};
+use rocket::http::Cookie;
 use rocket::local::asynchronous::{Client, LocalResponse};
-use rocket::request::{FromRequest, Outcome, Request};
 use rocket::serde::json::{json, Value};
 use rocket::{get, post, routes, Build, Rocket, State};
 use rocket_server_sessions::store::SessionStore;
+#[allow(unused_imports)]
+pub use rocket_server_sessions::testing::{get_with, id_of, post_with, Reply, KEY, START};
 use rocket_server_sessions::{ManualClock, Session, SessionError, SessionManager, Sessions};
-
-pub const KEY: &str = "0123456789abcdef0123456789abcdef-test-key";
-pub const START: u64 = 1_700_000_000;
 
 /// A folder under the system's temporary folder, removed when dropped.
 pub struct TempDir(pub PathBuf);
@@ -74,119 +72,15 @@ fn merge(into: &mut Value, from: Value) {
     }
 }
 
-#[get("/count")]
-fn count(session: Session<'_>) -> Result<String, SessionError> {
-    Ok(session.update_or("count", 0u64, |n| n + 1)?.to_string())
-}
-
-/// An app's own request guard that uses the session (as a "current user" guard would): it
-/// counts the visit.
-pub struct Counted;
-
-#[rocket::async_trait]
-impl<'r> FromRequest<'r> for Counted {
-    type Error = SessionError;
-
-    async fn from_request(req: &'r Request<'_>) -> Outcome<Self, SessionError> {
-        let session = match Session::from_request(req).await {
-            Outcome::Success(session) => session,
-            Outcome::Error(e) => return Outcome::Error(e),
-            Outcome::Forward(status) => return Outcome::Forward(status),
-        };
-        match session.update_or("count", 0u64, |n| n + 1) {
-            Ok(_) => Outcome::Success(Counted),
-            Err(e) => Outcome::Error((Status::InternalServerError, e)),
-        }
-    }
-}
-
-/// The visit counted twice: by the `Counted` guard, then by the handler's own `Session`.
-#[get("/count-twice")]
-fn count_twice(_counted: Counted, session: Session<'_>) -> Result<String, SessionError> {
-    Ok(session.update_or("count", 0u64, |n| n + 1)?.to_string())
-}
-
-#[get("/peek")]
-fn peek(session: Session<'_>) -> Result<String, SessionError> {
-    Ok(session.get_or("count", 0u64)?.to_string())
-}
-
-#[get("/get/<key>")]
-fn get(session: Session<'_>, key: &str) -> Result<String, SessionError> {
-    session.get::<String>(key)
-}
-
-#[post("/set/<key>/<value>")]
-fn set(session: Session<'_>, key: &str, value: &str) -> Result<&'static str, SessionError> {
-    session.set(key, value)?;
-    Ok("ok")
-}
-
-/// Waits at the barrier between loading the session and changing it, so that two requests
-/// can be made to overlap.
-#[post("/set-together/<key>/<value>")]
-async fn set_together(
-    session: Session<'_>,
-    barrier: &State<Arc<rocket::tokio::sync::Barrier>>,
-    key: &str,
-    value: &str,
-) -> Result<&'static str, SessionError> {
-    barrier.wait().await;
-    session.set(key, value)?;
-    Ok("ok")
-}
-
-/// Loads the session, then meets `/sync` twice before changing it.
-#[post("/set-late/<key>/<value>")]
-async fn set_late(
-    session: Session<'_>,
-    barrier: &State<Arc<rocket::tokio::sync::Barrier>>,
-    key: &str,
-    value: &str,
-) -> Result<&'static str, SessionError> {
-    barrier.wait().await;
-    barrier.wait().await;
-    session.set(key, value)?;
-    Ok("ok")
-}
-
-#[post("/sync")]
-async fn sync(barrier: &State<Arc<rocket::tokio::sync::Barrier>>) -> &'static str {
-    barrier.wait().await;
-    "ok"
-}
-
 #[post("/remove/<key>")]
 fn remove(session: Session<'_>, key: &str) -> &'static str {
     session.remove(key);
     "ok"
 }
 
-#[get("/id")]
-fn id(session: Session<'_>) -> String {
-    session.id().to_string()
-}
-
-#[get("/untouched")]
-fn untouched(session: Session<'_>) -> String {
-    session.is_new().to_string()
-}
-
 #[get("/no-session")]
 fn no_session() -> &'static str {
     "no session"
-}
-
-#[post("/cycle")]
-fn cycle(session: Session<'_>) -> String {
-    session.cycle_id();
-    session.id().to_string()
-}
-
-#[post("/destroy")]
-fn destroy(session: Session<'_>) -> &'static str {
-    session.destroy();
-    "bye"
 }
 
 #[post("/destroy-then-set")]
@@ -236,30 +130,10 @@ pub fn app_with_store(
 }
 
 fn app_of(figment: Figment, sessions: Sessions) -> Rocket<Build> {
-    rocket::custom(figment)
-        .attach(sessions)
-        .manage(Arc::new(rocket::tokio::sync::Barrier::new(2)))
-        .mount(
-            "/",
-            routes![
-                count,
-                count_twice,
-                peek,
-                get,
-                set,
-                set_together,
-                set_late,
-                sync,
-                remove,
-                id,
-                untouched,
-                no_session,
-                cycle,
-                destroy,
-                destroy_then_set,
-                manager_set
-            ],
-        )
+    rocket_server_sessions::testing::app(figment, sessions).mount(
+        "/",
+        routes![remove, no_session, destroy_then_set, manager_set],
+    )
 }
 
 /// A client for `app` with the default test configuration and a fresh clock.
@@ -292,62 +166,6 @@ pub fn session_cookie(res: &LocalResponse<'_>) -> Option<String> {
         .filter_map(|h| Cookie::parse(h.clone()).ok())
         .find(|c| c.name() == "session")
         .map(|c| c.value().to_string())
-}
-
-/// A request's outcome: status, body, the session cookie it set (if any), `Set-Cookie` headers.
-pub struct Reply {
-    pub status: Status,
-    pub body: String,
-    pub cookie: Option<String>,
-    pub set_cookies: Vec<String>,
-    pub headers: Vec<(String, String)>,
-}
-
-impl Reply {
-    pub fn header(&self, name: &str) -> Vec<&str> {
-        self.headers
-            .iter()
-            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-            .collect()
-    }
-}
-
-async fn reply(res: LocalResponse<'_>) -> Reply {
-    let status = res.status();
-    let cookie = session_cookie(&res);
-    let set_cookies = set_cookies(&res);
-    let headers = res
-        .headers()
-        .iter()
-        .map(|h| (h.name().to_string(), h.value().to_string()))
-        .collect();
-    let body = res.into_string().await.unwrap_or_default();
-    Reply {
-        status,
-        body,
-        cookie,
-        set_cookies,
-        headers,
-    }
-}
-
-/// GET `uri` with `cookie` as the session cookie's raw value, if any.
-pub async fn get_with(client: &Client, uri: &str, cookie: Option<&str>) -> Reply {
-    let mut req = client.get(uri.to_string());
-    if let Some(c) = cookie {
-        req = req.cookie(Cookie::new("session", c.to_string()));
-    }
-    reply(req.dispatch().await).await
-}
-
-/// POST `uri` with `cookie` as the session cookie's raw value, if any.
-pub async fn post_with(client: &Client, uri: &str, cookie: Option<&str>) -> Reply {
-    let mut req = client.post(uri.to_string());
-    if let Some(c) = cookie {
-        req = req.cookie(Cookie::new("session", c.to_string()));
-    }
-    reply(req.dispatch().await).await
 }
 
 /// A real store that counts the calls made to it, to prove which requests cost store I/O.
@@ -504,15 +322,6 @@ pub async fn launch_error(rocket: Rocket<Build>) -> rocket::Error {
             e
         }
     }
-}
-
-/// The id of the session `cookie` (a raw cookie value) leads to, as the app sees it.
-pub async fn id_of(client: &Client, cookie: &str) -> rocket_server_sessions::SessionId {
-    get_with(client, "/id", Some(cookie))
-        .await
-        .body
-        .parse()
-        .expect("a session id")
 }
 
 /// A memory store read from the snapshot `file`, as a restarted app would read it.

@@ -1,0 +1,200 @@
+//! The conformance suite's behaviours over HTTP: each runs [`app`](super::app) on the store
+//! and makes requests with Rocket's local client.
+
+use std::sync::Arc;
+
+use rocket::http::Status;
+
+use super::{client_with, get_with, id_of, post_with, START, TTL};
+use crate::store::SessionStore;
+use crate::SessionId;
+
+/// First visit counts one and the cookie brings the count back.
+pub async fn first_visit_counts_one_and_the_cookie_brings_the_count_back(
+    store: Arc<impl SessionStore + ?Sized>,
+) {
+    let (client, _) = client_with(store).await;
+    let first = get_with(&client, "/count", None).await;
+    assert_eq!((first.status, first.body.as_str()), (Status::Ok, "1"));
+    let cookie = first
+        .cookie
+        .expect("a session that was written to gets a cookie");
+    let second = get_with(&client, "/count", Some(&cookie)).await;
+    assert_eq!(second.body, "2");
+    let third = get_with(&client, "/count", Some(&cookie)).await;
+    assert_eq!(third.body, "3");
+}
+
+/// A guard and the handler share one session.
+pub async fn a_guard_and_the_handler_share_one_session(store: Arc<impl SessionStore + ?Sized>) {
+    let (client, _) = client_with(store).await;
+    // The handler's guard sees the change an earlier guard made, for a new session and a
+    // stored one.
+    let first = get_with(&client, "/count-twice", None).await;
+    assert_eq!((first.status, first.body.as_str()), (Status::Ok, "2"));
+    assert_eq!(first.set_cookies.len(), 1, "{:?}", first.set_cookies);
+    let cookie = first.cookie.expect("the session was written to");
+    let second = get_with(&client, "/count-twice", Some(&cookie)).await;
+    assert_eq!(second.body, "4");
+    assert_eq!(get_with(&client, "/peek", Some(&cookie)).await.body, "4");
+}
+
+/// A session nothing was written to is not stored.
+pub async fn a_session_nothing_was_written_to_is_not_stored(
+    store: Arc<impl SessionStore + ?Sized>,
+) {
+    let (client, _) = client_with(store.clone()).await;
+    let reply = get_with(&client, "/id", None).await;
+    assert_eq!(reply.status, Status::Ok);
+    assert!(reply.set_cookies.is_empty(), "{:?}", reply.set_cookies);
+    let id: SessionId = reply.body.parse().unwrap();
+    assert_eq!(store.load(&id.store_key(), START).await.unwrap(), None);
+}
+
+/// Concurrent requests changing different keys both persist.
+pub async fn concurrent_requests_changing_different_keys_both_persist(
+    store: Arc<impl SessionStore + ?Sized>,
+) {
+    let (client, _) = client_with(store).await;
+    let cookie = post_with(&client, "/set/base/0", None)
+        .await
+        .cookie
+        .unwrap();
+    // Both requests load the session before either changes it (they meet at a barrier).
+    let (a, b) = rocket::tokio::join!(
+        post_with(&client, "/set-together/a/1", Some(&cookie)),
+        post_with(&client, "/set-together/b/2", Some(&cookie)),
+    );
+    assert_eq!((a.status, b.status), (Status::Ok, Status::Ok));
+    assert_eq!(get_with(&client, "/get/a", Some(&cookie)).await.body, "1");
+    assert_eq!(get_with(&client, "/get/b", Some(&cookie)).await.body, "2");
+    assert_eq!(
+        get_with(&client, "/get/base", Some(&cookie)).await.body,
+        "0"
+    );
+}
+
+/// A destroyed session cannot be replayed.
+pub async fn a_destroyed_session_cannot_be_replayed(store: Arc<impl SessionStore + ?Sized>) {
+    let (client, _) = client_with(store).await;
+    let cookie = post_with(&client, "/set/user/ada", None)
+        .await
+        .cookie
+        .unwrap();
+    let out = post_with(&client, "/destroy", Some(&cookie)).await;
+    assert_eq!(out.cookie.as_deref(), Some(""), "a removal cookie");
+    let removal = &out.set_cookies[0];
+    assert!(removal.contains("Max-Age=0"), "{removal}");
+    assert!(removal.contains("Path=/"), "{removal}");
+    let replay = get_with(&client, "/get/user", Some(&cookie)).await;
+    assert_eq!(
+        replay.status,
+        Status::InternalServerError,
+        "the key is gone"
+    );
+    assert_eq!(
+        get_with(&client, "/untouched", Some(&cookie)).await.body,
+        "true"
+    );
+}
+
+/// Cycled id keeps data and kills the old cookie.
+pub async fn cycled_id_keeps_data_and_kills_the_old_cookie(store: Arc<impl SessionStore + ?Sized>) {
+    let (client, _) = client_with(store).await;
+    let first = post_with(&client, "/set/user/ada", None).await;
+    let old = first.cookie.unwrap();
+    let old_id = get_with(&client, "/id", Some(&old)).await.body;
+    let cycled = post_with(&client, "/cycle", Some(&old)).await;
+    let new = cycled.cookie.expect("cycling sets a new cookie");
+    assert_ne!(cycled.body, old_id);
+    assert_eq!(get_with(&client, "/id", Some(&new)).await.body, cycled.body);
+    assert_eq!(get_with(&client, "/get/user", Some(&new)).await.body, "ada");
+    let replay = get_with(&client, "/untouched", Some(&old)).await;
+    assert_eq!(replay.body, "true", "the old cookie leads to a new session");
+}
+
+/// An in flight request cannot revive a destroyed session.
+pub async fn an_in_flight_request_cannot_revive_a_destroyed_session(
+    store: Arc<impl SessionStore + ?Sized>,
+) {
+    let (client, _) = client_with(store).await;
+    let cookie = post_with(&client, "/set/user/ada", None)
+        .await
+        .cookie
+        .unwrap();
+    // The slow request has loaded the session when the logout happens, and flushes after it.
+    let slow = post_with(&client, "/set-late/late/write", Some(&cookie));
+    let logout = async {
+        post_with(&client, "/sync", None).await;
+        let out = post_with(&client, "/destroy", Some(&cookie)).await;
+        post_with(&client, "/sync", None).await;
+        out
+    };
+    let (slow, logout) = rocket::tokio::join!(slow, logout);
+    assert_eq!(logout.cookie.as_deref(), Some(""));
+    assert_eq!(
+        slow.cookie.as_deref(),
+        Some(""),
+        "the late request removes the cookie"
+    );
+    assert_eq!(
+        get_with(&client, "/untouched", Some(&cookie)).await.body,
+        "true"
+    );
+}
+
+/// A signed cookie whose session is gone gets a new id.
+pub async fn a_signed_cookie_whose_session_is_gone_gets_a_new_id(
+    store: Arc<impl SessionStore + ?Sized>,
+) {
+    let (client, _) = client_with(store.clone()).await;
+    let cookie = post_with(&client, "/set/a/1", None).await.cookie.unwrap();
+    let id: SessionId = id_of(&client, &cookie).await;
+    store.destroy(&id.store_key()).await.unwrap();
+    let after = post_with(&client, "/set/a/2", Some(&cookie)).await;
+    let new = after.cookie.expect("a new cookie");
+    let new_id = get_with(&client, "/id", Some(&new)).await.body;
+    assert_ne!(new_id, id.to_string(), "the old id is not adopted");
+    assert_eq!(store.load(&id.store_key(), START).await.unwrap(), None);
+}
+
+/// An idle session expires after the store ttl.
+pub async fn an_idle_session_expires_after_the_store_ttl(store: Arc<impl SessionStore + ?Sized>) {
+    let (client, clock) = client_with(store).await;
+    let cookie = get_with(&client, "/count", None).await.cookie.unwrap();
+    clock.advance(TTL - 1);
+    let kept = get_with(&client, "/count", Some(&cookie)).await;
+    assert_eq!(kept.body, "2", "a visit within the ttl keeps the session");
+    clock.advance(TTL - 1);
+    assert_eq!(get_with(&client, "/count", Some(&cookie)).await.body, "3");
+    clock.advance(TTL);
+    assert_eq!(get_with(&client, "/count", Some(&cookie)).await.body, "1");
+}
+
+/// The manager reaches a session by its id.
+pub async fn the_manager_reaches_a_session_by_its_id(store: Arc<impl SessionStore + ?Sized>) {
+    let (client, _) = client_with(store).await;
+    let cookie = post_with(&client, "/set/a/1", None).await.cookie.unwrap();
+    let id: SessionId = id_of(&client, &cookie).await;
+    let manager = client.rocket().state::<crate::SessionManager>().unwrap();
+    assert_eq!(manager.get::<String>(&id, "a").await.unwrap(), "1");
+    assert_eq!(manager.get_or(&id, "nope", 5u8).await.unwrap(), 5);
+    assert!(manager.get::<String>(&id, "nope").await.is_err());
+    manager.set(&id, "b", "two").await.unwrap();
+    let n = manager.update_or(&id, "n", 10u32, |n| n + 1).await.unwrap();
+    assert_eq!(n, 11);
+    assert!(manager.update(&id, "missing", |n: u32| n).await.is_err());
+    manager.remove(&id, "a").await.unwrap();
+    assert_eq!(get_with(&client, "/get/b", Some(&cookie)).await.body, "two");
+    assert_eq!(
+        get_with(&client, "/get/a", Some(&cookie)).await.status,
+        Status::InternalServerError
+    );
+    let unknown = SessionId::generate();
+    assert!(manager.set(&unknown, "b", 1).await.is_err());
+    manager.destroy(&id).await.unwrap();
+    assert_eq!(
+        get_with(&client, "/untouched", Some(&cookie)).await.body,
+        "true"
+    );
+}
