@@ -35,10 +35,7 @@ use rocket_db_pools::sqlx::PgPool;
 /// or a store that cannot be opened. After liftoff it sweeps expired sessions and, for the
 /// memory store, writes snapshots periodically. On every response it flushes the request's
 /// session changes and sets the cookie. At shutdown it waits for requests in flight that
-/// loaded a session (up to Rocket's grace and mercy periods), persists the store, and then
-/// waits 50 ms more (at most the grace period) for the connections that answered the last
-/// requests to close: Rocket checks for such connections once, when the shutdown fairings
-/// end, and waits out its whole grace period if it finds one.
+/// loaded a session (up to Rocket's grace and mercy periods), then persists the store.
 pub struct Sessions {
     /// `None`: the system clock.
     clock: Option<Arc<dyn Clock>>,
@@ -67,11 +64,9 @@ impl Sessions {
     /// Runs the PostgreSQL store on the app's own `#[derive(Database)]` pool `D` instead of
     /// initialising one from `[<profile>.databases.<database>]`. Attach `D::init()` before
     /// this fairing. Rocket closes that pool at shutdown on its own schedule, so requests still
-    /// in flight then may answer 503; a pool the store owns is closed after them. The store
-    /// leaves the app's connections as the app made them, so PostgreSQL may plan its
-    /// statements on every call where a pool of the store's own would not (see
-    /// [`PostgresStore::pool_from_figment`]); `?options[plan_cache_mode]=force_generic_plan`
-    /// in the database's `url` gives the app's connections the same setting.
+    /// in flight then may answer 503. Add `?options[plan_cache_mode]=force_generic_plan` to
+    /// the database's `url` to plan the store's statements once, as its own pool does
+    /// (see [`PostgresStore::pool_from_figment`]).
     ///
     /// ```no_run
     /// use rocket_db_pools::{sqlx, Database};
@@ -291,10 +286,8 @@ impl Fairing for Sessions {
         }
     }
 
-    // Written out, not as an `async fn`: Rocket boxes this future for every response, and a
-    // response whose flush needs no store call (the memory store's, or nothing to write) is
-    // done here, before any future exists, and returns a zero-sized one, which `Box::pin`
-    // does not allocate.
+    // Written out, not as an `async fn`: a flush answered at once returns a zero-sized future,
+    // which Rocket's `Box::pin` does not allocate.
     fn on_response<'r, 'life0, 'life1, 'life2, 'async_trait>(
         &'life0 self,
         req: &'r Request<'life1>,
@@ -354,10 +347,8 @@ impl Fairing for Sessions {
         if let Some(pool) = self.own_pool.get() {
             pool.close().await;
         }
-        // Once the shutdown fairings are done, Rocket looks once for connections still holding
-        // on to it and, if it finds one, waits out its whole grace period. The connections that
-        // answered the last requests close moments after them: wait those moments here, so a
-        // restart under load takes milliseconds rather than the grace period.
+        // Rocket waits out its whole grace period if a connection is still open when the
+        // shutdown fairings end: give the last requests' connections a moment to close.
         let settle =
             Duration::from_millis(SETTLE_MS).min(Duration::from_secs(shutdown.grace.into()));
         rocket::tokio::time::sleep(settle).await;

@@ -55,12 +55,25 @@
 //!
 //! # How a request goes
 //!
-//! The cookie is verified (HMAC-SHA256, constant time; no store call for a bad one) → when a
-//! handler takes the [`Session`], its id's session is loaded → the handler's reads and writes
-//! work on a per-request copy → when the response leaves, the [`Sessions`] fairing writes the
-//! changed keys in one store call and sets the cookie on the response. A new session that
-//! nothing was written to is neither stored nor sent. Outside requests, the
-//! [`SessionManager`] in managed state reaches any session by id.
+//! Each step is one file, in the order a request meets them:
+//!
+//! 1. `config.rs`: at ignite, `[<profile>.session]` becomes a validated [`SessionConfig`];
+//!    the [`Sessions`] fairing (`fairing.rs`) opens the store and builds the
+//!    [`SessionManager`] (`manager.rs`), which every request shares.
+//! 2. `session.rs`: a handler that takes the [`Session`] guard has the cookie verified
+//!    (`cookie.rs`: HMAC-SHA256, constant time; no store call for a bad one) and its id's
+//!    session loaded (`id.rs` turns the id into the [`StoreKey`] stores file it under) through
+//!    the [`SessionStore`](store::SessionStore) trait (`store/`).
+//! 3. `working.rs`: the handler's reads and writes work on the request's copy of the session;
+//!    `value.rs` encodes and decodes values (MessagePack).
+//! 4. `flush.rs`: when the response leaves, the fairing writes the changed keys in one store
+//!    call and sets the cookie on the response. A new session that nothing was written to is
+//!    neither stored nor sent. `in_flight.rs` counts the requests not flushed yet, for shutdown.
+//!
+//! Outside requests, the [`SessionManager`] in managed state reaches any session by id.
+//! The stores are `store/memory/` and `store/postgres/`; `error.rs` holds the errors and
+//! `clock.rs` where "now" comes from. With the `testing` feature, `testing/` exports the
+//! store conformance suite.
 //!
 //! # koyo → Rust
 //!

@@ -47,24 +47,15 @@ pub(super) fn classify(e: sqlx::Error) -> StoreError {
 impl PostgresStore {
     /// A pool initialised from `[<profile>.databases.<name>]` of `figment`, with the keys and
     /// defaults of `rocket_db_pools` (`url`, `max_connections`, `connect_timeout`,
-    /// `idle_timeout`, `min_connections`), whose connections plan each statement once.
+    /// `idle_timeout`, `min_connections`), tuned for the store's statements:
     ///
-    /// PostgreSQL re-plans a prepared statement on every call while it expects a plan made
-    /// for the call's own arguments to be cheaper than a generic one; for the store's
-    /// batched statements that is every batch of fewer than about ten sessions, so at low
-    /// load every load and every flush, with the planning costing several times the
-    /// execution. These connections run with `plan_cache_mode = force_generic_plan`
-    /// (PostgreSQL 12 and later): the store's statements have one right plan whatever their
-    /// arguments (sessions through the key's unique index, sweeps through the expiry index),
-    /// so one generic plan serves every call.
-    ///
-    /// sqlx checks every pooled connection with a round trip before handing it out, which at
-    /// low load was one round trip more for every load and every flush (batch leaders keep
-    /// their connection only while work keeps coming). Here only a connection idle for a
-    /// second or more is checked. One that died within the second fails its statement
-    /// instead: a batch then runs again on another connection, checked first, and any other
-    /// call answers an error, as it would had the database gone away during the statement.
-    /// Statement logging is off, as `rocket_db_pools` has it at the usual log levels.
+    /// - `plan_cache_mode = force_generic_plan` (PostgreSQL 12 and later): the store's
+    ///   statements have one right plan whatever their arguments, and PostgreSQL would
+    ///   otherwise plan small batches anew on every call (`docs/performance-notes.md`);
+    /// - only a connection idle for a second or more is checked with a round trip before it is
+    ///   handed out (sqlx checks every one); a batch whose connection died meanwhile runs
+    ///   again on a checked one;
+    /// - statement logging off, as `rocket_db_pools` has it at the usual log levels.
     pub async fn pool_from_figment(figment: &Figment, name: &str) -> Result<PgPool, StoreError> {
         let workers: usize = figment.extract_inner("workers").unwrap_or(2);
         let config: rocket_db_pools::Config = figment
