@@ -5,7 +5,7 @@
 //! relies on, against the stores a function of yours makes. The crate runs this same suite,
 //! unchanged, against its memory store, its PostgreSQL store with and without the cache, and
 //! the [toy store](crate::store#a-complete-store) of the store docs; a store that passes it
-//! keeps every promise the [`Session`](crate::Session) guard makes (per-key merging of
+//! keeps every promise the [`Session`] guard makes (per-key merging of
 //! concurrent requests, no revival of a destroyed session, atomic id cycling, expiry).
 //!
 //! ```toml
@@ -243,7 +243,7 @@ pub fn routes() -> Vec<Route> {
     ]
 }
 
-/// The suite's app: [`routes`], a barrier of two for the routes that meet, and `sessions`.
+/// The suite's app: [`routes()`], a barrier of two for the routes that meet, and `sessions`.
 pub fn app(figment: Figment, sessions: Sessions) -> Rocket<Build> {
     app_with_barrier(
         figment,
