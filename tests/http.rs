@@ -23,6 +23,25 @@ async fn counted(
     (client, clock, store)
 }
 
+/// A store that answers loads and updates at once (`load_now`, `update_now`), as the memory
+/// store does, is never awaited for them: the manager reaches it through the trait alone, so
+/// any store can take the path the built-in one takes.
+#[rocket::async_test]
+async fn a_store_that_answers_at_once_is_never_awaited_for_loads_and_updates() {
+    let (client, _, store) = counted(json!({})).await;
+    let cookie = get_with(&client, "/count", None).await.cookie.unwrap();
+    for n in 2..=5 {
+        let reply = get_with(&client, "/count", Some(&cookie)).await;
+        assert_eq!(reply.body, n.to_string());
+    }
+    assert_eq!(
+        store.calls(),
+        1 + 4 * 2,
+        "a create, then a load and an update each"
+    );
+    assert_eq!(store.awaited(), 0);
+}
+
 fn attributes(set_cookie: &str) -> Vec<String> {
     let mut attrs: Vec<String> = set_cookie.split("; ").skip(1).map(String::from).collect();
     attrs.sort();

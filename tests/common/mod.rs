@@ -168,10 +168,12 @@ pub fn session_cookie(res: &LocalResponse<'_>) -> Option<String> {
         .map(|c| c.value().to_string())
 }
 
-/// A real store that counts the calls made to it, to prove which requests cost store I/O.
+/// A real store that counts the calls made to it, to prove which requests cost store I/O,
+/// and, apart, the loads and updates that were awaited rather than answered at once.
 pub struct Counting<S> {
     pub inner: S,
     pub calls: AtomicUsize,
+    pub awaited: AtomicUsize,
 }
 
 impl<S> Counting<S> {
@@ -179,6 +181,7 @@ impl<S> Counting<S> {
         Arc::new(Counting {
             inner,
             calls: AtomicUsize::new(0),
+            awaited: AtomicUsize::new(0),
         })
     }
 
@@ -186,8 +189,18 @@ impl<S> Counting<S> {
         self.calls.load(Ordering::SeqCst)
     }
 
+    /// Loads and updates made through the async methods.
+    pub fn awaited(&self) -> usize {
+        self.awaited.load(Ordering::SeqCst)
+    }
+
     fn count(&self) {
         self.calls.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn count_awaited(&self) {
+        self.count();
+        self.awaited.fetch_add(1, Ordering::SeqCst);
     }
 }
 
@@ -201,8 +214,32 @@ impl<S: SessionStore> SessionStore for Counting<S> {
         Option<rocket_server_sessions::store::SessionRecord>,
         rocket_server_sessions::StoreError,
     > {
-        self.count();
+        self.count_awaited();
         self.inner.load(key, now).await
+    }
+    fn load_now(
+        &self,
+        key: &rocket_server_sessions::StoreKey,
+        now: u64,
+    ) -> Option<
+        Result<
+            Option<rocket_server_sessions::store::SessionRecord>,
+            rocket_server_sessions::StoreError,
+        >,
+    > {
+        let answer = self.inner.load_now(key, now)?;
+        self.count();
+        Some(answer)
+    }
+    fn update_now(
+        &self,
+        key: &rocket_server_sessions::StoreKey,
+        changes: &rocket_server_sessions::store::ChangeSet,
+        now: u64,
+    ) -> Option<Result<bool, rocket_server_sessions::StoreError>> {
+        let answer = self.inner.update_now(key, changes, now)?;
+        self.count();
+        Some(answer)
     }
     async fn create(
         &self,
@@ -220,7 +257,7 @@ impl<S: SessionStore> SessionStore for Counting<S> {
         changes: &rocket_server_sessions::store::ChangeSet,
         now: u64,
     ) -> Result<bool, rocket_server_sessions::StoreError> {
-        self.count();
+        self.count_awaited();
         self.inner.update(key, changes, now).await
     }
     async fn cycle(
