@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use rocket::http::Status;
 use rocket::request::Request;
-use rocket::response::{self, Responder};
+use rocket::response::{self, status, Responder};
 
 /// What went wrong with a session operation.
 ///
@@ -85,6 +85,45 @@ impl SessionError {
             SessionError::Store(e) if e.is_unavailable() => Status::ServiceUnavailable,
             _ => Status::InternalServerError,
         }
+    }
+}
+
+/// Lets `?` turn a session error into the [`Status`] it answers with (logged, as the
+/// responder logs it), in handlers that return `Result<T, Status>`:
+///
+/// ```
+/// use rocket::http::Status;
+/// use rocket_server_sessions::Session;
+///
+/// #[rocket::get("/")]
+/// fn index(session: Session<'_>) -> Result<String, Status> {
+///     let user: String = session.get("user")?; // 500 if missing or undecodable
+///     Ok(format!("Hello, {user}"))
+/// }
+/// ```
+impl From<SessionError> for Status {
+    fn from(e: SessionError) -> Status {
+        rocket::error!("session error: {e}");
+        e.status()
+    }
+}
+
+/// Lets `?` turn a session error into a [`status::Custom`] with its status and an empty body
+/// (the error is logged, never sent), in handlers that return `Result<T, status::Custom<B>>`:
+///
+/// ```
+/// use rocket::response::status;
+/// use rocket_server_sessions::Session;
+///
+/// #[rocket::post("/cart/<item>")]
+/// fn add(session: Session<'_>, item: &str) -> Result<String, status::Custom<String>> {
+///     let n = session.update_or("items", 0u32, |n| n + 1)?;
+///     Ok(format!("{item} added; {n} in the cart"))
+/// }
+/// ```
+impl<B: Default> From<SessionError> for status::Custom<B> {
+    fn from(e: SessionError) -> status::Custom<B> {
+        status::Custom(Status::from(e), B::default())
     }
 }
 
@@ -213,3 +252,22 @@ impl fmt::Display for ConfigError {
 }
 
 impl std::error::Error for ConfigError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_store_that_cannot_be_reached_answers_503_through_question_mark_too() {
+        let unavailable =
+            || SessionError::Store(StoreError::new(StoreErrorKind::Unavailable, "down"));
+        assert_eq!(Status::from(unavailable()), Status::ServiceUnavailable);
+        let custom: status::Custom<String> = unavailable().into();
+        assert_eq!(
+            (custom.0, custom.1.as_str()),
+            (Status::ServiceUnavailable, "")
+        );
+        let missing = SessionError::MissingKey("user".into());
+        assert_eq!(Status::from(missing), Status::InternalServerError);
+    }
+}

@@ -42,6 +42,29 @@ async fn a_store_that_answers_at_once_is_never_awaited_for_loads_and_updates() {
     assert_eq!(store.awaited(), 0);
 }
 
+/// Handlers returning `Status` or `status::Custom` use `?` on session calls: a missing key
+/// answers 500 (Rocket's catcher, or the custom's empty body; no details of the error), a
+/// present one its value.
+#[rocket::async_test]
+async fn question_mark_works_in_handlers_returning_status_or_custom() {
+    let (client, _, _) = counted(json!({})).await;
+    let cookie = post_with(&client, "/set/user/ada", None)
+        .await
+        .cookie
+        .unwrap();
+    for route in ["/status/get", "/custom/get"] {
+        let found = get_with(&client, &format!("{route}/user"), Some(&cookie)).await;
+        assert_eq!((found.status, found.body.as_str()), (Status::Ok, "ada"));
+        let missing = get_with(&client, &format!("{route}/nobody"), Some(&cookie)).await;
+        assert_eq!(missing.status, Status::InternalServerError, "{route}");
+        assert!(
+            !missing.body.contains("nobody"),
+            "{route}: {}",
+            missing.body
+        );
+    }
+}
+
 fn attributes(set_cookie: &str) -> Vec<String> {
     let mut attrs: Vec<String> = set_cookie.split("; ").skip(1).map(String::from).collect();
     attrs.sort();

@@ -215,15 +215,42 @@ struct Raw {
     #[serde(default)]
     max_lifetime: Option<u64>,
     #[serde(default)]
-    secret_key: Option<String>,
+    secret_key: Option<Secret>,
     #[serde(default)]
-    previous_secret_keys: Vec<String>,
+    previous_secret_keys: Vec<Secret>,
     #[serde(default = "default_key_file")]
     secret_key_file: PathBuf,
     #[serde(default = "default_max_size")]
     max_session_size: usize,
     #[serde(default)]
     store: RawStore,
+}
+
+/// A secret key as text, whatever type its source gave the value (a TOML number, say): a
+/// secret is never refused for its type, so no message prints it.
+struct Secret(String);
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Secret, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Any {
+            Text(String),
+            Unsigned(u64),
+            Signed(i64),
+            Float(f64),
+        }
+        Ok(Secret(
+            match Any::deserialize(d).map_err(|_| {
+                serde::de::Error::custom("a secret key must be a string (its value is not shown)")
+            })? {
+                Any::Text(text) => text,
+                Any::Unsigned(n) => n.to_string(),
+                Any::Signed(n) => n.to_string(),
+                Any::Float(n) => n.to_string(),
+            },
+        ))
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -271,9 +298,19 @@ impl SessionConfig {
     /// `secret_key_file`; that is the only I/O here.
     pub fn from_figment(figment: &Figment) -> Result<SessionConfig, ConfigError> {
         let profile = figment.profile().to_string();
-        let figment = figment
+        let mut figment = figment
             .focus("session")
             .merge(Env::prefixed("ROCKET_SESSION_").split("__").global());
+        // Figment reads `ROCKET_SESSION_SECRET_KEY=0123...` as a number (dropping the leading
+        // zero): the key is the variable's text, as written.
+        let secret = std::env::vars_os().find_map(|(name, value)| {
+            let name = name.to_str()?;
+            name.eq_ignore_ascii_case("ROCKET_SESSION_SECRET_KEY")
+                .then(|| value.into_string().ok())?
+        });
+        if let Some(secret) = secret {
+            figment = figment.merge(("secret_key", secret));
+        }
         let raw: Raw = figment
             .extract()
             .map_err(|e| from_figment_error(&profile, e))?;
@@ -375,7 +412,7 @@ impl Raw {
         }
         let secret_key =
             match self.secret_key {
-                Some(key) => {
+                Some(Secret(key)) => {
                     check_key(&key).map_err(|r| err("secret_key", r))?;
                     key.into_bytes()
                 }
@@ -390,7 +427,7 @@ impl Raw {
                 )),
             };
         let mut previous_secret_keys = Vec::new();
-        for (i, key) in self.previous_secret_keys.into_iter().enumerate() {
+        for (i, Secret(key)) in self.previous_secret_keys.into_iter().enumerate() {
             check_key(&key).map_err(|r| err(&format!("previous_secret_keys[{i}]"), r))?;
             previous_secret_keys.push(key.into_bytes());
         }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use rocket::figment::providers::Serialized;
 use rocket::figment::Figment;
-use rocket::http::Cookie;
+use rocket::http::{Cookie, Status};
 use rocket::local::asynchronous::{Client, LocalResponse};
 use rocket::serde::json::{json, Value};
 use rocket::{get, post, routes, Build, Rocket, State};
@@ -102,6 +102,21 @@ async fn manager_set(
     Ok("ok")
 }
 
+/// `?` on a session error in a handler that returns `Status`.
+#[get("/status/get/<key>")]
+fn get_or_status(session: Session<'_>, key: &str) -> Result<String, Status> {
+    Ok(session.get::<String>(key)?)
+}
+
+/// `?` on a session error in a handler that returns `status::Custom`.
+#[get("/custom/get/<key>")]
+fn get_or_custom(
+    session: Session<'_>,
+    key: &str,
+) -> Result<String, rocket::response::status::Custom<String>> {
+    Ok(session.get::<String>(key)?)
+}
+
 /// The test app: every route above and the sessions fairing with `clock`, on the store the
 /// configuration names.
 pub fn app(figment: Figment, clock: &ManualClock) -> Rocket<Build> {
@@ -113,9 +128,7 @@ pub fn system_clock_app(figment: Figment) -> Rocket<Build> {
     app_of(figment, Sessions::fairing())
 }
 
-/// The test app on `store` instead of the configured one. A `MemoryStore` or
-/// `Arc<MemoryStore>` takes the fairing's direct path to the memory store, as the configured
-/// memory store does; any other store, the path through `dyn SessionStore`.
+/// The test app on `store` instead of the configured one.
 pub fn app_with_store(
     figment: Figment,
     clock: &ManualClock,
@@ -132,7 +145,14 @@ pub fn app_with_store(
 fn app_of(figment: Figment, sessions: Sessions) -> Rocket<Build> {
     rocket_server_sessions::testing::app(figment, sessions).mount(
         "/",
-        routes![remove, no_session, destroy_then_set, manager_set],
+        routes![
+            remove,
+            no_session,
+            destroy_then_set,
+            manager_set,
+            get_or_status,
+            get_or_custom
+        ],
     )
 }
 
