@@ -128,6 +128,20 @@ impl CookieCodec {
     }
 }
 
+/// The values of the cookies named `name` in a request's `Cookie` header values, in order
+/// (Rocket's cookie jar keeps one value per name).
+pub(crate) fn values_named<'a>(
+    headers: impl Iterator<Item = &'a str>,
+    name: &'a str,
+) -> impl Iterator<Item = &'a str> {
+    headers
+        .flat_map(|header| header.split(';'))
+        .filter_map(move |pair| {
+            let (n, value) = pair.split_once('=')?;
+            (n.trim() == name).then(|| value.trim())
+        })
+}
+
 /// Decodes URL-safe base64 without padding into exactly `N` bytes (at most 72), or `None` for
 /// anything else: a wrong length, a character outside the alphabet, or non-zero trailing bits
 /// (a second spelling of a value).
@@ -221,6 +235,20 @@ mod tests {
             decode_exact::<32>(format!("{id}=").as_bytes()),
             None,
             "padding"
+        );
+    }
+
+    #[test]
+    fn every_value_of_the_name_is_found_in_every_header_in_order() {
+        let headers = [
+            "a=1; session=first;session =second",
+            "x=session; session=third",
+        ];
+        let found: Vec<_> = values_named(headers.into_iter(), "session").collect();
+        assert_eq!(found, ["first", "second", "third"]);
+        assert_eq!(
+            values_named(["sessions=1"].into_iter(), "session").count(),
+            0
         );
     }
 

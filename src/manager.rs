@@ -17,7 +17,7 @@ use crate::store::{ChangeSet, SessionRecord, SessionStore};
 use crate::value::Encoded;
 use crate::working::Working;
 
-/// Longest cookie value looked at; longer ones are treated as absent (RFC 6265 asks browsers
+/// Longest cookie value looked at; longer ones are refused undecoded (RFC 6265 asks browsers
 /// for 4096 bytes per cookie, and ours are 96).
 pub(crate) const MAX_COOKIE_VALUE: usize = 4096;
 
@@ -110,14 +110,22 @@ impl SessionManager {
     }
 
     /// Starts loading the session a request's cookie names, or starts a new one. A cookie that
-    /// does not verify costs no store call; a verified one whose session is gone is never
-    /// adopted. The result is ready at once when the store answers
-    /// [`load_now`](SessionStore::load_now); otherwise [`finish_load`](Self::finish_load)
-    /// awaits the store.
-    pub(crate) fn start_load(&self, cookie: Option<&str>) -> Loading {
+    /// does not verify costs no store call (and the response removes it, however long it is);
+    /// a verified one whose session is gone is never adopted. `cookie` is the jar's value;
+    /// when it does not verify, the first of `others` (every value the request sent under the
+    /// cookie's name: a browser may send two) that does is used instead. The result is ready
+    /// at once when the store answers [`load_now`](SessionStore::load_now); otherwise
+    /// [`finish_load`](Self::finish_load) awaits the store.
+    pub(crate) fn start_load<'c>(
+        &self,
+        cookie: Option<&str>,
+        mut others: impl Iterator<Item = &'c str>,
+    ) -> Loading {
         let now = self.now();
-        let cookie = cookie.filter(|v| v.len() <= MAX_COOKIE_VALUE);
-        let Some(verified) = self.verify(cookie, now) else {
+        let verified = self
+            .verify(cookie, now)
+            .or_else(|| others.find_map(|value| self.verify(Some(value), now)));
+        let Some(verified) = verified else {
             return Loading::Ready(Working::new(cookie.is_some(), now));
         };
         let key = verified.id.store_key();

@@ -63,8 +63,10 @@ impl<'r> FromRequest<'r> for Session<'r> {
             if held.is_some() {
                 return Outcome::Success(Session { manager, slot });
             }
-            let cookie = req.cookies().get(&manager.config().cookie_name);
-            match manager.start_load(cookie.map(|c| c.value())) {
+            let name = &manager.config().cookie_name;
+            let cookie = req.cookies().get(name).map(|c| c.value());
+            let others = crate::cookie::values_named(req.headers().get("Cookie"), name);
+            match manager.start_load(cookie, others) {
                 Loading::Ready(working) => {
                     *held = Some(working);
                     // Its changes are now in flight: shutdown waits for them.

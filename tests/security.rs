@@ -253,15 +253,51 @@ async fn a_cycled_session_whose_new_id_collides_moves_to_a_newly_drawn_one() {
 }
 
 #[rocket::async_test]
-async fn a_cookie_value_over_4_kib_is_treated_as_absent() {
+async fn a_cookie_value_over_4_kib_is_refused_unread_and_removed() {
     let store = rocket_server_sessions::store::MemoryStore::new(TTL);
     let store = Counting::new(store);
     let (client, _) = client_with(store.clone(), json!({})).await;
     let huge = "A".repeat(4097);
     let reply = get_with(&client, "/untouched", Some(&huge)).await;
     assert_eq!((reply.status, reply.body.as_str()), (Status::Ok, "true"));
-    assert!(reply.set_cookies.is_empty(), "absent: not even a removal");
-    assert_eq!(store.calls(), 0);
+    assert_eq!(
+        reply.cookie.as_deref(),
+        Some(""),
+        "a removal cookie, so the browser stops sending it"
+    );
+    assert_eq!(store.calls(), 0, "never looked up");
+}
+
+/// A browser can send two cookies of one name (one left by an older path or domain, say):
+/// the one that verifies is the session, in either order, and nothing is removed.
+#[rocket::async_test]
+async fn of_two_cookies_of_the_sessions_name_the_one_that_verifies_wins() {
+    let (client, _) = client_with(store(), json!({})).await;
+    let good = get_with(&client, "/count", None).await.cookie.unwrap();
+    for (n, header) in [
+        format!("session={good}; session=junk"),
+        format!("session=junk; session={good}"),
+        format!("session=junk; other=1; session={good}"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let res = client
+            .get("/count")
+            .header(rocket::http::Header::new("Cookie", header.clone()))
+            .dispatch()
+            .await;
+        assert_eq!(res.status(), Status::Ok);
+        assert!(
+            session_cookie(&res).is_none_or(|c| !c.is_empty()),
+            "{header}"
+        );
+        assert_eq!(
+            res.into_string().await.unwrap(),
+            (n + 2).to_string(),
+            "{header}"
+        );
+    }
 }
 
 #[rocket::async_test]
