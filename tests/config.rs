@@ -26,7 +26,10 @@ fn defaults_are_koyos() {
     assert!(config.cookie_http_only);
     assert_eq!(config.cookie_same_site, SameSite::Strict);
     assert_eq!(config.shelf_life, 7 * 86_400);
-    assert_eq!(config.refresh_interval, 0);
+    assert_eq!(
+        config.refresh_interval, 60,
+        "once a minute, not koyo's every response"
+    );
     assert_eq!(config.max_lifetime, None);
     assert_eq!(config.max_session_size, 65_536);
     let toml = format!("[release.session]\nsecret_key = \"{KEY}\"\n");
@@ -37,6 +40,28 @@ fn defaults_are_koyos() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+/// A refresh interval nobody wrote adapts to short lifetimes (twice within the shorter of the
+/// cookie's and the store's), where a written one must fit them or the launch is refused.
+#[test]
+fn an_unwritten_refresh_interval_fits_short_lifetimes() {
+    for (session, refresh) in [
+        (json!({ "shelf_life": 30 }), 15),
+        (
+            json!({ "store": { "kind": "memory", "file_path": "", "ttl": 40 } }),
+            20,
+        ),
+        (json!({ "shelf_life": 1 }), 0),
+        (json!({ "shelf_life": 3600 }), 60),
+    ] {
+        let config = SessionConfig::from_figment(&figment(session.clone())).unwrap();
+        assert_eq!(config.refresh_interval, refresh, "{session}");
+    }
+    let written = json!({ "refresh_interval": 60, "store": { "kind": "memory", "file_path": "", "ttl": 60 } });
+    let error = SessionConfig::from_figment(&figment(written)).unwrap_err();
+    assert_eq!(error.key, "refresh_interval");
+    assert!(error.reason.contains("store.ttl"), "{error}");
 }
 
 #[test]

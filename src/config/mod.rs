@@ -40,7 +40,7 @@ pub enum SameSite {
 /// | `cookie_http_only` | bool | `true` | `HttpOnly` attribute | `#:cookie-http-only?` |
 /// | `cookie_same_site` | `"strict"`, `"lax"`, `"none"` | `"strict"` | `SameSite` attribute | `#:cookie-same-site` |
 /// | `shelf_life` | seconds | 604800 | cookie lifetime (`Max-Age`) | `#:shelf-life` |
-/// | `refresh_interval` | seconds | 0 | re-issue the cookie and touch the store at most this often (0: every response) | — |
+/// | `refresh_interval` | seconds | 60 | re-issue the cookie and extend the stored session at most this often (0: every response, as koyo); unset, at most half of `shelf_life` and of `store.ttl` | — |
 /// | `max_lifetime` | seconds | none | absolute lifetime from creation, whatever the activity | — |
 /// | `secret_key` | string, ≥ 32 bytes | none (see below) | signs the cookie | `#:secret-key` |
 /// | `previous_secret_keys` | list of strings | `[]` | still verify, for key rotation | — |
@@ -188,6 +188,8 @@ const MAX_CACHE: usize = 10_000_000;
 /// last active visitors.
 const DEFAULT_CACHE: usize = 10_000;
 const WEEK: u64 = 7 * 86_400;
+/// How often a session's cookie is re-issued and its stored life extended, unless configured.
+const DEFAULT_REFRESH: u64 = 60;
 /// Durations above this are refused: they overflow nothing, and mean nothing either.
 const MAX_SECONDS: u64 = 100 * 365 * 86_400;
 /// The shortest secret key we accept, in bytes.
@@ -211,7 +213,7 @@ struct Raw {
     #[serde(default = "week")]
     shelf_life: u64,
     #[serde(default)]
-    refresh_interval: u64,
+    refresh_interval: Option<u64>,
     #[serde(default)]
     max_lifetime: Option<u64>,
     #[serde(default)]
@@ -395,15 +397,6 @@ impl Raw {
             }
         }
         check_seconds(self.shelf_life).map_err(|r| err("shelf_life", r))?;
-        if self.refresh_interval >= self.shelf_life {
-            return Err(err(
-                "refresh_interval",
-                format!(
-                    "must be shorter than shelf_life ({}), or cookies expire before they are refreshed",
-                    self.shelf_life
-                ),
-            ));
-        }
         if let Some(max) = self.max_lifetime {
             check_seconds(max).map_err(|r| err("max_lifetime", r))?;
         }
@@ -432,6 +425,34 @@ impl Raw {
             previous_secret_keys.push(key.into_bytes());
         }
         let store = self.store.validate(&err)?;
+        let ttl = match &store {
+            StoreConfig::Memory(m) => m.ttl,
+            StoreConfig::Postgres(p) => p.ttl,
+        };
+        let refresh_interval = match self.refresh_interval {
+            Some(refresh) if refresh >= self.shelf_life => {
+                return Err(err(
+                    "refresh_interval",
+                    format!(
+                        "must be shorter than shelf_life ({}), or cookies expire before they \
+                         are refreshed",
+                        self.shelf_life
+                    ),
+                ))
+            }
+            Some(refresh) if refresh >= ttl => {
+                return Err(err(
+                    "refresh_interval",
+                    format!(
+                        "must be shorter than store.ttl ({ttl}), or sessions that are only read \
+                         expire before they are refreshed"
+                    ),
+                ))
+            }
+            Some(refresh) => refresh,
+            // Unwritten: once a minute, or twice within the shorter lifetime when that is short.
+            None => DEFAULT_REFRESH.min(self.shelf_life / 2).min(ttl / 2),
+        };
         Ok(SessionConfig {
             profile: profile.clone(),
             cookie_name: self.cookie_name,
@@ -441,7 +462,7 @@ impl Raw {
             cookie_http_only: self.cookie_http_only,
             cookie_same_site: self.cookie_same_site,
             shelf_life: self.shelf_life,
-            refresh_interval: self.refresh_interval,
+            refresh_interval,
             max_lifetime: self.max_lifetime,
             secret_key,
             previous_secret_keys,

@@ -274,8 +274,7 @@ mod ours {
     pub fn rocket(figment: Figment, postgres: Option<(String, usize)>) -> Rocket<Build> {
         let figment = figment
             .merge(("session.secret_key", KEY))
-            .merge(("session.cookie_secure", false))
-            .merge(("session.refresh_interval", 60));
+            .merge(("session.cookie_secure", false));
         let figment = match postgres {
             None => figment
                 .merge(("session.store.kind", "memory"))
