@@ -266,7 +266,7 @@ impl Fairing for Sessions {
         every(rocket, sweep, move || {
             let m = m.clone();
             async move {
-                match m.sweep().await {
+                match m.store().sweep(m.now()).await {
                     Ok(0) => {}
                     Ok(n) => rocket::info!("session store: swept {n} expired sessions"),
                     Err(e) => rocket::error!("session store: sweep failed: {e}"),
@@ -278,7 +278,7 @@ impl Fairing for Sessions {
             every(rocket, snapshot, move || {
                 let m = m.clone();
                 async move {
-                    if let Err(e) = m.persist().await {
+                    if let Err(e) = m.store().persist().await {
                         rocket::error!("session store: snapshot failed: {e}");
                     }
                 }
@@ -337,11 +337,8 @@ impl Fairing for Sessions {
         let shutdown = &rocket.config().shutdown;
         let limit = Duration::from_secs(u64::from(shutdown.grace) + u64::from(shutdown.mercy));
         manager.drain(limit).await;
-        match manager.persist().await {
-            Ok(()) => rocket::info!("session store: persisted at shutdown"),
-            Err(e) => rocket::error!("session store: persisting at shutdown failed: {e}"),
-        }
-        if let Err(e) = manager.close().await {
+        manager.persist_at_shutdown().await;
+        if let Err(e) = manager.store().close().await {
             rocket::error!("session store: closing at shutdown failed: {e}");
         }
         if let Some(pool) = self.own_pool.get() {

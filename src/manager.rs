@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::clock::Clock;
 use crate::config::SessionConfig;
 use crate::cookie::{CookieCodec, Verified};
-use crate::error::SessionError;
+use crate::error::{SessionError, StoreError};
 use crate::id::{SessionId, StoreKey};
 use crate::in_flight::InFlight;
 use crate::store::{ChangeSet, SessionRecord, SessionStore};
@@ -42,6 +42,8 @@ struct Inner {
     clock: Arc<dyn Clock>,
     /// Requests that loaded a session and have not flushed it yet.
     in_flight: InFlight,
+    /// Why the store could not persist at shutdown, if it could not.
+    shutdown_failure: std::sync::Mutex<Option<StoreError>>,
 }
 
 /// A request's session once its cookie is checked.
@@ -78,6 +80,7 @@ impl SessionManager {
                 store,
                 clock,
                 in_flight: InFlight::default(),
+                shutdown_failure: Default::default(),
             }),
         }
     }
@@ -182,11 +185,50 @@ impl SessionManager {
         self.inner.in_flight.finish()
     }
 
+    /// Persists the store at shutdown; a failure is logged and kept for
+    /// [`shutdown_failure`](Self::shutdown_failure).
+    pub(crate) async fn persist_at_shutdown(&self) {
+        if let Err(e) = self.store().persist().await {
+            rocket::error!(
+                "session store: sessions were not saved at shutdown: {e} (`main` can learn it \
+                 from SessionManager::shutdown_failure)"
+            );
+            *self
+                .inner
+                .shutdown_failure
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = Some(e);
+        }
+    }
+
     /// Persists the store for a request that outlived the shutdown's persist.
     pub(crate) async fn persist_late(&self) {
-        if let Err(e) = self.store().persist().await {
-            rocket::error!("session store: persisting after shutdown failed: {e}");
-        }
+        self.persist_at_shutdown().await
+    }
+
+    /// Why the store could not persist at shutdown, if it could not: with the memory store, a
+    /// final snapshot that could not be written, so that sessions acknowledged to clients are
+    /// lost. The fairing logs it at error level; Rocket still ends as after any shutdown, so an
+    /// app that must exit with an error then asks here:
+    ///
+    /// ```no_run
+    /// use rocket_server_sessions::{SessionManager, Sessions};
+    ///
+    /// #[rocket::main]
+    /// async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    ///     let rocket = rocket::build().attach(Sessions::fairing()).launch().await?;
+    ///     if let Some(e) = rocket.state::<SessionManager>().and_then(|m| m.shutdown_failure()) {
+    ///         return Err(e.into());
+    ///     }
+    ///     Ok(())
+    /// }
+    /// ```
+    pub fn shutdown_failure(&self) -> Option<StoreError> {
+        self.inner
+            .shutdown_failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Marks the start of shutdown and waits, at most `limit`, for requests in flight to end.

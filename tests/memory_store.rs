@@ -41,6 +41,52 @@ async fn client_on(file: &Path, extra: rocket::serde::json::Value) -> Client {
         .expect("launches")
 }
 
+/// A snapshot location where no file can be made (here, under a regular file: permissions
+/// would not stop root) stops the launch, naming the path, instead of failing at shutdown.
+#[rocket::async_test]
+async fn a_snapshot_location_that_cannot_take_a_file_stops_the_launch_naming_it() {
+    let dir = TempDir::new("unwritable");
+    std::fs::write(dir.path("a-file"), b"").unwrap();
+    let file = dir.path("a-file").join("sessions.snapshot");
+    let config = rocket_server_sessions::config::MemoryStoreConfig {
+        ttl: TTL,
+        file_path: Some(file.clone()),
+        snapshot_interval: 0,
+        sweep_interval: 60,
+    };
+    let error = MemoryStore::open(&config).err().expect("refused");
+    assert!(
+        error
+            .to_string()
+            .contains(&*dir.path("a-file").to_string_lossy()),
+        "{error}"
+    );
+    let session = json!({ "store": { "kind": "memory", "file_path": file } });
+    let refused = launch_error(app(figment(session), &ManualClock::new(START))).await;
+    assert!(matches!(
+        refused.kind(),
+        rocket::error::ErrorKind::FailedFairings(_)
+    ));
+}
+
+/// A final snapshot that cannot be written (its folder replaced by a file after launch) is
+/// reported: at error level in the log, and to `main` through the manager, with how many
+/// sessions were lost.
+#[rocket::async_test]
+async fn a_final_snapshot_that_cannot_be_written_is_reported_to_main() {
+    let dir = TempDir::new("lost");
+    let folder = dir.path("snapshots");
+    let client = client_on(&folder.join("sessions.snapshot"), json!({})).await;
+    post_with(&client, "/set/cart/socks", None).await;
+    std::fs::remove_dir_all(&folder).unwrap();
+    std::fs::write(&folder, b"now a file").unwrap();
+    let rocket = client.terminate().await;
+    let manager = rocket.state::<SessionManager>().unwrap();
+    let failure = manager.shutdown_failure().expect("reported");
+    assert_eq!(failure.kind(), rocket_server_sessions::StoreErrorKind::Io);
+    assert!(failure.to_string().contains("(1 sessions)"), "{failure}");
+}
+
 #[rocket::async_test]
 async fn sessions_survive_a_restart_through_the_snapshot() {
     let dir = TempDir::new("restart");
@@ -48,8 +94,10 @@ async fn sessions_survive_a_restart_through_the_snapshot() {
     let first = client_on(&file, json!({})).await;
     let cookie = get_with(&first, "/count", None).await.cookie.unwrap();
     get_with(&first, "/count", Some(&cookie)).await;
-    first.terminate().await;
+    let stopped = first.terminate().await;
     assert!(file.exists(), "written at shutdown");
+    let manager = stopped.state::<SessionManager>().unwrap();
+    assert!(manager.shutdown_failure().is_none());
 
     let second = client_on(&file, json!({})).await;
     assert_eq!(get_with(&second, "/count", Some(&cookie)).await.body, "3");

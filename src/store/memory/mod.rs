@@ -84,7 +84,8 @@ impl MemoryStore {
     /// Opens the store of `config`, loading its snapshot file if there is one.
     ///
     /// A snapshot that does not read back whole is never overwritten: it is renamed to
-    /// `<file>.corrupt-<unix time>`, an error is logged, and the store starts empty.
+    /// `<file>.corrupt-<unix time>`, an error is logged, and the store starts empty. A folder
+    /// where no snapshot can be written is an error now, not at the first snapshot.
     pub fn open(config: &MemoryStoreConfig) -> Result<MemoryStore, StoreError> {
         let mut store = MemoryStore::new(config.ttl);
         let Some(path) = &config.file_path else {
@@ -93,6 +94,7 @@ impl MemoryStore {
         for (key, entry) in snapshot::load(path)? {
             store.shard(&key).insert(key, entry);
         }
+        snapshot::check_writable(path)?;
         store.file = Some(path.clone());
         Ok(store)
     }
@@ -127,13 +129,25 @@ impl MemoryStore {
         if self.generation() == self.persisted.load(Ordering::Acquire) {
             return Ok(());
         }
-        let (bytes, generation) = snapshot::encode(self);
+        let (bytes, generation, count) = snapshot::encode(self);
+        let shown = path.clone();
         rocket::tokio::task::spawn_blocking(move || snapshot::write_atomically(&path, &bytes))
             .await
             .map_err(|e| {
                 StoreError::new(StoreErrorKind::Other, "the snapshot task failed").with_source(e)
-            })??;
+            })?
+            .map_err(|e| {
+                let context = format!(
+                    "the snapshot ({count} sessions) was not written to {}",
+                    shown.display()
+                );
+                StoreError::new(StoreErrorKind::Io, context).with_source(e)
+            })?;
         self.persisted.store(generation, Ordering::Release);
+        rocket::info!(
+            "session store: wrote {count} sessions to {}",
+            shown.display()
+        );
         Ok(())
     }
 }

@@ -71,10 +71,7 @@ pub(super) fn io_error(what: &str, path: &Path, e: std::io::Error) -> StoreError
 /// Writes `bytes` to `path` so that a crash leaves either the old file or the new one.
 pub(super) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     let tmp = temp_path(path);
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
+    let dir = folder_of(path);
     std::fs::create_dir_all(&dir).map_err(|e| io_error("create", &dir, e))?;
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);
@@ -98,8 +95,8 @@ pub(super) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StoreErr
 /// The snapshot format: `MAGIC`, a u64 count, then per session its 32-byte key, `created` and
 /// `expires` (u64 each), a u32 count of keys and per key a u32-length-prefixed name and value;
 /// last, the SHA-256 of everything before it. Integers are big-endian. Also returns the
-/// store's generation as of what was encoded.
-pub(super) fn encode(store: &MemoryStore) -> (Vec<u8>, u64) {
+/// store's generation as of what was encoded, and how many sessions it holds.
+pub(super) fn encode(store: &MemoryStore) -> (Vec<u8>, u64, u64) {
     let mut out = Vec::with_capacity(64);
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&0u64.to_be_bytes());
@@ -121,7 +118,29 @@ pub(super) fn encode(store: &MemoryStore) -> (Vec<u8>, u64) {
     out[8..16].copy_from_slice(&count.to_be_bytes());
     let digest = Sha256::digest(&out);
     out.extend_from_slice(&digest);
-    (out, generation)
+    (out, generation, count)
+}
+
+/// Whether a snapshot can be written at `path`: a file is made beside it and removed, so that a
+/// folder that cannot take one stops the launch instead of the first snapshot, or the last.
+pub(super) fn check_writable(path: &Path) -> Result<(), StoreError> {
+    let dir = folder_of(path);
+    std::fs::create_dir_all(&dir).map_err(|e| io_error("create", &dir, e))?;
+    let probe = PathBuf::from(format!("{}.probe-{}", path.display(), std::process::id()));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+        .map_err(|e| io_error("write a snapshot beside", path, e))?;
+    std::fs::remove_file(&probe).map_err(|e| io_error("remove", &probe, e))
+}
+
+/// The folder a snapshot at `path` is written in.
+fn folder_of(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
 }
 
 /// Whether `bytes` decode as a snapshot (for the fuzz target).
@@ -258,7 +277,7 @@ mod tests {
 
     #[test]
     fn every_truncation_and_flipped_byte_of_a_snapshot_is_refused() {
-        let (bytes, _) = encode(&store_with_two_sessions());
+        let (bytes, _, _) = encode(&store_with_two_sessions());
         for len in 0..bytes.len() {
             assert!(decode(&bytes[..len]).is_err(), "length {len}");
         }
