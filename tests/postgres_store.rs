@@ -277,6 +277,32 @@ async fn created(store: &PostgresStore, byte: u8) -> (StoreKey, ChangeSet) {
     (key, changes)
 }
 
+/// A database that cannot be reached stops the launch with where it was (host and port,
+/// database, user) and why (here: nothing listens, then nothing answers), never the password.
+#[rocket::async_test]
+async fn an_unreachable_database_is_named_with_its_cause_and_never_its_password() {
+    let closed = free_port();
+    // Accepts connections and never answers: a server that hangs.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hanging = silent.local_addr().unwrap().port();
+    for (port, cause) in [(closed, "refused"), (hanging, "no answer within")] {
+        let url = format!("postgres://app:hunter2-secret@127.0.0.1:{port}/shop");
+        let figment = rocket::figment::Figment::new()
+            .merge(("databases.sessions.url", &url))
+            .merge(("databases.sessions.connect_timeout", 1));
+        let error = PostgresStore::pool_from_figment(&figment, "sessions")
+            .await
+            .unwrap_err();
+        let text = error.to_string();
+        let place = format!("127.0.0.1:{port}");
+        for part in [place.as_str(), "database `shop`", "user `app`", cause] {
+            assert!(text.contains(part), "{part}: {text}");
+        }
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(error.is_unavailable(), "{text}");
+    }
+}
+
 /// Two requests of one session, each on its own instance (its own manager and store) over one
 /// database, both load the session before either writes, then change different keys: both
 /// changes persist, whichever instance is asked.

@@ -17,8 +17,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use rocket::tokio::sync::{oneshot, watch, Mutex as AsyncMutex, Notify};
+use rocket_db_pools::sqlx;
 use rocket_db_pools::sqlx::postgres::PgPool;
-use rocket_db_pools::sqlx::{self, Executor};
 
 use super::{ChangeSet, SessionRecord, SessionStore};
 use crate::config::PostgresStoreConfig;
@@ -144,10 +144,14 @@ impl PostgresStore {
             stop,
             tick_now: Arc::new(Notify::new()),
         };
+        // The first contact: an error says where the database was and why it failed.
+        if let Err(e) = store.db.pool.acquire().await {
+            let pool = &store.db.pool;
+            let wait = pool.options().get_acquire_timeout();
+            return Err(pool::unreachable(&pool.connect_options(), wait, e).await);
+        }
         if config.migrate {
             store.migrate(config.unlogged).await?;
-        } else {
-            store.db.pool.execute("SELECT 1").await.map_err(classify)?;
         }
         // Alive (and, with a cache, holding the claim if no other instance is) before it
         // serves anything.

@@ -20,28 +20,71 @@ const TRUSTED_IDLE: Duration = Duration::from_secs(1);
 
 /// Whether a sqlx error means the database cannot be reached (so 503, and worth retrying).
 pub(super) fn classify(e: sqlx::Error) -> StoreError {
+    StoreError::new(classify_kind(&e), "PostgreSQL").with_source(e)
+}
+
+/// What a sqlx error means for the caller.
+fn classify_kind(e: &sqlx::Error) -> StoreErrorKind {
     use sqlx::Error as E;
-    match &e {
+    match e {
         E::Io(_)
         | E::Tls(_)
         | E::PoolTimedOut
         | E::PoolClosed
         | E::WorkerCrashed
-        | E::Protocol(_) => {
-            StoreError::new(StoreErrorKind::Unavailable, "PostgreSQL").with_source(e)
-        }
+        | E::Protocol(_) => StoreErrorKind::Unavailable,
         E::Database(db) => match db.code().as_deref() {
             // Class 08: connection exception; 57P0x: the server is shutting down or restarting;
-            // 53300: too many connections.
-            Some(code) if code.starts_with("08") || code.starts_with("57P0") || code == "53300" => {
-                StoreError::new(StoreErrorKind::Unavailable, "PostgreSQL").with_source(e)
+            // 53300: too many connections; 28xxx: authentication failed (the database is there,
+            // but not to this app, until someone fixes the credentials).
+            Some(code)
+                if code.starts_with("08")
+                    || code.starts_with("57P0")
+                    || code == "53300"
+                    || code.starts_with("28") =>
+            {
+                StoreErrorKind::Unavailable
             }
             // 40P01: deadlock detected.
-            Some("40P01") => StoreError::new(StoreErrorKind::Conflict, "PostgreSQL").with_source(e),
-            _ => StoreError::new(StoreErrorKind::Other, "PostgreSQL").with_source(e),
+            Some("40P01") => StoreErrorKind::Conflict,
+            _ => StoreErrorKind::Other,
         },
-        _ => StoreError::new(StoreErrorKind::Other, "PostgreSQL").with_source(e),
+        _ => StoreErrorKind::Other,
     }
+}
+
+/// An error of the first contact with the database, saying where it was (host and port, or
+/// socket; database; user; never the password) and why it failed. sqlx's pool says only that it
+/// timed out waiting for a connection: then one direct connection, bounded by the same
+/// timeout (`wait`), finds the cause (refused, authentication failed, timed out).
+pub(super) async fn unreachable(
+    options: &PgConnectOptions,
+    wait: Duration,
+    e: sqlx::Error,
+) -> StoreError {
+    let place = match options.get_socket() {
+        Some(socket) => format!("socket {}", socket.display()),
+        None => format!("{}:{}", options.get_host(), options.get_port()),
+    };
+    let user = options.get_username();
+    let database = options.get_database().unwrap_or(user);
+    let context = format!("PostgreSQL at {place}, database `{database}`, user `{user}`");
+    let error = match e {
+        sqlx::Error::PoolTimedOut => {
+            match rocket::tokio::time::timeout(wait, PgConnection::connect_with(options)).await {
+                Ok(Err(cause)) => cause,
+                Err(_) => {
+                    let cause = format!("no answer within {:?}", wait);
+                    return StoreError::new(StoreErrorKind::Unavailable, context)
+                        .with_source(cause);
+                }
+                Ok(Ok(_)) => sqlx::Error::PoolTimedOut,
+            }
+        }
+        e => e,
+    };
+    let kind = classify_kind(&error);
+    StoreError::new(kind, context).with_source(error)
 }
 
 impl PostgresStore {
@@ -74,7 +117,7 @@ impl PostgresStore {
                     .with_source(e)
             })?
             .disable_statement_logging();
-        PgPoolOptions::new()
+        let pool = PgPoolOptions::new()
             // A connection used a moment ago is handed out as it is; one idle for longer is
             // checked with a round trip first, as sqlx checks every one by default.
             .test_before_acquire(false)
@@ -99,9 +142,15 @@ impl PostgresStore {
                     Ok(())
                 })
             })
-            .connect_with(options)
-            .await
-            .map_err(classify)
+            .connect_with(options.clone())
+            .await;
+        match pool {
+            Ok(pool) => Ok(pool),
+            Err(e) => {
+                let wait = Duration::from_secs(config.connect_timeout);
+                Err(unreachable(&options, wait, e).await)
+            }
+        }
     }
 }
 
