@@ -121,9 +121,26 @@ impl SessionManager {
                     step: Step::Update { key, refresh },
                 },
             },
+            Plan::Refresh(id) => return Flush::Pending(Box::pin(self.refresh(id, now))),
             plan => plan,
         };
-        Flush::Pending(Box::pin(self.write(plan, now)))
+        Flush::Pending(Box::pin(self.guarded(self.write(plan, now))))
+    }
+
+    /// Extends the life of the session of a request that never loaded it. A failure costs
+    /// the request nothing (its own data is not at stake): the cookie is kept as it is.
+    async fn refresh(&self, id: SessionId, now: u64) -> Result<CookieAction, SessionError> {
+        match self
+            .store()
+            .update(&id.store_key(), &ChangeSet::new(), now)
+            .await
+        {
+            Ok(updated) => Ok(self.cookie_after_update(updated, true, Some(id), now)),
+            Err(e) => {
+                rocket::warn!("session store: a session's life was not extended: {e}");
+                Ok(CookieAction::Keep)
+            }
+        }
     }
 
     /// The cookie after an update of a stored session: removed if the session was gone,
@@ -145,9 +162,10 @@ impl SessionManager {
 
     fn plan(&self, working: Option<Working>, cookie: Option<&str>, now: u64) -> Plan {
         let Some(mut w) = working else {
+            // No refresh while the store is down: the request would only wait for nothing.
             return match self.refresh_for(cookie, now) {
-                Some(id) => Plan::Refresh(id),
-                None => Plan::CookieOnly(CookieAction::Keep),
+                Some(id) if !self.store_is_down() => Plan::Refresh(id),
+                _ => Plan::CookieOnly(CookieAction::Keep),
             };
         };
         let nothing_stored = w.data.is_empty();
@@ -190,12 +208,7 @@ impl SessionManager {
         let store = self.store();
         let (destroy, changes, mut id, step) = match plan {
             Plan::CookieOnly(action) => return Ok(action),
-            Plan::Refresh(id) => {
-                let updated = store
-                    .update(&id.store_key(), &ChangeSet::new(), now)
-                    .await?;
-                return Ok(self.cookie_after_update(updated, true, Some(id), now));
-            }
+            Plan::Refresh(id) => return self.refresh(id, now).await,
             Plan::Write {
                 destroy,
                 changes,

@@ -93,6 +93,7 @@
 //! | — | [`Session::cycle_id`], [`Session::destroy`], [`SessionManager::destroy_where`] |
 #![deny(missing_docs)]
 
+mod breaker;
 pub mod clock;
 pub mod config;
 mod cookie;

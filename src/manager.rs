@@ -7,6 +7,7 @@ use std::sync::Arc;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::breaker::{Breaker, FIRST_PROBE, LAST_PROBE};
 use crate::clock::Clock;
 use crate::config::SessionConfig;
 use crate::cookie::{CookieCodec, Verified};
@@ -42,6 +43,8 @@ struct Inner {
     clock: Arc<dyn Clock>,
     /// Requests that loaded a session and have not flushed it yet.
     in_flight: InFlight,
+    /// Open while the store is unavailable: requests then fail at once.
+    breaker: Breaker,
     /// Why the store could not persist at shutdown, if it could not.
     shutdown_failure: std::sync::Mutex<Option<StoreError>>,
 }
@@ -80,6 +83,7 @@ impl SessionManager {
                 store,
                 clock,
                 in_flight: InFlight::default(),
+                breaker: Breaker::default(),
                 shutdown_failure: Default::default(),
             }),
         }
@@ -141,8 +145,54 @@ impl SessionManager {
         }
     }
 
+    /// Runs a request's store calls, unless the store was found unavailable a moment ago:
+    /// then the request fails at once, and a call that finds it unavailable starts the probe
+    /// that notices its return.
+    pub(crate) async fn guarded<T>(
+        &self,
+        calls: impl std::future::Future<Output = Result<T, SessionError>>,
+    ) -> Result<T, SessionError> {
+        if let Some(refused) = self.inner.breaker.refuse() {
+            return Err(refused.into());
+        }
+        let result = calls.await;
+        let store_result = match &result {
+            Err(SessionError::Store(e)) => Err(e.clone()),
+            _ => Ok(()),
+        };
+        if self.inner.breaker.after(&store_result) {
+            rocket::warn!("session store: unavailable; requests fail at once until it answers");
+            rocket::tokio::spawn(self.clone().probe());
+        }
+        result
+    }
+
+    /// Asks the store, pausing longer each time (up to a second), until it answers; then
+    /// requests call it again. A load of a key no session has is the question.
+    async fn probe(self) {
+        let mut pause = FIRST_PROBE;
+        loop {
+            rocket::tokio::time::sleep(pause).await;
+            match self.store().load(&StoreKey([0; 32]), self.now()).await {
+                Err(e) if e.is_unavailable() => pause = (pause * 2).min(LAST_PROBE),
+                _ => break,
+            }
+        }
+        rocket::info!("session store: available again");
+        self.inner.breaker.close();
+    }
+
+    /// Whether the store was found unavailable a moment ago (requests fail at once).
+    pub(crate) fn store_is_down(&self) -> bool {
+        self.inner.breaker.refuse().is_some()
+    }
+
     /// The store call [`start_load`](Self::start_load) left to make.
     pub(crate) async fn finish_load(&self, load: PendingLoad) -> Result<Working, SessionError> {
+        self.guarded(self.finish_loading(load)).await
+    }
+
+    async fn finish_loading(&self, load: PendingLoad) -> Result<Working, SessionError> {
         let PendingLoad { verified, key, now } = load;
         let record = self.store().load(&key, now).await?;
         if self.is_past_max_lifetime(&record, now) {

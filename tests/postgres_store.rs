@@ -675,6 +675,62 @@ async fn fifty_concurrent_requests_setting_their_own_keys_all_survive() {
     );
 }
 
+/// The first answer to `/count` that is not 503, asked every 20 ms: requests fail at once
+/// until the store's probe finds it back (within a second or so of its return).
+async fn served_again(client: &Client, cookie: &str) -> Reply {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let reply = get_with(client, "/count", Some(cookie)).await;
+        if reply.status != Status::ServiceUnavailable {
+            return reply;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not served again in 30 s"
+        );
+        rocket::tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// During an outage a request waits for the store at most once (its load; its response does
+/// not try to refresh the session it could not load), and the requests after it do not wait
+/// at all: they answer 503 at once while a probe looks for the store's return.
+#[rocket::async_test]
+async fn during_an_outage_one_request_waits_for_the_store_and_the_next_ones_do_not() {
+    let cluster = Cluster::start();
+    let pool = own_pool(&cluster.url, &[("connect_timeout", 1)]).await;
+    let store = Counting::new(PostgresStore::new(pool, &pg::config(TTL)).await.unwrap());
+    let clock = ManualClock::new(START);
+    let client = Client::untracked(app_with_store(figment(json!({})), &clock, store.clone()))
+        .await
+        .unwrap();
+    let cookie = get_with(&client, "/count", None).await.cookie.unwrap();
+    let key = id_of(&client, &cookie).await.store_key();
+    clock.advance(61); // the cookie is due for a refresh
+    cluster.stop();
+
+    let first = get_with(&client, "/count", Some(&cookie)).await;
+    assert_eq!(first.status, Status::ServiceUnavailable);
+    assert_eq!(
+        store.awaited_for(&key),
+        2,
+        "the earlier load, then this load: no refresh"
+    );
+    for _ in 0..5 {
+        let next = get_with(&client, "/count", Some(&cookie)).await;
+        assert_eq!(next.status, Status::ServiceUnavailable);
+    }
+    assert_eq!(
+        store.awaited_for(&key),
+        2,
+        "the next requests never called the store"
+    );
+
+    cluster.resume();
+    let back = served_again(&client, &cookie).await;
+    assert_eq!((back.status, back.body.as_str()), (Status::Ok, "2"));
+}
+
 #[rocket::async_test]
 async fn a_database_outage_answers_503_then_recovers_without_a_restart() {
     let cluster = Cluster::start();
@@ -709,7 +765,7 @@ async fn a_database_outage_answers_503_then_recovers_without_a_restart() {
     );
 
     cluster.resume();
-    let back = get_with(&client, "/count", Some(&cookie)).await;
+    let back = served_again(&client, &cookie).await;
     assert_eq!(
         (back.status, back.body.as_str()),
         (Status::Ok, "2"),

@@ -194,6 +194,8 @@ pub struct Counting<S> {
     pub inner: S,
     pub calls: AtomicUsize,
     pub awaited: AtomicUsize,
+    /// The keys of the awaited loads and updates, in order.
+    pub awaited_keys: std::sync::Mutex<Vec<rocket_server_sessions::StoreKey>>,
 }
 
 impl<S> Counting<S> {
@@ -202,6 +204,7 @@ impl<S> Counting<S> {
             inner,
             calls: AtomicUsize::new(0),
             awaited: AtomicUsize::new(0),
+            awaited_keys: Default::default(),
         })
     }
 
@@ -218,9 +221,16 @@ impl<S> Counting<S> {
         self.calls.fetch_add(1, Ordering::SeqCst);
     }
 
-    fn count_awaited(&self) {
+    /// How many awaited loads and updates were of `key`.
+    pub fn awaited_for(&self, key: &rocket_server_sessions::StoreKey) -> usize {
+        let keys = self.awaited_keys.lock().unwrap();
+        keys.iter().filter(|k| *k == key).count()
+    }
+
+    fn count_awaited(&self, key: &rocket_server_sessions::StoreKey) {
         self.count();
         self.awaited.fetch_add(1, Ordering::SeqCst);
+        self.awaited_keys.lock().unwrap().push(*key);
     }
 }
 
@@ -234,7 +244,7 @@ impl<S: SessionStore> SessionStore for Counting<S> {
         Option<rocket_server_sessions::store::SessionRecord>,
         rocket_server_sessions::StoreError,
     > {
-        self.count_awaited();
+        self.count_awaited(key);
         self.inner.load(key, now).await
     }
     fn load_now(
@@ -277,7 +287,7 @@ impl<S: SessionStore> SessionStore for Counting<S> {
         changes: &rocket_server_sessions::store::ChangeSet,
         now: u64,
     ) -> Result<bool, rocket_server_sessions::StoreError> {
-        self.count_awaited();
+        self.count_awaited(key);
         self.inner.update(key, changes, now).await
     }
     async fn cycle(
