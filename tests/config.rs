@@ -237,9 +237,13 @@ const INVALID: &[(&str, &str, &str)] = &[
     (
         "store = { colour = \"blue\" }",
         "store.colour",
-        "unknown field",
+        "unknown key; the keys here are kind, ttl,",
     ),
-    ("cookie_colour = \"blue\"", "cookie_colour", "unknown field"),
+    (
+        "cookie_colour = \"blue\"",
+        "cookie_colour",
+        "unknown key; the keys here are cookie_name, cookie_path,",
+    ),
     ("store = 5", "store", "invalid type"),
 ];
 
@@ -254,6 +258,13 @@ fn every_invalid_value_is_refused_naming_its_key_and_profile() {
         assert!(error.reason.contains(word), "{setting}: {error}");
         let message = error.to_string();
         assert!(message.contains(&format!("`session.{key}`")), "{message}");
+        if word.starts_with("unknown key") {
+            assert_eq!(
+                message.matches('`').count(),
+                4,
+                "no nested backticks: {message}"
+            );
+        }
         assert!(message.contains("`staging`"), "{message}");
     }
 }

@@ -337,7 +337,13 @@ fn from_figment_error(profile: &str, e: figment::Error) -> ConfigError {
         .map(|p| p.to_string())
         .filter(|p| p != "global" && p != "default")
         .unwrap_or_else(|| profile.to_string());
-    let mut reason = e.kind.to_string();
+    let mut reason = match &e.kind {
+        // Figment's own wording nests backticks (found `x`, expected `one of `a`, `b``).
+        Kind::UnknownField(_, known) => {
+            format!("unknown key; the keys here are {}", known.join(", "))
+        }
+        kind => kind.to_string(),
+    };
     if let Some(source) = e.metadata.as_ref().map(|m| m.name.to_string()) {
         reason.push_str(&format!(" (from {source})"));
     }
