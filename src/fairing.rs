@@ -16,8 +16,11 @@ use crate::config::{SameSite, SessionConfig, StoreConfig};
 use crate::error::{SessionError, StoreError, StoreErrorKind};
 use crate::flush::{CookieAction, Flush};
 use crate::manager::SessionManager;
-use crate::store::{MemoryStore, PostgresStore, SessionStore};
+#[cfg(feature = "postgres")]
+use crate::store::PostgresStore;
+use crate::store::{MemoryStore, SessionStore};
 use crate::working::RequestSession;
+#[cfg(feature = "postgres")]
 use rocket_db_pools::sqlx::PgPool;
 
 /// The fairing that gives a Rocket application sessions.
@@ -40,13 +43,16 @@ pub struct Sessions {
     /// `None`: the system clock.
     clock: Option<Arc<dyn Clock>>,
     store: Mutex<Option<Arc<dyn SessionStore>>>,
+    #[cfg(feature = "postgres")]
     app_pool: Option<AppPool>,
     /// A pool the fairing made itself, closed once the last flush is done.
+    #[cfg(feature = "postgres")]
     own_pool: OnceLock<PgPool>,
     manager: OnceLock<SessionManager>,
 }
 
 /// Finds the app's own `rocket_db_pools` PostgreSQL pool in managed state.
+#[cfg(feature = "postgres")]
 type AppPool = Box<dyn Fn(&Rocket<Build>) -> Option<PgPool> + Send + Sync>;
 
 impl Sessions {
@@ -55,7 +61,9 @@ impl Sessions {
         Sessions {
             clock: None,
             store: Mutex::new(None),
+            #[cfg(feature = "postgres")]
             app_pool: None,
+            #[cfg(feature = "postgres")]
             own_pool: OnceLock::new(),
             manager: OnceLock::new(),
         }
@@ -83,6 +91,7 @@ impl Sessions {
     ///         .attach(Sessions::fairing().with_database::<Db>())
     /// }
     /// ```
+    #[cfg(feature = "postgres")]
     pub fn with_database<D>(mut self) -> Sessions
     where
         D: rocket_db_pools::Database<Pool = PgPool>,
@@ -123,6 +132,16 @@ impl Sessions {
                     })??;
                 Ok(Arc::new(store))
             }
+            #[cfg(not(feature = "postgres"))]
+            StoreConfig::Postgres(_) => {
+                let _ = rocket;
+                Err(StoreError::new(
+                    StoreErrorKind::Other,
+                    "store.kind = \"postgres\" needs this crate's `postgres` feature, which this \
+                     build leaves out",
+                ))
+            }
+            #[cfg(feature = "postgres")]
             StoreConfig::Postgres(postgres) => {
                 let pool = match &self.app_pool {
                     Some(find) => find(rocket).ok_or_else(|| {
@@ -341,6 +360,7 @@ impl Fairing for Sessions {
         if let Err(e) = manager.store().close().await {
             rocket::error!("session store: closing at shutdown failed: {e}");
         }
+        #[cfg(feature = "postgres")]
         if let Some(pool) = self.own_pool.get() {
             pool.close().await;
         }

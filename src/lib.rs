@@ -12,6 +12,9 @@
 //!    rocket_server_sessions = "0.1"
 //!    ```
 //!
+//!    Features: `postgres` (default) is the PostgreSQL store; `testing` exports the store
+//!    conformance suite. A memory-only app sets `default-features = false`.
+//!
 //! 2. Configure it in `Rocket.toml` (every key has a default; only non-debug profiles need a
 //!    `secret_key`, see [`SessionConfig`] for all keys):
 //!

@@ -321,3 +321,16 @@ async fn rocket_refuses_to_launch_when_the_snapshot_cannot_be_read() {
     assert!(matches!(error.kind(), ErrorKind::FailedFairings(_)));
     assert!(file.join("inside").exists(), "nothing was removed");
 }
+
+/// Without the `postgres` feature, a profile that asks for the PostgreSQL store is refused at
+/// launch (the configuration itself still reads: the same Rocket.toml serves every build).
+#[cfg(not(feature = "postgres"))]
+#[rocket::async_test]
+async fn without_the_postgres_feature_a_postgres_store_is_refused_at_launch() {
+    let session = json!({ "store": { "kind": "postgres", "database": "sessions" } });
+    let config = SessionConfig::from_figment(&figment(session.clone()));
+    assert!(config.is_ok(), "{config:?}");
+    let rocket = rocket::custom(figment(session)).attach(Sessions::fairing());
+    let error = launch_error(rocket).await;
+    assert!(matches!(error.kind(), ErrorKind::FailedFairings(_)));
+}

@@ -5,7 +5,8 @@
 //! ([`ChangeSet`]), so two requests of one session that change different keys never undo each
 //! other; when they change the same key, the request that flushes last wins.
 //!
-//! The crate ships [`MemoryStore`] and [`PostgresStore`]; anything implementing
+//! The crate ships [`MemoryStore`] and, with the `postgres` feature (on by default),
+//! `PostgresStore`; anything implementing
 //! [`SessionStore`] can be plugged in with [`Sessions::with_store`](crate::Sessions::with_store).
 //!
 //! # A complete store
@@ -111,9 +112,11 @@ use crate::error::StoreError;
 use crate::id::StoreKey;
 
 pub(crate) mod memory;
+#[cfg(feature = "postgres")]
 mod postgres;
 
 pub use memory::MemoryStore;
+#[cfg(feature = "postgres")]
 pub use postgres::{CacheStats, PostgresStore};
 
 /// Store keys are SHA-256 digests, uniformly distributed already: hashing them again is waste.

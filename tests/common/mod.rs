@@ -3,6 +3,7 @@
 //! that counts its calls.
 #![allow(dead_code)]
 
+#[cfg(feature = "postgres")]
 pub mod pg;
 
 use std::path::PathBuf;

@@ -337,10 +337,10 @@ impl Db {
             expires.push(secs(p.expires));
             nows.push(secs(p.now));
             let (names, values, removed) = split(&p.changes);
-            set_keys.extend(std::iter::repeat(key).take(names.len()));
+            set_keys.extend(std::iter::repeat_n(key, names.len()));
             set_names.extend(names);
             set_values.extend(values);
-            removed_keys.extend(std::iter::repeat(key).take(removed.len()));
+            removed_keys.extend(std::iter::repeat_n(key, removed.len()));
             removed_names.extend(removed);
         }
         let changed: Vec<&StoreKey> = batch
