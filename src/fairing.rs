@@ -164,7 +164,8 @@ impl Sessions {
     }
 }
 
-fn cookie_header(config: &SessionConfig, value: String, max_age: u64) -> Header<'static> {
+/// The `Set-Cookie` header for `value`; `max_age` `None` makes a browser-session cookie.
+fn cookie_header(config: &SessionConfig, value: String, max_age: Option<u64>) -> Header<'static> {
     let mut cookie = Cookie::build((config.cookie_name.clone(), value))
         .path(config.cookie_path.clone())
         .secure(config.cookie_secure)
@@ -173,8 +174,10 @@ fn cookie_header(config: &SessionConfig, value: String, max_age: u64) -> Header<
             SameSite::Strict => rocket::http::SameSite::Strict,
             SameSite::Lax => rocket::http::SameSite::Lax,
             SameSite::None => rocket::http::SameSite::None,
-        })
-        .max_age(time::Duration::seconds(max_age as i64));
+        });
+    if let Some(max_age) = max_age {
+        cookie = cookie.max_age(time::Duration::seconds(max_age as i64));
+    }
     if let Some(domain) = &config.cookie_domain {
         cookie = cookie.domain(domain.clone());
     }
@@ -189,8 +192,11 @@ fn respond(
 ) {
     let header = match action {
         Ok(CookieAction::Keep) => None,
-        Ok(CookieAction::Set(value)) => Some(cookie_header(config, value, config.shelf_life)),
-        Ok(CookieAction::Remove) => Some(cookie_header(config, String::new(), 0)),
+        Ok(CookieAction::Set(value)) => {
+            let max_age = (!config.expire_on_browser_close).then_some(config.shelf_life);
+            Some(cookie_header(config, value, max_age))
+        }
+        Ok(CookieAction::Remove) => Some(cookie_header(config, String::new(), Some(0))),
         Err(e) => {
             rocket::error!("session: the session's changes were not saved: {e}");
             *res = Response::build().status(e.status()).finalize();

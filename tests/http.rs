@@ -111,6 +111,34 @@ async fn cookie_attributes_are_exactly_as_configured() {
     );
 }
 
+/// `expire_on_browser_close` sends a browser-session cookie (no `Max-Age`, no `Expires`);
+/// `shelf_life` still bounds how old a cookie the server accepts, and logout still removes it.
+#[rocket::async_test]
+async fn a_browser_session_cookie_has_no_max_age_and_still_ages_on_the_server() {
+    let session = json!({ "expire_on_browser_close": true, "shelf_life": 100 });
+    let (client, clock, _) = counted(session).await;
+    let first = get_with(&client, "/count", None).await;
+    assert_eq!(
+        attributes(&first.set_cookies[0]),
+        ["HttpOnly", "Path=/", "SameSite=Strict", "Secure"]
+    );
+    let cookie = first.cookie.unwrap();
+    clock.advance(99);
+    assert_eq!(get_with(&client, "/count", Some(&cookie)).await.body, "2");
+    clock.advance(1);
+    let aged = get_with(&client, "/count", Some(&cookie)).await;
+    assert_eq!(
+        aged.body, "1",
+        "older than shelf_life: refused on the server"
+    );
+    let out = post_with(&client, "/destroy", aged.cookie.as_deref()).await;
+    assert!(
+        out.set_cookies[0].contains("Max-Age=0"),
+        "{:?}",
+        out.set_cookies
+    );
+}
+
 #[rocket::async_test]
 async fn same_site_none_is_sent_with_secure() {
     let (client, _, _) = counted(json!({ "cookie_same_site": "none" })).await;

@@ -38,6 +38,7 @@ pub enum SameSite {
 /// | `cookie_domain` | string | none | `Domain` attribute | — |
 /// | `cookie_secure` | bool | `true` | `Secure` attribute | `#:cookie-secure?` |
 /// | `cookie_http_only` | bool | `true` | `HttpOnly` attribute | `#:cookie-http-only?` |
+/// | `expire_on_browser_close` | bool | `false` | no `Max-Age`: a browser-session cookie (`shelf_life` and `ttl` still apply on the server) | — |
 /// | `cookie_same_site` | `"strict"`, `"lax"`, `"none"` | `"strict"` | `SameSite` attribute | `#:cookie-same-site` |
 /// | `shelf_life` | seconds | 604800 | cookie lifetime (`Max-Age`) | `#:shelf-life` |
 /// | `refresh_interval` | seconds | 60 | re-issue the cookie and extend the stored session at most this often (0: every response, as koyo); unset, at most half of `shelf_life` and of `store.ttl` | — |
@@ -68,6 +69,9 @@ pub struct SessionConfig {
     pub cookie_same_site: SameSite,
     /// Cookie lifetime in seconds: its `Max-Age`, and how old a cookie's issue time may be.
     pub shelf_life: u64,
+    /// Send the cookie without `Max-Age`, so that the browser drops it when it closes
+    /// (`shelf_life` still bounds its age on the server, and the store's `ttl` still applies).
+    pub expire_on_browser_close: bool,
     /// Re-issue the cookie and touch the store at most every this many seconds (0: always).
     pub refresh_interval: u64,
     /// Absolute session lifetime in seconds, counted from creation, if any.
@@ -91,6 +95,7 @@ impl std::fmt::Debug for SessionConfig {
             .field("cookie_domain", &self.cookie_domain)
             .field("cookie_secure", &self.cookie_secure)
             .field("cookie_http_only", &self.cookie_http_only)
+            .field("expire_on_browser_close", &self.expire_on_browser_close)
             .field("cookie_same_site", &self.cookie_same_site)
             .field("shelf_life", &self.shelf_life)
             .field("refresh_interval", &self.refresh_interval)
@@ -210,6 +215,8 @@ struct Raw {
     cookie_http_only: bool,
     #[serde(default = "default_same_site")]
     cookie_same_site: SameSite,
+    #[serde(default)]
+    expire_on_browser_close: bool,
     #[serde(default = "week")]
     shelf_life: u64,
     #[serde(default)]
@@ -466,6 +473,7 @@ impl Raw {
             cookie_domain: self.cookie_domain,
             cookie_secure: self.cookie_secure,
             cookie_http_only: self.cookie_http_only,
+            expire_on_browser_close: self.expire_on_browser_close,
             cookie_same_site: self.cookie_same_site,
             shelf_life: self.shelf_life,
             refresh_interval,
