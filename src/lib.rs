@@ -60,13 +60,14 @@
 //!
 //! Each step is one file, in the order a request meets them:
 //!
-//! 1. `config.rs`: at ignite, `[<profile>.session]` becomes a validated [`SessionConfig`];
+//! 1. `config/`: at ignite, `[<profile>.session]` becomes a validated [`SessionConfig`];
 //!    the [`Sessions`] fairing (`fairing.rs`) opens the store and builds the
 //!    [`SessionManager`] (`manager.rs`), which every request shares.
 //! 2. `session.rs`: a handler that takes the [`Session`] guard has the cookie verified
 //!    (`cookie.rs`: HMAC-SHA256, constant time; no store call for a bad one) and its id's
 //!    session loaded (`id.rs` turns the id into the [`StoreKey`] stores file it under) through
-//!    the [`SessionStore`](store::SessionStore) trait (`store/`).
+//!    the [`SessionStore`](store::SessionStore) trait (`store/`); while the store is found
+//!    unavailable, `breaker.rs` makes requests fail at once instead of waiting for it.
 //! 3. `working.rs`: the handler's reads and writes work on the request's copy of the session;
 //!    `value.rs` encodes and decodes values (MessagePack).
 //! 4. `flush.rs`: when the response leaves, the fairing writes the changed keys in one store
