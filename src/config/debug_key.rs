@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::check_key;
+use super::values::check_key;
 
 /// The debug profile's key: read from `path`, or generated there with mode 0600.
 ///
