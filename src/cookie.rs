@@ -3,6 +3,10 @@
 //! A value is the URL-safe base64 (no padding) of 72 bytes: the 32-byte session id, the issue
 //! time as 8 big-endian bytes of Unix seconds, and an HMAC-SHA256 tag over the cookie name, the
 //! id and the issue time. Binding the name means a value cannot be moved to another cookie.
+//!
+//! A session given its own lifetime ([`Session::set_lifetime`](crate::Session::set_lifetime))
+//! has a value of 76 bytes: 4 more, before the tag and covered by it, hold the lifetime (0 for a
+//! browser session, else seconds). Sessions on the configured lifetime keep the short value.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -14,8 +18,12 @@ use crate::id::{SessionId, ID_LEN};
 type HmacSha256 = Hmac<Sha256>;
 
 const RAW_LEN: usize = ID_LEN + 8 + 32;
-/// Length of every valid cookie value, in characters.
+/// The raw length of a value that states its session's own lifetime.
+const RAW_LONG: usize = RAW_LEN + 4;
+/// Length of every valid cookie value of a session on the configured lifetime, in characters.
 pub(crate) const VALUE_LEN: usize = (RAW_LEN * 4).div_ceil(3);
+/// Length of a value that states its session's own lifetime, in characters.
+pub(crate) const LONG_VALUE_LEN: usize = (RAW_LONG * 4).div_ceil(3);
 
 /// The whole groups of four characters that hold the issue time: bytes `ISSUED_FROM ..
 /// ISSUED_FROM + 12` of the raw value, from character `ISSUED_FROM / 3 * 4` on.
@@ -30,6 +38,9 @@ pub(crate) struct Verified {
     pub issued: u64,
     /// Whether the current key signed it (else a previous key did: re-issue it).
     pub current_key: bool,
+    /// The session's own lifetime as the value states it: `None` on the configured one,
+    /// `Some(0)` a browser session, `Some(n)` `n` seconds.
+    pub life: Option<u32>,
 }
 
 /// Why a cookie value was refused.
@@ -39,7 +50,7 @@ pub(crate) enum Rejected {
     Malformed,
     /// No configured key made this tag.
     BadSignature,
-    /// Issued longer than `shelf_life` ago.
+    /// Issued longer ago than its lifetime (`shelf_life` unless it states its own).
     Expired,
 }
 
@@ -50,6 +61,8 @@ pub(crate) struct CookieCodec {
     /// Keyed MACs, the current key first; cloned per use so the key schedule runs once.
     macs: Vec<HmacSha256>,
     shelf_life: u64,
+    /// The longest lifetime a value may state (longer ones count as this long).
+    longest: u64,
 }
 
 impl CookieCodec {
@@ -62,30 +75,51 @@ impl CookieCodec {
             name: name.as_bytes().to_vec(),
             macs,
             shelf_life,
+            longest: shelf_life,
         }
     }
 
-    fn mac(&self, key: &HmacSha256, id: &[u8], issued: &[u8; 8]) -> HmacSha256 {
+    /// The same codec, accepting values that state lifetimes up to `longest` seconds.
+    pub fn with_longest(mut self, longest: u64) -> Self {
+        self.longest = longest;
+        self
+    }
+
+    /// The MAC of a value's signed part: the id, the issue time and, in a long value, the
+    /// lifetime. (A short value's input is a prefix of a long one's; HMAC makes neither tag
+    /// from the other.)
+    fn mac(&self, key: &HmacSha256, signed: &[u8]) -> HmacSha256 {
         let mut mac = key.clone();
         mac.update(&(self.name.len() as u64).to_be_bytes());
         mac.update(&self.name);
-        mac.update(id);
-        mac.update(issued);
+        mac.update(signed);
         mac
     }
 
     /// The cookie value for `id`, issued at `issued`, signed with the current key.
     pub fn sign(&self, id: &SessionId, issued: u64) -> String {
-        let issued = issued.to_be_bytes();
+        self.sign_with(id, issued, None)
+    }
+
+    /// The cookie value for `id`, issued at `issued`, stating `life` (see [`Verified::life`])
+    /// when it is not `None`.
+    pub fn sign_with(&self, id: &SessionId, issued: u64, life: Option<u32>) -> String {
+        let mut raw = [0u8; RAW_LONG];
+        raw[..ID_LEN].copy_from_slice(id.as_bytes());
+        raw[ID_LEN..ID_LEN + 8].copy_from_slice(&issued.to_be_bytes());
+        let signed = match life {
+            Some(life) => {
+                raw[ID_LEN + 8..ID_LEN + 12].copy_from_slice(&life.to_be_bytes());
+                ID_LEN + 12
+            }
+            None => ID_LEN + 8,
+        };
         let tag = self
-            .mac(&self.macs[0], id.as_bytes(), &issued)
+            .mac(&self.macs[0], &raw[..signed])
             .finalize()
             .into_bytes();
-        let mut raw = [0u8; RAW_LEN];
-        raw[..ID_LEN].copy_from_slice(id.as_bytes());
-        raw[ID_LEN..ID_LEN + 8].copy_from_slice(&issued);
-        raw[ID_LEN + 8..].copy_from_slice(&tag);
-        URL_SAFE_NO_PAD.encode(raw)
+        raw[signed..signed + 32].copy_from_slice(&tag);
+        URL_SAFE_NO_PAD.encode(&raw[..signed + 32])
     }
 
     /// The issue time `value` states, read without verifying it, when that time alone decides
@@ -106,24 +140,41 @@ impl CookieCodec {
 
     /// Verifies `value` at time `now`. Any byte string gives an answer; none panics.
     pub fn verify(&self, value: &[u8], now: u64) -> Result<Verified, Rejected> {
-        let raw: [u8; RAW_LEN] = decode_exact(value).ok_or(Rejected::Malformed)?;
-        let (id, rest) = raw.split_at(ID_LEN);
-        let (issued, tag) = rest.split_at(8);
-        let issued: [u8; 8] = issued.try_into().expect("split at 8");
+        let mut raw = [0u8; RAW_LONG];
+        let signed = match value.len() {
+            VALUE_LEN => {
+                raw[..RAW_LEN]
+                    .copy_from_slice(&decode_exact::<RAW_LEN>(value).ok_or(Rejected::Malformed)?);
+                ID_LEN + 8
+            }
+            LONG_VALUE_LEN => {
+                raw = decode_exact(value).ok_or(Rejected::Malformed)?;
+                ID_LEN + 12
+            }
+            _ => return Err(Rejected::Malformed),
+        };
+        let (signed, tag) = raw[..signed + 32].split_at(signed);
         // `verify_slice` compares in constant time.
         let signer = self
             .macs
             .iter()
-            .position(|key| self.mac(key, id, &issued).verify_slice(tag).is_ok())
+            .position(|key| self.mac(key, signed).verify_slice(tag).is_ok())
             .ok_or(Rejected::BadSignature)?;
-        let issued = u64::from_be_bytes(issued);
-        if now.saturating_sub(issued) >= self.shelf_life {
+        let issued = u64::from_be_bytes(signed[ID_LEN..ID_LEN + 8].try_into().expect("8 bytes"));
+        let life = (signed.len() > ID_LEN + 8)
+            .then(|| u32::from_be_bytes(signed[ID_LEN + 8..].try_into().expect("4 bytes")));
+        let max_age = match life {
+            None | Some(0) => self.shelf_life,
+            Some(secs) => u64::from(secs).min(self.longest),
+        };
+        if now.saturating_sub(issued) >= max_age {
             return Err(Rejected::Expired);
         }
         Ok(Verified {
-            id: SessionId::from_bytes(id.try_into().expect("split at ID_LEN")),
+            id: SessionId::from_bytes(signed[..ID_LEN].try_into().expect("ID_LEN bytes")),
             issued,
             current_key: signer == 0,
+            life,
         })
     }
 }
@@ -142,7 +193,7 @@ pub(crate) fn values_named<'a>(
         })
 }
 
-/// Decodes URL-safe base64 without padding into exactly `N` bytes (at most 72), or `None` for
+/// Decodes URL-safe base64 without padding into exactly `N` bytes (at most 76), or `None` for
 /// anything else: a wrong length, a character outside the alphabet, or non-zero trailing bits
 /// (a second spelling of a value).
 pub(crate) fn decode_exact<const N: usize>(text: &[u8]) -> Option<[u8; N]> {
@@ -150,7 +201,7 @@ pub(crate) fn decode_exact<const N: usize>(text: &[u8]) -> Option<[u8; N]> {
         return None;
     }
     // The decoder asks for room for whole groups of three bytes.
-    let mut room = [0u8; RAW_LEN + 3];
+    let mut room = [0u8; RAW_LONG + 3];
     let n = URL_SAFE_NO_PAD.decode_slice(text, &mut room).ok()?;
     room[..n].try_into().ok()
 }
@@ -175,6 +226,7 @@ mod tests {
             id,
             issued: 1000,
             current_key: true,
+            life: None,
         };
         assert_eq!(codec().verify(value.as_bytes(), 1000), Ok(ok));
         assert_eq!(codec().verify(value.as_bytes(), 1099), Ok(ok));
@@ -185,13 +237,83 @@ mod tests {
     }
 
     #[test]
+    fn a_value_stating_a_lifetime_verifies_for_that_long_within_the_longest() {
+        let codec = codec().with_longest(500);
+        let id = SessionId::generate();
+        let ok = |life| Verified {
+            id,
+            issued: 1000,
+            current_key: true,
+            life,
+        };
+        for (life, lasts) in [
+            (Some(300), 300),
+            (Some(900), 500),
+            (Some(0), 100),
+            (None, 100),
+        ] {
+            let value = codec.sign_with(&id, 1000, life);
+            let len = if life.is_some() {
+                LONG_VALUE_LEN
+            } else {
+                VALUE_LEN
+            };
+            assert_eq!(value.len(), len);
+            assert_eq!(
+                codec.verify(value.as_bytes(), 1000 + lasts - 1),
+                Ok(ok(life))
+            );
+            assert_eq!(
+                codec.verify(value.as_bytes(), 1000 + lasts),
+                Err(Rejected::Expired),
+                "{life:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_stated_lifetime_cannot_be_added_changed_or_cut_off() {
+        let id = SessionId::generate();
+        let long = codec().sign_with(&id, 1000, Some(50));
+        let mut raw: [u8; RAW_LONG] = decode_exact(long.as_bytes()).unwrap();
+        raw[ID_LEN + 11] = 51;
+        let changed = URL_SAFE_NO_PAD.encode(raw);
+        assert_eq!(
+            codec().verify(changed.as_bytes(), 1000),
+            Err(Rejected::BadSignature)
+        );
+        // The long value's tag over the short value's part, and the reverse.
+        let short = codec().sign(&id, 1000);
+        let short_raw: [u8; RAW_LEN] = decode_exact(short.as_bytes()).unwrap();
+        let mut cut = short_raw;
+        cut[ID_LEN + 8..].copy_from_slice(&raw[ID_LEN + 12..]);
+        let cut = URL_SAFE_NO_PAD.encode(cut);
+        assert_eq!(
+            codec().verify(cut.as_bytes(), 1000),
+            Err(Rejected::BadSignature)
+        );
+        let mut added = [0u8; RAW_LONG];
+        added[..ID_LEN + 8].copy_from_slice(&short_raw[..ID_LEN + 8]);
+        added[ID_LEN + 12..].copy_from_slice(&short_raw[ID_LEN + 8..]);
+        let added = URL_SAFE_NO_PAD.encode(added);
+        assert_eq!(
+            codec().verify(added.as_bytes(), 1000),
+            Err(Rejected::BadSignature)
+        );
+    }
+
+    #[test]
     fn every_flipped_bit_is_refused() {
-        let value = codec().sign(&SessionId::generate(), 1000).into_bytes();
-        for i in 0..value.len() {
-            for bit in 0..8 {
-                let mut bad = value.clone();
-                bad[i] ^= 1 << bit;
-                assert!(codec().verify(&bad, 1000).is_err(), "byte {i} bit {bit}");
+        for life in [None, Some(0), Some(60)] {
+            let value = codec()
+                .sign_with(&SessionId::generate(), 1000, life)
+                .into_bytes();
+            for i in 0..value.len() {
+                for bit in 0..8 {
+                    let mut bad = value.clone();
+                    bad[i] ^= 1 << bit;
+                    assert!(codec().verify(&bad, 1000).is_err(), "byte {i} bit {bit}");
+                }
             }
         }
     }

@@ -36,6 +36,16 @@ pub enum SessionError {
     /// No live session has this id (for the [`SessionManager`](crate::SessionManager)'s
     /// calls on an explicit id).
     UnknownSession,
+    /// [`Session::set_lifetime`](crate::Session::set_lifetime) was given a lifetime outside
+    /// the configured `shortest_lifetime ..= longest_lifetime`; the lifetime is unchanged.
+    LifetimeOutOfBounds {
+        /// The lifetime asked for, in seconds.
+        seconds: u64,
+        /// `shortest_lifetime`.
+        shortest: u64,
+        /// `longest_lifetime`.
+        longest: u64,
+    },
     /// The store failed.
     Store(StoreError),
     /// The [`Sessions`](crate::Sessions) fairing is not attached to this Rocket instance.
@@ -57,6 +67,15 @@ impl fmt::Display for SessionError {
                 )
             }
             SessionError::UnknownSession => write!(f, "no live session has this id"),
+            SessionError::LifetimeOutOfBounds {
+                seconds,
+                shortest,
+                longest,
+            } => write!(
+                f,
+                "a session lifetime of {seconds} s is outside the configured {shortest} to \
+                 {longest} s (shortest_lifetime, longest_lifetime)"
+            ),
             SessionError::Store(e) => write!(f, "session store: {e}"),
             SessionError::NotAttached => write!(f, "the Sessions fairing is not attached"),
         }

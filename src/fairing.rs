@@ -192,10 +192,7 @@ fn respond(
 ) {
     let header = match action {
         Ok(CookieAction::Keep) => None,
-        Ok(CookieAction::Set(value)) => {
-            let max_age = (!config.expire_on_browser_close).then_some(config.shelf_life);
-            Some(cookie_header(config, value, max_age))
-        }
+        Ok(CookieAction::Set(value, max_age)) => Some(cookie_header(config, value, max_age)),
         Ok(CookieAction::Remove) => Some(cookie_header(config, String::new(), Some(0))),
         Err(e) => {
             rocket::error!("session: the session's changes were not saved: {e}");

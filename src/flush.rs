@@ -7,6 +7,7 @@ use std::pin::Pin;
 
 use crate::error::{SessionError, StoreError, StoreErrorKind};
 use crate::id::{SessionId, StoreKey};
+use crate::lifetime::Lifetime;
 use crate::manager::SessionManager;
 use crate::store::ChangeSet;
 use crate::working::{Origin, Working};
@@ -15,7 +16,8 @@ use crate::working::{Origin, Working};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum CookieAction {
     Keep,
-    Set(String),
+    /// Set this value, with this `Max-Age` (`None`: a browser-session cookie).
+    Set(String, Option<u64>),
     Remove,
 }
 
@@ -31,13 +33,14 @@ enum Plan {
     /// No store call: only this cookie action.
     CookieOnly(CookieAction),
     /// No handler loaded the session, and its cookie is due for a refresh: extend its life.
-    Refresh(SessionId),
+    Refresh(SessionId, Lifetime),
     /// Write a loaded session: delete the one destroyed in the request, if any, then `step`.
     Write {
         destroy: Option<StoreKey>,
         changes: ChangeSet,
         /// The session's id, if it has one yet.
         id: Option<SessionId>,
+        lifetime: Lifetime,
         step: Step,
     },
 }
@@ -62,27 +65,31 @@ enum Step {
 const ID_DRAWS: usize = 3;
 
 impl SessionManager {
-    fn refresh_due(&self, issued: u64, current_key: bool, now: u64) -> bool {
-        !current_key || now.saturating_sub(issued) >= self.config().refresh_interval
+    fn refresh_due(&self, issued: u64, current_key: bool, lifetime: Lifetime, now: u64) -> bool {
+        !current_key || now.saturating_sub(issued) >= lifetime.refresh_interval(self.config())
     }
 
     /// The session whose life a request that never loaded it extends: the cookie's, if it
     /// verifies and is due for a refresh. Whether a cookie is recent shows without verifying
     /// it, and a forged one gains nothing from being let be.
-    fn refresh_for(&self, cookie: Option<&str>, now: u64) -> Option<SessionId> {
+    fn refresh_for(&self, cookie: Option<&str>, now: u64) -> Option<(SessionId, Lifetime)> {
         let cookie = cookie?;
+        // Only a value on the configured lifetime states its issue time here.
         if let Some(issued) = self.codec().stated_issue(cookie.as_bytes()) {
-            if !self.refresh_due(issued, true, now) {
+            if !self.refresh_due(issued, true, Lifetime::Configured, now) {
                 return None;
             }
         }
         let v = self.verify(Some(cookie), now)?;
-        self.refresh_due(v.issued, v.current_key, now)
-            .then_some(v.id)
+        let lifetime = Lifetime::from_cookie(v.life);
+        self.refresh_due(v.issued, v.current_key, lifetime, now)
+            .then_some((v.id, lifetime))
     }
 
-    fn signed(&self, id: &SessionId, now: u64) -> CookieAction {
-        CookieAction::Set(self.codec().sign(id, now))
+    fn signed(&self, id: &SessionId, lifetime: Lifetime, now: u64) -> CookieAction {
+        let config = self.config();
+        let value = self.codec().sign_with(id, now, lifetime.to_cookie(config));
+        CookieAction::Set(value, lifetime.max_age(config))
     }
 
     /// Writes a request's session to the store and says what the response does with the
@@ -105,12 +112,15 @@ impl SessionManager {
                 destroy: None,
                 changes,
                 id,
+                lifetime,
                 step: Step::Update { key, refresh },
             } => match self.store().update_now(&key, &changes, now) {
                 Some(updated) => {
                     return Flush::Ready(
                         updated
-                            .map(|updated| self.cookie_after_update(updated, refresh, id, now))
+                            .map(|updated| {
+                                self.cookie_after_update(updated, refresh, id, lifetime, now)
+                            })
                             .map_err(SessionError::from),
                     )
                 }
@@ -118,10 +128,13 @@ impl SessionManager {
                     destroy: None,
                     changes,
                     id,
+                    lifetime,
                     step: Step::Update { key, refresh },
                 },
             },
-            Plan::Refresh(id) => return Flush::Pending(Box::pin(self.refresh(id, now))),
+            Plan::Refresh(id, lifetime) => {
+                return Flush::Pending(Box::pin(self.refresh(id, lifetime, now)))
+            }
             plan => plan,
         };
         Flush::Pending(Box::pin(self.guarded(self.write(plan, now))))
@@ -129,13 +142,16 @@ impl SessionManager {
 
     /// Extends the life of the session of a request that never loaded it. A failure costs
     /// the request nothing (its own data is not at stake): the cookie is kept as it is.
-    async fn refresh(&self, id: SessionId, now: u64) -> Result<CookieAction, SessionError> {
-        match self
-            .store()
-            .update(&id.store_key(), &ChangeSet::new(), now)
-            .await
-        {
-            Ok(updated) => Ok(self.cookie_after_update(updated, true, Some(id), now)),
+    async fn refresh(
+        &self,
+        id: SessionId,
+        lifetime: Lifetime,
+        now: u64,
+    ) -> Result<CookieAction, SessionError> {
+        let mut changes = ChangeSet::new();
+        changes.set_ttl(lifetime.store_ttl(self.config()));
+        match self.store().update(&id.store_key(), &changes, now).await {
+            Ok(updated) => Ok(self.cookie_after_update(updated, true, Some(id), lifetime, now)),
             Err(e) => {
                 rocket::warn!("session store: a session's life was not extended: {e}");
                 Ok(CookieAction::Keep)
@@ -150,12 +166,13 @@ impl SessionManager {
         updated: bool,
         refresh: bool,
         id: Option<SessionId>,
+        lifetime: Lifetime,
         now: u64,
     ) -> CookieAction {
         match (updated, refresh, id) {
             // Destroyed or expired meanwhile: it stays that way.
             (false, _, _) => CookieAction::Remove,
-            (true, true, Some(id)) => self.signed(&id, now),
+            (true, true, Some(id)) => self.signed(&id, lifetime, now),
             (true, _, _) => CookieAction::Keep,
         }
     }
@@ -164,12 +181,13 @@ impl SessionManager {
         let Some(mut w) = working else {
             // No refresh while the store is down: the request would only wait for nothing.
             return match self.refresh_for(cookie, now) {
-                Some(id) if !self.store_is_down() => Plan::Refresh(id),
+                Some((id, lifetime)) if !self.store_is_down() => Plan::Refresh(id, lifetime),
                 _ => Plan::CookieOnly(CookieAction::Keep),
             };
         };
         let nothing_stored = w.data.is_empty();
-        let changes = w.take_changes();
+        let mut changes = w.take_changes();
+        changes.set_ttl(w.lifetime.store_ttl(self.config()));
         let step = match (w.cycled_from, w.origin) {
             // A cycled stored session moves to its new id.
             (Some(old), _) => Step::Cycle { old },
@@ -188,7 +206,9 @@ impl SessionManager {
                     current_key,
                 },
             ) => {
-                let refresh = self.refresh_due(issued, current_key, now);
+                // A new lifetime is sent at once, in the cookie and to the store.
+                let refresh =
+                    w.lifetime_changed || self.refresh_due(issued, current_key, w.lifetime, now);
                 if changes.is_empty() && !refresh {
                     Step::CookieOnly(CookieAction::Keep)
                 } else {
@@ -200,21 +220,23 @@ impl SessionManager {
             destroy: w.destroyed,
             changes,
             id: w.id,
+            lifetime: w.lifetime,
             step,
         }
     }
 
     async fn write(&self, plan: Plan, now: u64) -> Result<CookieAction, SessionError> {
         let store = self.store();
-        let (destroy, changes, mut id, step) = match plan {
+        let (destroy, changes, mut id, lifetime, step) = match plan {
             Plan::CookieOnly(action) => return Ok(action),
-            Plan::Refresh(id) => return self.refresh(id, now).await,
+            Plan::Refresh(id, lifetime) => return self.refresh(id, lifetime, now).await,
             Plan::Write {
                 destroy,
                 changes,
                 id,
+                lifetime,
                 step,
-            } => (destroy, changes, id, step),
+            } => (destroy, changes, id, lifetime, step),
         };
         if let Some(key) = destroy {
             store.destroy(&key).await?;
@@ -232,7 +254,7 @@ impl SessionManager {
                 for draw in 0..ID_DRAWS {
                     let new = id(draw > 0);
                     if store.cycle(&old, &new.store_key(), &changes, now).await? {
-                        return Ok(self.signed(&new, now));
+                        return Ok(self.signed(&new, lifetime, now));
                     }
                     if store.load(&old, now).await?.is_none() {
                         return Ok(CookieAction::Remove);
@@ -247,14 +269,14 @@ impl SessionManager {
                         .create(&new.store_key(), created, &changes, now)
                         .await?
                     {
-                        return Ok(self.signed(&new, now));
+                        return Ok(self.signed(&new, lifetime, now));
                     }
                 }
                 Err(no_free_id())
             }
             Step::Update { key, refresh } => {
                 let updated = store.update(&key, &changes, now).await?;
-                Ok(self.cookie_after_update(updated, refresh, Some(id(false)), now))
+                Ok(self.cookie_after_update(updated, refresh, Some(id(false)), lifetime, now))
             }
         }
     }

@@ -101,11 +101,13 @@ mod breaker;
 pub mod clock;
 pub mod config;
 mod cookie;
+mod devices;
 pub mod error;
 mod fairing;
 mod flush;
 mod id;
 mod in_flight;
+mod lifetime;
 mod manager;
 mod session;
 pub mod store;
@@ -128,9 +130,11 @@ pub(crate) fn xorshift(mut state: u64) -> impl FnMut(u64) -> u64 {
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{SessionConfig, StoreConfig};
+pub use devices::{InvalidSessionHandle, SessionHandle, SessionInfo};
 pub use error::{ConfigError, SessionError, StoreError, StoreErrorKind};
 pub use fairing::Sessions;
 pub use id::{InvalidSessionId, SessionId, StoreKey};
+pub use lifetime::Lifetime;
 pub use manager::SessionManager;
 pub use session::Session;
 

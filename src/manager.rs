@@ -75,7 +75,8 @@ impl SessionManager {
             &config.secret_key,
             &config.previous_secret_keys,
             config.shelf_life,
-        );
+        )
+        .with_longest(config.longest_lifetime);
         SessionManager {
             inner: Arc::new(Inner {
                 config,
@@ -297,6 +298,7 @@ impl SessionManager {
             id: *id,
             issued: now,
             current_key: true,
+            life: None,
         };
         Ok(record.map(|record| Working::stored(verified, key, record, now)))
     }

@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use crate::error::SessionError;
 use crate::id::SessionId;
+use crate::lifetime::Lifetime;
 use crate::manager::{Loading, SessionManager};
 use crate::value::{decode, Encoded};
 use crate::working::{Origin, RequestSession, Working};
@@ -107,6 +108,15 @@ impl Sentinel for Session<'_> {
 }
 
 impl Session<'_> {
+    pub(crate) fn manager(&self) -> &SessionManager {
+        self.manager
+    }
+
+    /// The store key of the session as the request loaded it, if it was stored.
+    pub(crate) fn stored_key(&self) -> Option<crate::id::StoreKey> {
+        self.with(|w| w.cycled_from.or(w.stored_key()))
+    }
+
     fn with<R>(&self, f: impl FnOnce(&mut Working) -> R) -> R {
         let mut guard = self.slot.lock();
         f(guard
@@ -195,6 +205,58 @@ impl Session<'_> {
     /// fixation.
     pub fn cycle_id(&self) {
         self.with(|w| w.cycle_id())
+    }
+
+    /// Gives this session its own lifetime, from this response on: a browser session, or a
+    /// length of its own ("remember me") within the configured `shortest_lifetime` and
+    /// `longest_lifetime` ([`SessionError::LifetimeOutOfBounds`] otherwise, and nothing
+    /// changes). The response re-issues the cookie with the matching `Max-Age`, and the store
+    /// keeps the session that long after each request. [`Lifetime::Configured`] goes back to
+    /// the configuration's. It lasts until changed again, through `cycle_id` too; `destroy`
+    /// ends it with the session.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use rocket::form::Form;
+    /// use rocket_server_sessions::{Lifetime, Session, SessionError};
+    ///
+    /// #[derive(rocket::FromForm)]
+    /// struct Login<'r> {
+    ///     user: &'r str,
+    ///     remember: bool,
+    /// }
+    ///
+    /// #[rocket::post("/login", data = "<form>")]
+    /// fn login(session: Session<'_>, form: Form<Login<'_>>) -> Result<(), SessionError> {
+    ///     session.cycle_id();
+    ///     session.set("user", form.user)?;
+    ///     session.set_lifetime(match form.remember {
+    ///         true => Lifetime::Idle(Duration::from_secs(30 * 86_400)),
+    ///         false => Lifetime::BrowserSession,
+    ///     })
+    /// }
+    /// ```
+    pub fn set_lifetime(&self, lifetime: Lifetime) -> Result<(), SessionError> {
+        lifetime
+            .check(self.manager.config())
+            .map_err(|(shortest, longest)| {
+                let seconds = match lifetime {
+                    Lifetime::Idle(d) => d.as_secs(),
+                    _ => 0,
+                };
+                SessionError::LifetimeOutOfBounds {
+                    seconds,
+                    shortest,
+                    longest,
+                }
+            })?;
+        self.with(|w| w.set_lifetime(lifetime));
+        Ok(())
+    }
+
+    /// This session's lifetime: as its cookie states it, or as this request set it.
+    pub fn lifetime(&self) -> Lifetime {
+        self.with(|w| w.lifetime)
     }
 
     /// Ends the session (logout): its data is deleted from the store when the response leaves

@@ -8,6 +8,7 @@ use serde::de::DeserializeOwned;
 use crate::cookie::Verified;
 use crate::error::SessionError;
 use crate::id::{SessionId, StoreKey};
+use crate::lifetime::Lifetime;
 use crate::store::{ChangeSet, SessionRecord};
 use crate::value::decode;
 
@@ -40,6 +41,10 @@ pub(crate) struct Working {
     /// request reads the clock once.
     pub at: u64,
     pub size: usize,
+    /// The session's lifetime, as its cookie stated it or the handler set it.
+    pub lifetime: Lifetime,
+    /// Whether the handler set the lifetime: the response then re-issues the cookie.
+    pub lifetime_changed: bool,
 }
 
 /// The per-request slot, in `Request::local_cache` under this private type.
@@ -204,6 +209,8 @@ impl Working {
             destroyed: None,
             size: 0,
             at: now,
+            lifetime: Lifetime::Configured,
+            lifetime_changed: false,
         }
     }
 
@@ -222,6 +229,8 @@ impl Working {
             cycled_from: None,
             destroyed: None,
             at: now,
+            lifetime: Lifetime::from_cookie(verified.life),
+            lifetime_changed: false,
         }
     }
 
@@ -276,6 +285,11 @@ impl Working {
         self.id = Some(SessionId::generate());
     }
 
+    pub fn set_lifetime(&mut self, lifetime: Lifetime) {
+        self.lifetime_changed |= lifetime != self.lifetime;
+        self.lifetime = lifetime;
+    }
+
     pub fn destroy(&mut self) {
         let now = self.at;
         let destroyed = self.cycled_from.or(self.stored_key()).or(self.destroyed);
@@ -296,6 +310,7 @@ mod tests {
             id: SessionId::from_bytes([1; 32]),
             issued: 0,
             current_key: true,
+            life: None,
         };
         Working::stored(verified, StoreKey([0; 32]), record, 0)
     }

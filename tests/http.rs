@@ -475,3 +475,50 @@ fn with_the_system_clock_a_session_expires_in_real_time_on_any_runtime() {
         );
     });
 }
+
+/// The `Max-Age` of a response's session cookie, if it sets one with it.
+fn max_age_of(reply: &Reply) -> Option<String> {
+    attributes(&reply.set_cookies[0])
+        .iter()
+        .find_map(|a| a.strip_prefix("Max-Age=").map(String::from))
+}
+
+/// A session given its own lifetime keeps it through the refresh of a page whose handler never
+/// takes the `Session`: the cookie is re-issued with its `Max-Age`, and the store keeps the
+/// session that long, not for its own ttl.
+#[rocket::async_test]
+async fn a_page_without_the_session_keeps_the_sessions_own_lifetime() {
+    let (client, clock, store) = counted(json!({})).await;
+    let cookie = get_with(&client, "/count", None).await.cookie.unwrap();
+    let long = post_with(&client, "/lifetime/5000", Some(&cookie)).await;
+    let mut cookie = long.cookie.unwrap();
+    for _ in 0..3 {
+        clock.advance(4000);
+        let before = store.calls();
+        let reply = get_with(&client, "/no-session", Some(&cookie)).await;
+        assert_eq!(store.calls(), before + 1, "one touch, no load");
+        assert_eq!(max_age_of(&reply).as_deref(), Some("5000"));
+        cookie = reply.cookie.expect("re-issued");
+    }
+    assert_eq!(get_with(&client, "/peek", Some(&cookie)).await.body, "1");
+}
+
+/// A lifetime of its own overrides `expire_on_browser_close`; a cookie stating a lifetime
+/// longer than today's `longest_lifetime` is accepted only that long.
+#[rocket::async_test]
+async fn a_remembered_session_outlasts_browser_close_within_the_longest_lifetime() {
+    let store = Arc::new(MemoryStore::new(TTL));
+    let session = json!({ "expire_on_browser_close": true, "longest_lifetime": 3000 });
+    let (client, _) = client_with(store.clone(), session).await;
+    let first = get_with(&client, "/count", None).await;
+    assert_eq!(max_age_of(&first), None);
+    let long = post_with(&client, "/lifetime/2000", first.cookie.as_deref()).await;
+    assert_eq!(max_age_of(&long).as_deref(), Some("2000"));
+    let cookie = long.cookie.unwrap();
+    // The same store and key, now configured with a shorter longest lifetime.
+    let (shorter, clock) = client_with(store, json!({ "longest_lifetime": 1500 })).await;
+    clock.advance(1499);
+    assert_eq!(get_with(&shorter, "/peek", Some(&cookie)).await.body, "1");
+    clock.advance(1);
+    assert_eq!(get_with(&shorter, "/peek", Some(&cookie)).await.body, "0");
+}

@@ -20,7 +20,7 @@ use rocket_server_sessions::testing::{key, TTL};
 use rocket_server_sessions::{ManualClock, SessionId, Sessions, StoreKey};
 
 /// The files in `migrations/`: the store applies each once.
-const MIGRATIONS: i64 = 2;
+const MIGRATIONS: i64 = 3;
 
 async fn postgres() -> Arc<dyn SessionStore> {
     Arc::new(fresh_store(TTL).await)

@@ -14,7 +14,9 @@ use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::Mutex;
 
-use rocket_server_sessions::store::{ChangeSet, MemoryStore, SessionRecord, SessionStore};
+use rocket_server_sessions::store::{
+    ChangeSet, MemoryStore, SessionRecord, SessionStore, SessionSummary,
+};
 use rocket_server_sessions::{SessionId, SessionManager, StoreError, StoreKey};
 
 const TTL: u64 = 10_000;
@@ -198,6 +200,14 @@ impl SessionStore for Colliding {
     }
     async fn destroy_where(&self, name: &str, value: &[u8]) -> Result<u64, StoreError> {
         self.inner.destroy_where(name, value).await
+    }
+    async fn list_where(
+        &self,
+        name: &str,
+        value: &[u8],
+        now: u64,
+    ) -> Result<Vec<SessionSummary>, StoreError> {
+        self.inner.list_where(name, value, now).await
     }
     async fn sweep(&self, now: u64) -> Result<u64, StoreError> {
         self.inner.sweep(now).await

@@ -9,15 +9,19 @@ use rocket_server_sessions::testing::TTL;
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use rocket_server_sessions::store::{ChangeSet, SessionRecord, SessionStore};
+use rocket_server_sessions::store::{ChangeSet, SessionRecord, SessionStore, SessionSummary};
 use rocket_server_sessions::{StoreError, StoreKey};
 
-/// Each session by its key: (created, expires, data).
-type Sessions = HashMap<StoreKey, (u64, u64, HashMap<String, Vec<u8>>)>;
+struct Stored {
+    created: u64,
+    active: u64,
+    expires: u64,
+    data: HashMap<String, Vec<u8>>,
+}
 
 struct Toy {
     ttl: u64,
-    sessions: Mutex<Sessions>,
+    sessions: Mutex<HashMap<StoreKey, Stored>>,
 }
 
 #[rocket::async_trait]
@@ -26,10 +30,10 @@ impl SessionStore for Toy {
         let sessions = self.sessions.lock().unwrap();
         Ok(sessions
             .get(key)
-            .filter(|s| s.1 > now)
-            .map(|(created, _, data)| SessionRecord {
-                created: *created,
-                data: data.clone().into_iter().collect(),
+            .filter(|s| s.expires > now)
+            .map(|s| SessionRecord {
+                created: s.created,
+                data: s.data.clone().into_iter().collect(),
             }))
     }
 
@@ -41,12 +45,21 @@ impl SessionStore for Toy {
         now: u64,
     ) -> Result<bool, StoreError> {
         let mut sessions = self.sessions.lock().unwrap();
-        if sessions.get(key).is_some_and(|s| s.1 > now) {
+        if sessions.get(key).is_some_and(|s| s.expires > now) {
             return Ok(false); // never adopt a live session
         }
         let mut data = HashMap::new();
         changes.apply_to(&mut data);
-        sessions.insert(*key, (created, now + self.ttl, data));
+        let expires = changes.expiry(now, self.ttl);
+        sessions.insert(
+            *key,
+            Stored {
+                created,
+                active: now,
+                expires,
+                data,
+            },
+        );
         Ok(true)
     }
 
@@ -57,10 +70,10 @@ impl SessionStore for Toy {
         now: u64,
     ) -> Result<bool, StoreError> {
         let mut sessions = self.sessions.lock().unwrap();
-        match sessions.get_mut(key).filter(|s| s.1 > now) {
-            Some(session) => {
-                changes.apply_to(&mut session.2);
-                session.1 = now + self.ttl;
+        match sessions.get_mut(key).filter(|s| s.expires > now) {
+            Some(s) => {
+                changes.apply_to(&mut s.data);
+                (s.active, s.expires) = (now, changes.expiry(now, self.ttl));
                 Ok(true)
             }
             None => Ok(false), // destroyed or expired: do not bring it back
@@ -78,10 +91,11 @@ impl SessionStore for Toy {
         if sessions.contains_key(new) {
             return Ok(false);
         }
-        match sessions.remove(old).filter(|s| s.1 > now) {
-            Some((created, _, mut data)) => {
-                changes.apply_to(&mut data);
-                sessions.insert(*new, (created, now + self.ttl, data));
+        match sessions.remove(old).filter(|s| s.expires > now) {
+            Some(mut s) => {
+                changes.apply_to(&mut s.data);
+                (s.active, s.expires) = (now, changes.expiry(now, self.ttl));
+                sessions.insert(*new, s);
                 Ok(true)
             }
             None => Ok(false),
@@ -96,14 +110,33 @@ impl SessionStore for Toy {
     async fn destroy_where(&self, name: &str, value: &[u8]) -> Result<u64, StoreError> {
         let mut sessions = self.sessions.lock().unwrap();
         let before = sessions.len();
-        sessions.retain(|_, s| s.2.get(name).map(Vec::as_slice) != Some(value));
+        sessions.retain(|_, s| s.data.get(name).map(Vec::as_slice) != Some(value));
         Ok((before - sessions.len()) as u64)
+    }
+
+    async fn list_where(
+        &self,
+        name: &str,
+        value: &[u8],
+        now: u64,
+    ) -> Result<Vec<SessionSummary>, StoreError> {
+        let sessions = self.sessions.lock().unwrap();
+        Ok(sessions
+            .iter()
+            .filter(|(_, s)| s.expires > now && s.data.get(name).map(Vec::as_slice) == Some(value))
+            .map(|(key, s)| SessionSummary {
+                key: *key,
+                created: s.created,
+                active: s.active,
+                expires: s.expires,
+            })
+            .collect())
     }
 
     async fn sweep(&self, now: u64) -> Result<u64, StoreError> {
         let mut sessions = self.sessions.lock().unwrap();
         let before = sessions.len();
-        sessions.retain(|_, s| s.1 > now);
+        sessions.retain(|_, s| s.expires > now);
         Ok((before - sessions.len()) as u64)
     }
 }

@@ -45,6 +45,8 @@ pub enum SameSite {
 /// | `shelf_life` | seconds | 604800 | cookie lifetime (`Max-Age`) | `#:shelf-life` |
 /// | `refresh_interval` | seconds | 60 | re-issue the cookie and extend the stored session at most this often (0: every response, as koyo); unset, at most half of `shelf_life` and of `store.ttl` | — |
 /// | `max_lifetime` | seconds | none | absolute lifetime from creation, whatever the activity | — |
+/// | `shortest_lifetime` | seconds | 60 | the shortest lifetime a handler may give one session ([`Session::set_lifetime`](crate::Session::set_lifetime)) | — |
+/// | `longest_lifetime` | seconds | 2592000 (30 days) | the longest one ("remember me") | — |
 /// | `secret_key` | string, ≥ 32 bytes | none (see below) | signs the cookie | `#:secret-key` |
 /// | `previous_secret_keys` | list of strings | `[]` | still verify, for key rotation | — |
 /// | `secret_key_file` | path | `"session_secret.key"` | where the debug profile keeps a generated key | — |
@@ -78,6 +80,10 @@ pub struct SessionConfig {
     pub refresh_interval: u64,
     /// Absolute session lifetime in seconds, counted from creation, if any.
     pub max_lifetime: Option<u64>,
+    /// The shortest lifetime, in seconds, a handler may give one session.
+    pub shortest_lifetime: u64,
+    /// The longest lifetime, in seconds, a handler may give one session.
+    pub longest_lifetime: u64,
     /// The key that signs cookies.
     pub secret_key: Vec<u8>,
     /// Older keys that still verify cookies (which are then re-issued under `secret_key`).
@@ -102,6 +108,8 @@ impl std::fmt::Debug for SessionConfig {
             .field("shelf_life", &self.shelf_life)
             .field("refresh_interval", &self.refresh_interval)
             .field("max_lifetime", &self.max_lifetime)
+            .field("shortest_lifetime", &self.shortest_lifetime)
+            .field("longest_lifetime", &self.longest_lifetime)
             .field("secret_key", &"<redacted>")
             .field("previous_secret_keys", &self.previous_secret_keys.len())
             .field("max_session_size", &self.max_session_size)
@@ -225,6 +233,10 @@ struct Raw {
     refresh_interval: Option<u64>,
     #[serde(default)]
     max_lifetime: Option<u64>,
+    #[serde(default = "minute")]
+    shortest_lifetime: u64,
+    #[serde(default = "thirty_days")]
+    longest_lifetime: u64,
     #[serde(default)]
     secret_key: Option<Secret>,
     #[serde(default)]
@@ -266,6 +278,12 @@ fn default_same_site() -> SameSite {
 }
 fn week() -> u64 {
     WEEK
+}
+fn minute() -> u64 {
+    60
+}
+fn thirty_days() -> u64 {
+    30 * 86_400
 }
 fn default_key_file() -> PathBuf {
     "session_secret.key".into()
@@ -388,6 +406,17 @@ impl Raw {
         if let Some(max) = self.max_lifetime {
             check_seconds(max).map_err(|r| err("max_lifetime", r))?;
         }
+        check_seconds(self.shortest_lifetime).map_err(|r| err("shortest_lifetime", r))?;
+        check_seconds(self.longest_lifetime).map_err(|r| err("longest_lifetime", r))?;
+        if self.shortest_lifetime > self.longest_lifetime {
+            return Err(err(
+                "shortest_lifetime",
+                format!(
+                    "must not exceed longest_lifetime ({})",
+                    self.longest_lifetime
+                ),
+            ));
+        }
         if self.max_session_size == 0 {
             return Err(err("max_session_size", "must be at least 1".into()));
         }
@@ -453,6 +482,8 @@ impl Raw {
             shelf_life: self.shelf_life,
             refresh_interval,
             max_lifetime: self.max_lifetime,
+            shortest_lifetime: self.shortest_lifetime,
+            longest_lifetime: self.longest_lifetime,
             secret_key,
             previous_secret_keys,
             max_session_size: self.max_session_size,

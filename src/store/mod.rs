@@ -17,24 +17,28 @@
 //! use std::collections::HashMap;
 //! use std::sync::Mutex;
 //!
-//! use rocket_server_sessions::store::{ChangeSet, SessionRecord, SessionStore};
+//! use rocket_server_sessions::store::{ChangeSet, SessionRecord, SessionStore, SessionSummary};
 //! use rocket_server_sessions::{StoreError, StoreKey};
 //!
-//! /// Each session by its key: (created, expires, data).
-//! type Sessions = HashMap<StoreKey, (u64, u64, HashMap<String, Vec<u8>>)>;
+//! struct Stored {
+//!     created: u64,
+//!     active: u64,
+//!     expires: u64,
+//!     data: HashMap<String, Vec<u8>>,
+//! }
 //!
 //! struct Toy {
 //!     ttl: u64,
-//!     sessions: Mutex<Sessions>,
+//!     sessions: Mutex<HashMap<StoreKey, Stored>>,
 //! }
 //!
 //! #[rocket::async_trait]
 //! impl SessionStore for Toy {
 //!     async fn load(&self, key: &StoreKey, now: u64) -> Result<Option<SessionRecord>, StoreError> {
 //!         let sessions = self.sessions.lock().unwrap();
-//!         Ok(sessions.get(key).filter(|s| s.1 > now).map(|(created, _, data)| SessionRecord {
-//!             created: *created,
-//!             data: data.clone().into_iter().collect(),
+//!         Ok(sessions.get(key).filter(|s| s.expires > now).map(|s| SessionRecord {
+//!             created: s.created,
+//!             data: s.data.clone().into_iter().collect(),
 //!         }))
 //!     }
 //!
@@ -42,21 +46,22 @@
 //!         -> Result<bool, StoreError>
 //!     {
 //!         let mut sessions = self.sessions.lock().unwrap();
-//!         if sessions.get(key).is_some_and(|s| s.1 > now) {
+//!         if sessions.get(key).is_some_and(|s| s.expires > now) {
 //!             return Ok(false); // never adopt a live session
 //!         }
 //!         let mut data = HashMap::new();
 //!         changes.apply_to(&mut data);
-//!         sessions.insert(*key, (created, now + self.ttl, data));
+//!         let expires = changes.expiry(now, self.ttl);
+//!         sessions.insert(*key, Stored { created, active: now, expires, data });
 //!         Ok(true)
 //!     }
 //!
 //!     async fn update(&self, key: &StoreKey, changes: &ChangeSet, now: u64) -> Result<bool, StoreError> {
 //!         let mut sessions = self.sessions.lock().unwrap();
-//!         match sessions.get_mut(key).filter(|s| s.1 > now) {
-//!             Some(session) => {
-//!                 changes.apply_to(&mut session.2);
-//!                 session.1 = now + self.ttl;
+//!         match sessions.get_mut(key).filter(|s| s.expires > now) {
+//!             Some(s) => {
+//!                 changes.apply_to(&mut s.data);
+//!                 (s.active, s.expires) = (now, changes.expiry(now, self.ttl));
 //!                 Ok(true)
 //!             }
 //!             None => Ok(false), // destroyed or expired: do not bring it back
@@ -70,10 +75,11 @@
 //!         if sessions.contains_key(new) {
 //!             return Ok(false);
 //!         }
-//!         match sessions.remove(old).filter(|s| s.1 > now) {
-//!             Some((created, _, mut data)) => {
-//!                 changes.apply_to(&mut data);
-//!                 sessions.insert(*new, (created, now + self.ttl, data));
+//!         match sessions.remove(old).filter(|s| s.expires > now) {
+//!             Some(mut s) => {
+//!                 changes.apply_to(&mut s.data);
+//!                 (s.active, s.expires) = (now, changes.expiry(now, self.ttl));
+//!                 sessions.insert(*new, s);
 //!                 Ok(true)
 //!             }
 //!             None => Ok(false),
@@ -88,14 +94,30 @@
 //!     async fn destroy_where(&self, name: &str, value: &[u8]) -> Result<u64, StoreError> {
 //!         let mut sessions = self.sessions.lock().unwrap();
 //!         let before = sessions.len();
-//!         sessions.retain(|_, s| s.2.get(name).map(Vec::as_slice) != Some(value));
+//!         sessions.retain(|_, s| s.data.get(name).map(Vec::as_slice) != Some(value));
 //!         Ok((before - sessions.len()) as u64)
+//!     }
+//!
+//!     async fn list_where(&self, name: &str, value: &[u8], now: u64)
+//!         -> Result<Vec<SessionSummary>, StoreError>
+//!     {
+//!         let sessions = self.sessions.lock().unwrap();
+//!         Ok(sessions
+//!             .iter()
+//!             .filter(|(_, s)| s.expires > now && s.data.get(name).map(Vec::as_slice) == Some(value))
+//!             .map(|(key, s)| SessionSummary {
+//!                 key: *key,
+//!                 created: s.created,
+//!                 active: s.active,
+//!                 expires: s.expires,
+//!             })
+//!             .collect())
 //!     }
 //!
 //!     async fn sweep(&self, now: u64) -> Result<u64, StoreError> {
 //!         let mut sessions = self.sessions.lock().unwrap();
 //!         let before = sessions.len();
-//!         sessions.retain(|_, s| s.1 > now);
+//!         sessions.retain(|_, s| s.expires > now);
 //!         Ok((before - sessions.len()) as u64)
 //!     }
 //! }
@@ -145,12 +167,27 @@ pub struct SessionRecord {
     pub data: Vec<(String, Vec<u8>)>,
 }
 
-/// Per-key changes to one session: each key is either set to new bytes or removed.
+/// A live session as [`SessionStore::list_where`] describes it: times, no data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionSummary {
+    /// Where the session is filed.
+    pub key: StoreKey,
+    /// Unix seconds at which it was created.
+    pub created: u64,
+    /// Unix seconds of its last `create`, `update` or `cycle`: its last activity.
+    pub active: u64,
+    /// Unix seconds at which it expires.
+    pub expires: u64,
+}
+
+/// Per-key changes to one session: each key is either set to new bytes or removed. It also
+/// carries the session's own idle lifetime, when it has one ([`ttl`](Self::ttl)).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ChangeSet {
     /// Sorted by key, each key once: a request changes a handful of keys, so a vector beats a
     /// tree (and allocates once).
     changes: Vec<(String, Option<Vec<u8>>)>,
+    ttl: Option<u64>,
 }
 
 impl ChangeSet {
@@ -163,13 +200,33 @@ impl ChangeSet {
     pub fn with_capacity(n: usize) -> ChangeSet {
         ChangeSet {
             changes: Vec::with_capacity(n),
+            ttl: None,
         }
     }
 
     /// Changes in which every key occurs once, in any order.
     pub(crate) fn from_distinct(mut changes: Vec<(String, Option<Vec<u8>>)>) -> ChangeSet {
         changes.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        ChangeSet { changes }
+        ChangeSet { changes, ttl: None }
+    }
+
+    /// Gives the session its own idle lifetime in seconds (`None`: the store's `ttl`).
+    pub fn set_ttl(&mut self, ttl: Option<u64>) {
+        self.ttl = ttl;
+    }
+
+    /// The session's own idle lifetime in seconds, if it has one: the store then sets its
+    /// expiry to `now + ttl` instead of `now` plus the store's `ttl`. The session's handler
+    /// set it ([`Session::set_lifetime`](crate::Session::set_lifetime)), and every write of
+    /// the session from a request carries it again.
+    pub fn ttl(&self) -> Option<u64> {
+        self.ttl
+    }
+
+    /// The expiry a write of the session at `now` gives it, for a store whose own idle
+    /// lifetime is `store_ttl`.
+    pub fn expiry(&self, now: u64, store_ttl: u64) -> u64 {
+        now.saturating_add(self.ttl.unwrap_or(store_ttl))
     }
 
     /// Sets `key` to `value`, replacing an earlier change of the same key.
@@ -227,8 +284,9 @@ impl ChangeSet {
 ///
 /// Every method takes `now` (Unix seconds) from the manager's clock, so stores have no clock of
 /// their own. A session is live while `now` is before its expiry, which each successful
-/// `create`, `update` and `cycle` sets to `now + ttl`. A store must never return or update a
-/// session that is not live.
+/// `create`, `update` and `cycle` sets to [`changes.expiry(now, ttl)`](ChangeSet::expiry):
+/// `now` plus the session's own lifetime if the changes carry one, else plus the store's
+/// `ttl`. A store must never return or update a session that is not live.
 #[rocket::async_trait]
 pub trait SessionStore: Send + Sync + 'static {
     /// The live session filed under `key`, if any.
@@ -296,6 +354,15 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Deletes every session whose `name` key holds exactly the encoded `value`; returns how
     /// many were deleted.
     async fn destroy_where(&self, name: &str, value: &[u8]) -> Result<u64, StoreError>;
+
+    /// The live sessions whose `name` key holds exactly the encoded `value` (a user's
+    /// sessions, for a "your devices" page), in no particular order.
+    async fn list_where(
+        &self,
+        name: &str,
+        value: &[u8],
+        now: u64,
+    ) -> Result<Vec<SessionSummary>, StoreError>;
 
     /// Deletes sessions that are no longer live; returns how many.
     async fn sweep(&self, now: u64) -> Result<u64, StoreError>;
@@ -366,6 +433,14 @@ impl<S: SessionStore + ?Sized> SessionStore for std::sync::Arc<S> {
     }
     async fn destroy_where(&self, name: &str, value: &[u8]) -> Result<u64, StoreError> {
         (**self).destroy_where(name, value).await
+    }
+    async fn list_where(
+        &self,
+        name: &str,
+        value: &[u8],
+        now: u64,
+    ) -> Result<Vec<SessionSummary>, StoreError> {
+        (**self).list_where(name, value, now).await
     }
     async fn sweep(&self, now: u64) -> Result<u64, StoreError> {
         (**self).sweep(now).await

@@ -198,3 +198,149 @@ pub async fn the_manager_reaches_a_session_by_its_id(store: Arc<impl SessionStor
         "true"
     );
 }
+
+/// The `Max-Age` a `Set-Cookie` header of the session cookie gives, if any.
+fn max_age(reply: &super::Reply) -> Option<String> {
+    let header = reply
+        .set_cookies
+        .iter()
+        .find(|h| h.starts_with("session="))
+        .expect("a session cookie");
+    header
+        .split(';')
+        .find_map(|part| part.trim().strip_prefix("Max-Age=").map(String::from))
+}
+
+/// A session given its own lifetime lasts that long, in the cookie and in the store, and
+/// back on the configured lifetime lasts the store's ttl again.
+pub async fn a_session_given_its_own_lifetime_lasts_that_long_in_cookie_and_store(
+    store: Arc<impl SessionStore + ?Sized>,
+) {
+    let (client, clock) = client_with(store).await;
+    let first = post_with(&client, "/set/a/1", None).await;
+    assert_eq!(max_age(&first).as_deref(), Some("604800"));
+    let cookie = first.cookie.unwrap();
+    let long = post_with(&client, "/lifetime/1000", Some(&cookie)).await;
+    assert_eq!(long.status, Status::Ok);
+    assert_eq!(
+        max_age(&long).as_deref(),
+        Some("1000"),
+        "the cookie is re-issued"
+    );
+    let cookie = long.cookie.unwrap();
+    // Far past the store's ttl, within its own lifetime.
+    clock.advance(999);
+    let kept = get_with(&client, "/get/a", Some(&cookie)).await;
+    assert_eq!((kept.status, kept.body.as_str()), (Status::Ok, "1"));
+    assert_eq!(
+        max_age(&kept).as_deref(),
+        Some("1000"),
+        "it keeps its lifetime"
+    );
+    let refreshed = kept.cookie.expect("re-issued: a refresh was due");
+    clock.advance(1000);
+    let gone = get_with(&client, "/get/a", Some(&refreshed)).await;
+    assert_eq!(
+        gone.status,
+        Status::InternalServerError,
+        "expired after its own lifetime"
+    );
+    // Bounds: the configuration's 60 s to 30 days; out of them, nothing changes.
+    let cookie = post_with(&client, "/set/a/2", None).await.cookie.unwrap();
+    for out in ["59", "2592001"] {
+        let refused = post_with(&client, &format!("/lifetime/{out}"), Some(&cookie)).await;
+        assert_eq!(refused.status, Status::InternalServerError, "{out}");
+        assert!(refused.cookie.is_none(), "{out}");
+    }
+    let back = post_with(&client, "/lifetime/configured", Some(&cookie)).await;
+    assert!(
+        back.cookie.is_none(),
+        "already on the configured lifetime: nothing to send"
+    );
+    clock.advance(TTL);
+    let expired = get_with(&client, "/get/a", Some(&cookie)).await;
+    assert_eq!(
+        expired.status,
+        Status::InternalServerError,
+        "the store's ttl applies"
+    );
+}
+
+/// A browser-session cookie has no `Max-Age`, and the store's ttl applies.
+pub async fn a_browser_session_cookie_has_no_max_age_and_the_store_ttl_applies(
+    store: Arc<impl SessionStore + ?Sized>,
+) {
+    let (client, clock) = client_with(store).await;
+    let cookie = post_with(&client, "/set/a/1", None).await.cookie.unwrap();
+    let browser = post_with(&client, "/lifetime/browser", Some(&cookie)).await;
+    assert_eq!(max_age(&browser), None);
+    let cookie = browser.cookie.unwrap();
+    clock.advance(TTL - 1);
+    let kept = get_with(&client, "/get/a", Some(&cookie)).await;
+    assert_eq!(kept.body, "1");
+    assert_eq!(max_age(&kept), None, "a refresh keeps it a browser session");
+    clock.advance(TTL);
+    let gone = get_with(&client, "/get/a", Some(&cookie)).await;
+    assert_eq!(gone.status, Status::InternalServerError);
+}
+
+/// A user lists their sessions (times, handles, the current one marked) and revokes one;
+/// another user's session cannot be revoked through them.
+pub async fn a_user_lists_their_sessions_and_revokes_one(store: Arc<impl SessionStore + ?Sized>) {
+    let (client, clock) = client_with(store).await;
+    let laptop = post_with(&client, "/set/user/ada", None)
+        .await
+        .cookie
+        .unwrap();
+    clock.advance(5);
+    let phone = post_with(&client, "/set/user/ada", None)
+        .await
+        .cookie
+        .unwrap();
+    let other = post_with(&client, "/set/user/bob", None)
+        .await
+        .cookie
+        .unwrap();
+    let listing = |cookie| {
+        let client = &client;
+        async move {
+            let reply = get_with(client, "/devices/user/ada", Some(cookie)).await;
+            assert_eq!(reply.status, Status::Ok);
+            reply.body.lines().map(String::from).collect::<Vec<_>>()
+        }
+    };
+    let from_laptop = listing(&laptop).await;
+    let (s, l) = (START, START + TTL);
+    assert_eq!(from_laptop.len(), 2, "{from_laptop:?}");
+    // The most recently active first.
+    let handle = |line: &str| line.split(' ').next().unwrap().to_string();
+    assert!(from_laptop[0].ends_with(&format!(" {} {} {}", s + 5, s + 5, l + 5)));
+    assert!(from_laptop[1].ends_with(&format!(" {s} {s} {l} current")));
+    let from_phone = listing(&phone).await;
+    assert!(from_phone[0].ends_with(" current"), "{from_phone:?}");
+    assert_eq!(handle(&from_phone[0]), handle(&from_laptop[0]));
+    let phone_handle = handle(&from_laptop[0]);
+    assert!(!laptop.contains(&phone_handle) && !phone.contains(&phone_handle));
+    // Bob's handle, through ada: refused.
+    let bobs = get_with(&client, "/devices/user/bob", Some(&other))
+        .await
+        .body;
+    let bob_handle = handle(&bobs);
+    let refused = post_with(&client, &format!("/revoke/user/ada/{bob_handle}"), None).await;
+    assert_eq!(refused.body, "false");
+    assert_eq!(
+        get_with(&client, "/get/user", Some(&other)).await.body,
+        "bob"
+    );
+    let revoked = post_with(&client, &format!("/revoke/user/ada/{phone_handle}"), None).await;
+    assert_eq!(revoked.body, "true");
+    let signed_out = get_with(&client, "/get/user", Some(&phone)).await;
+    assert_eq!(signed_out.status, Status::InternalServerError);
+    assert_eq!(
+        get_with(&client, "/get/user", Some(&laptop)).await.body,
+        "ada"
+    );
+    assert_eq!(listing(&laptop).await.len(), 1);
+    let malformed = post_with(&client, "/revoke/user/ada/not-a-handle", None).await;
+    assert_eq!(malformed.status, Status::UnprocessableEntity);
+}

@@ -39,7 +39,10 @@ use rocket::request::{FromRequest, Outcome, Request};
 use rocket::{get, post, routes, Build, Rocket, Route, State};
 
 use crate::store::SessionStore;
-use crate::{ManualClock, Session, SessionError, SessionId, Sessions, StoreKey};
+use crate::{
+    Lifetime, ManualClock, Session, SessionError, SessionHandle, SessionId, SessionManager,
+    Sessions, StoreKey,
+};
 
 pub mod http;
 pub mod store;
@@ -80,6 +83,8 @@ macro_rules! store_conformance {
             destroy_deletes_the_session,
             destroy_where_deletes_exactly_the_matching_sessions,
             sweep_deletes_only_expired_sessions,
+            a_session_of_its_own_ttl_expires_that_long_after_its_last_write,
+            list_where_lists_exactly_the_live_matching_sessions,
             first_visit_counts_one_and_the_cookie_brings_the_count_back,
             a_guard_and_the_handler_share_one_session,
             a_session_nothing_was_written_to_is_not_stored,
@@ -90,6 +95,9 @@ macro_rules! store_conformance {
             a_signed_cookie_whose_session_is_gone_gets_a_new_id,
             an_idle_session_expires_after_the_store_ttl,
             the_manager_reaches_a_session_by_its_id,
+            a_session_given_its_own_lifetime_lasts_that_long_in_cookie_and_store,
+            a_browser_session_cookie_has_no_max_age_and_the_store_ttl_applies,
+            a_user_lists_their_sessions_and_revokes_one,
         );
     };
 }
@@ -221,11 +229,54 @@ fn destroy(session: Session<'_>) -> &'static str {
     "bye"
 }
 
+/// `configured`, `browser`, or a number of seconds.
+#[post("/lifetime/<which>")]
+fn lifetime(session: Session<'_>, which: &str) -> Result<&'static str, SessionError> {
+    session.set_lifetime(match which {
+        "configured" => Lifetime::Configured,
+        "browser" => Lifetime::BrowserSession,
+        secs => Lifetime::Idle(std::time::Duration::from_secs(secs.parse().unwrap_or(0))),
+    })?;
+    Ok("ok")
+}
+
+/// One line per session whose `key` is `value`: handle, created, last active, expires, and
+/// `current` for the request's own.
+#[get("/devices/<key>/<value>")]
+async fn devices(session: Session<'_>, key: &str, value: &str) -> Result<String, SessionError> {
+    let listed = session.list_where(key, &value).await?;
+    Ok(listed
+        .iter()
+        .map(|s| {
+            let current = if s.current { " current" } else { "" };
+            format!(
+                "{} {} {} {}{current}\n",
+                s.handle, s.created, s.last_active, s.expires
+            )
+        })
+        .collect())
+}
+
+#[post("/revoke/<key>/<value>/<handle>")]
+async fn revoke(
+    manager: &State<SessionManager>,
+    key: &str,
+    value: &str,
+    handle: SessionHandle,
+) -> Result<String, SessionError> {
+    Ok(manager
+        .revoke_where(key, &value, &handle)
+        .await?
+        .to_string())
+}
+
 /// The suite's routes: `GET /count` (counts the visit), `/count-twice` (by a guard and the
-/// handler), `/peek`, `/get/<key>`, `/id`, `/untouched` (whether the session is new);
-/// `POST /set/<key>/<value>`, `/set-together/<key>/<value>` (meets another request at the
-/// barrier after loading), `/set-late/<key>/<value>` (meets `/sync` twice after loading),
-/// `/sync`, `/cycle`, `/destroy`.
+/// handler), `/peek`, `/get/<key>`, `/id`, `/untouched` (whether the session is new),
+/// `/devices/<key>/<value>` (the sessions where `key` is `value`, a line each: handle,
+/// created, last active, expires, `current`); `POST /set/<key>/<value>`,
+/// `/set-together/<key>/<value>` (meets another request at the barrier after loading),
+/// `/set-late/<key>/<value>` (meets `/sync` twice after loading), `/sync`, `/cycle`,
+/// `/destroy`, `/lifetime/<configured|browser|seconds>`, `/revoke/<key>/<value>/<handle>`.
 pub fn routes() -> Vec<Route> {
     routes![
         count,
@@ -239,7 +290,10 @@ pub fn routes() -> Vec<Route> {
         id,
         untouched,
         cycle,
-        destroy
+        destroy,
+        lifetime,
+        devices,
+        revoke
     ]
 }
 

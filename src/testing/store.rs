@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use super::{key, START, TTL};
-use crate::store::{ChangeSet, SessionRecord, SessionStore};
+use crate::store::{ChangeSet, SessionRecord, SessionStore, SessionSummary};
 
 fn changes(pairs: &[(&str, Option<&[u8]>)]) -> ChangeSet {
     let mut c = ChangeSet::new();
@@ -210,4 +210,111 @@ pub async fn sweep_deletes_only_expired_sessions(store: Arc<impl SessionStore + 
     // Swept means gone for good, even for a clock that goes back.
     assert_eq!(store.load(&key(1), START).await.unwrap(), None);
     assert!(store.load(&key(2), START + TTL).await.unwrap().is_some());
+}
+
+/// A session of its own ttl expires that long after its last write.
+pub async fn a_session_of_its_own_ttl_expires_that_long_after_its_last_write(
+    store: Arc<impl SessionStore + ?Sized>,
+) {
+    let live = |key, at| {
+        let store = store.clone();
+        async move { store.load(&key, at).await.unwrap().is_some() }
+    };
+    let mut c = changes(&[("a", Some(b"1"))]);
+    c.set_ttl(Some(5 * TTL));
+    assert!(store.create(&key(1), START, &c, START).await.unwrap());
+    assert!(
+        live(key(1), START + 5 * TTL - 1).await,
+        "past the store's ttl"
+    );
+    // Each write gives the expiry it carries: shorter, then the store's again.
+    let mut shorter = ChangeSet::new();
+    shorter.set_ttl(Some(TTL / 2));
+    assert!(store.update(&key(1), &shorter, START + 10).await.unwrap());
+    assert!(live(key(1), START + 10 + TTL / 2 - 1).await);
+    assert!(!live(key(1), START + 10 + TTL / 2).await);
+    assert!(store
+        .update(&key(1), &ChangeSet::new(), START + 20)
+        .await
+        .unwrap());
+    assert!(live(key(1), START + 20 + TTL - 1).await);
+    assert!(!live(key(1), START + 20 + TTL).await);
+    // A cycle too.
+    let mut longer = ChangeSet::new();
+    longer.set_ttl(Some(3 * TTL));
+    assert!(store
+        .cycle(&key(1), &key(2), &longer, START + 30)
+        .await
+        .unwrap());
+    assert!(live(key(2), START + 30 + 3 * TTL - 1).await);
+    assert!(!live(key(2), START + 30 + 3 * TTL).await);
+}
+
+/// List where lists exactly the live matching sessions, with their times.
+pub async fn list_where_lists_exactly_the_live_matching_sessions(
+    store: Arc<impl SessionStore + ?Sized>,
+) {
+    let user = |id: &[u8]| changes(&[("user_id", Some(id)), ("theme", Some(b"dark"))]);
+    let listed = |at| {
+        let store = store.clone();
+        async move {
+            let mut found = store.list_where("user_id", b"42", at).await.unwrap();
+            found.sort_by_key(|s| s.key);
+            found
+        }
+    };
+    let summary = |key, created, active, expires| SessionSummary {
+        key,
+        created,
+        active,
+        expires,
+    };
+    assert!(store
+        .create(&key(1), START, &user(b"42"), START)
+        .await
+        .unwrap());
+    let mut long = user(b"42");
+    long.set_ttl(Some(5 * TTL));
+    assert!(store
+        .create(&key(2), START + 5, &long, START + 5)
+        .await
+        .unwrap());
+    assert!(store
+        .create(&key(3), START, &user(b"7"), START)
+        .await
+        .unwrap());
+    let other = changes(&[("other", Some(b"42"))]);
+    assert!(store.create(&key(4), START, &other, START).await.unwrap());
+    // Expired by the time of listing.
+    let early = START + 20 - TTL;
+    assert!(store
+        .create(&key(5), early, &user(b"42"), early)
+        .await
+        .unwrap());
+    assert!(store
+        .update(&key(1), &ChangeSet::new(), START + 20)
+        .await
+        .unwrap());
+    let mut expected = vec![
+        summary(key(1), START, START + 20, START + 20 + TTL),
+        summary(key(2), START + 5, START + 5, START + 5 + 5 * TTL),
+    ];
+    expected.sort_by_key(|s| s.key);
+    assert_eq!(listed(START + 20).await, expected);
+    // A cycled session is listed under its new key; a destroyed one no more.
+    let mut keep = ChangeSet::new();
+    keep.set_ttl(Some(5 * TTL));
+    assert!(store
+        .cycle(&key(2), &key(6), &keep, START + 30)
+        .await
+        .unwrap());
+    store.destroy(&key(1)).await.unwrap();
+    assert_eq!(
+        listed(START + 30).await,
+        [summary(key(6), START + 5, START + 30, START + 30 + 5 * TTL)]
+    );
+    assert_eq!(
+        store.list_where("user_id", b"4", START + 30).await.unwrap(),
+        []
+    );
 }

@@ -316,6 +316,18 @@ impl<S: SessionStore> SessionStore for Counting<S> {
         self.count();
         self.inner.destroy_where(name, value).await
     }
+    async fn list_where(
+        &self,
+        name: &str,
+        value: &[u8],
+        now: u64,
+    ) -> Result<
+        Vec<rocket_server_sessions::store::SessionSummary>,
+        rocket_server_sessions::StoreError,
+    > {
+        self.count();
+        self.inner.list_where(name, value, now).await
+    }
     async fn sweep(&self, now: u64) -> Result<u64, rocket_server_sessions::StoreError> {
         self.count();
         self.inner.sweep(now).await

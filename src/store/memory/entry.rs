@@ -6,12 +6,14 @@ use crate::store::ChangeSet;
 
 /// One session. Its data is one buffer laid out as the snapshot holds it (see
 /// `snapshot::encode`): a u32 count of keys, then per key its name and its value, each
-/// u32-length-prefixed. With the 32-byte key, a bucket is 64 bytes, and a load reads the
+/// u32-length-prefixed. With the 32-byte key, a bucket is 72 bytes, and a load reads the
 /// bucket and this one buffer; a vector of boxed names and values took three more cache lines
 /// to read, and as many allocations, per session.
 #[derive(Clone)]
 pub(super) struct Entry {
     pub created: u64,
+    /// The last write's time: the session's last activity.
+    pub active: u64,
     pub expires: u64,
     pub data: Box<[u8]>,
 }
@@ -85,9 +87,10 @@ fn rebuilt(data: &[u8], changes: &ChangeSet) -> Box<[u8]> {
 }
 
 impl Entry {
-    pub fn new(created: u64, expires: u64, changes: &ChangeSet) -> Entry {
+    pub fn new(created: u64, active: u64, expires: u64, changes: &ChangeSet) -> Entry {
         Entry {
             created,
+            active,
             expires,
             data: rebuilt(&NO_DATA, changes),
         }

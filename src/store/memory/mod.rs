@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use self::entry::{copy_out, fits, pairs, Entry};
-use super::{ChangeSet, DigestHasher, SessionRecord, SessionStore};
+use super::{ChangeSet, DigestHasher, SessionRecord, SessionStore, SessionSummary};
 use crate::config::MemoryStoreConfig;
 use crate::error::{StoreError, StoreErrorKind};
 use crate::id::StoreKey;
@@ -91,7 +91,12 @@ impl MemoryStore {
         let Some(path) = &config.file_path else {
             return Ok(store);
         };
-        for (key, entry) in snapshot::load(path)? {
+        for (key, mut entry) in snapshot::load(path)? {
+            if entry.active == 0 {
+                // A snapshot of the first format has no activity times: as the store's ttl
+                // gives them.
+                entry.active = entry.expires.saturating_sub(config.ttl).max(entry.created);
+            }
             store.shard(&key).insert(key, entry);
         }
         snapshot::check_writable(path)?;
@@ -173,11 +178,14 @@ impl MemoryStore {
             return Ok(false);
         };
         entry.apply(changes);
-        // Within the same second the expiry stays as it is: not writing it leaves the entry's
-        // line clean in the other core's cache.
-        let expires = now.saturating_add(self.ttl);
+        // Within the same second the times stay as they are: not writing them leaves the
+        // entry's line clean in the other core's cache.
+        let expires = changes.expiry(now, self.ttl);
         if entry.expires != expires {
             entry.expires = expires;
+        }
+        if entry.active != now {
+            entry.active = now;
         }
         shard.changed();
         Ok(true)
@@ -227,7 +235,7 @@ impl SessionStore for MemoryStore {
         if shard.get(key).is_some_and(|e| e.expires > now) {
             return Ok(false);
         }
-        let entry = Entry::new(created, now.saturating_add(self.ttl), changes);
+        let entry = Entry::new(created, now, changes.expiry(now, self.ttl), changes);
         shard.insert(*key, entry);
         shard.changed();
         Ok(true)
@@ -266,7 +274,8 @@ impl SessionStore for MemoryStore {
             entry
         };
         entry.apply(changes);
-        entry.expires = now.saturating_add(self.ttl);
+        entry.expires = changes.expiry(now, self.ttl);
+        entry.active = now;
         let mut shard = self.shard(new);
         shard.insert(*new, entry);
         shard.changed();
@@ -293,6 +302,31 @@ impl SessionStore for MemoryStore {
             }
         }
         Ok(removed)
+    }
+
+    async fn list_where(
+        &self,
+        name: &str,
+        value: &[u8],
+        now: u64,
+    ) -> Result<Vec<SessionSummary>, StoreError> {
+        let mut found = Vec::new();
+        for shard in self.shards.iter() {
+            let shard = lock(shard);
+            let holds = |e: &Entry| pairs(&e.data).any(|(k, v)| k == name.as_bytes() && v == value);
+            found.extend(
+                shard
+                    .iter()
+                    .filter(|(_, e)| e.expires > now && holds(e))
+                    .map(|(key, e)| SessionSummary {
+                        key: *key,
+                        created: e.created,
+                        active: e.active,
+                        expires: e.expires,
+                    }),
+            );
+        }
+        Ok(found)
     }
 
     async fn sweep(&self, now: u64) -> Result<u64, StoreError> {

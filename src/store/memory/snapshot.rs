@@ -11,7 +11,9 @@ use super::{lock, MemoryStore};
 use crate::error::{StoreError, StoreErrorKind};
 use crate::id::StoreKey;
 
-const MAGIC: &[u8; 8] = b"RSSNAP\x00\x01";
+const MAGIC: &[u8; 8] = b"RSSNAP\x00\x02";
+/// The first format's, still read.
+const FIRST_MAGIC: &[u8; 8] = b"RSSNAP\x00\x01";
 
 /// The sessions of the snapshot at `path`, if there is one. A leftover temporary file (from a
 /// crash while writing) is removed. A snapshot that does not read back whole is never
@@ -92,8 +94,8 @@ pub(super) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StoreErr
     Ok(())
 }
 
-/// The snapshot format: `MAGIC`, a u64 count, then per session its 32-byte key, `created` and
-/// `expires` (u64 each), a u32 count of keys and per key a u32-length-prefixed name and value;
+/// The snapshot format: `MAGIC`, a u64 count, then per session its 32-byte key, `created`,
+/// `active` and `expires` (u64 each), a u32 count of keys and per key a u32-length-prefixed name and value;
 /// last, the SHA-256 of everything before it. Integers are big-endian. Also returns the
 /// store's generation as of what was encoded, and how many sessions it holds.
 pub(super) fn encode(store: &MemoryStore) -> (Vec<u8>, u64, u64) {
@@ -110,6 +112,7 @@ pub(super) fn encode(store: &MemoryStore) -> (Vec<u8>, u64, u64) {
             count += 1;
             out.extend_from_slice(&key.0);
             out.extend_from_slice(&e.created.to_be_bytes());
+            out.extend_from_slice(&e.active.to_be_bytes());
             out.extend_from_slice(&e.expires.to_be_bytes());
             // The entry's data is already in the snapshot's layout.
             out.extend_from_slice(&e.data);
@@ -172,7 +175,13 @@ impl<'a> Reader<'a> {
 }
 
 pub(super) fn decode(bytes: &[u8]) -> Result<Vec<(StoreKey, Entry)>, String> {
-    if bytes.len() < MAGIC.len() + 8 + 32 || &bytes[..MAGIC.len()] != MAGIC {
+    // The first format had no activity times (`decode` gives 0 for them).
+    let with_active = match bytes.get(..MAGIC.len()) {
+        Some(magic) if magic == MAGIC => true,
+        Some(magic) if magic == FIRST_MAGIC => false,
+        _ => return Err("not a session snapshot".into()),
+    };
+    if bytes.len() < MAGIC.len() + 8 + 32 {
         return Err("not a session snapshot".into());
     }
     let (body, digest) = bytes.split_at(bytes.len() - 32);
@@ -189,6 +198,7 @@ pub(super) fn decode(bytes: &[u8]) -> Result<Vec<(StoreKey, Entry)>, String> {
     for _ in 0..count {
         let key = StoreKey(r.take(32)?.try_into().expect("32 bytes"));
         let created = r.u64()?;
+        let active = if with_active { r.u64()? } else { 0 };
         let expires = r.u64()?;
         let start = r.0;
         let n = r.u32()?;
@@ -203,6 +213,7 @@ pub(super) fn decode(bytes: &[u8]) -> Result<Vec<(StoreKey, Entry)>, String> {
             key,
             Entry {
                 created,
+                active,
                 expires,
                 data,
             },
@@ -238,10 +249,30 @@ mod tests {
         assert_eq!(pairs(&entries[1].1.data).count(), 0);
     }
 
+    /// The bytes of a snapshot holding one session (key `[1; 32]`, created at 5, last active at
+    /// 10, expiring at 110, keys `a` and `é`), written out by hand from `encode`'s
+    /// documentation; `version` 1 has no activity time.
+    fn by_hand(version: u8) -> Vec<u8> {
+        let mut expected = b"RSSNAP\x00".to_vec();
+        expected.push(version);
+        expected.extend_from_slice(&1u64.to_be_bytes());
+        expected.extend_from_slice(&[1; 32]);
+        expected.extend_from_slice(&5u64.to_be_bytes()); // created
+        if version > 1 {
+            expected.extend_from_slice(&10u64.to_be_bytes()); // active
+        }
+        expected.extend_from_slice(&110u64.to_be_bytes()); // expires: 10 + ttl
+        expected.extend_from_slice(&2u32.to_be_bytes()); // keys, in the change set's order
+        expected.extend_from_slice(&[0, 0, 0, 1, b'a', 0, 0, 0, 3, 1, 2, 3]);
+        expected.extend_from_slice(&[0, 0, 0, 2, 0xc3, 0xa9, 0, 0, 0, 0]);
+        let digest = Sha256::digest(&expected);
+        expected.extend_from_slice(&digest);
+        expected
+    }
+
     #[test]
     fn the_snapshot_format_is_the_documented_one_byte_for_byte() {
-        // Written out by hand from `encode_snapshot`'s documentation, so that a change of the
-        // in-memory layout cannot change the file: snapshots of earlier versions must load.
+        // So that a change of the in-memory layout cannot change the file.
         let store = MemoryStore::new(100);
         let mut changes = ChangeSet::new();
         changes.set("a", vec![1, 2, 3]);
@@ -250,29 +281,22 @@ mod tests {
         assert!(runtime
             .block_on(store.create(&StoreKey([1; 32]), 5, &changes, 10))
             .unwrap());
-        let mut expected = b"RSSNAP\x00\x01".to_vec();
-        expected.extend_from_slice(&1u64.to_be_bytes());
-        expected.extend_from_slice(&[1; 32]);
-        expected.extend_from_slice(&5u64.to_be_bytes()); // created
-        expected.extend_from_slice(&110u64.to_be_bytes()); // expires: 10 + ttl
-        expected.extend_from_slice(&2u32.to_be_bytes()); // keys, in the change set's order
-        expected.extend_from_slice(&[0, 0, 0, 1, b'a', 0, 0, 0, 3, 1, 2, 3]);
-        expected.extend_from_slice(&[0, 0, 0, 2, 0xc3, 0xa9, 0, 0, 0, 0]);
-        let digest = Sha256::digest(&expected);
-        expected.extend_from_slice(&digest);
-        assert_eq!(encode(&store).0, expected);
-        let entries = decode(&expected).unwrap();
-        assert_eq!(entries.len(), 1);
-        let (key, entry) = &entries[0];
-        assert_eq!(
-            (*key, entry.created, entry.expires),
-            (StoreKey([1; 32]), 5, 110)
-        );
-        let data: Vec<_> = pairs(&entry.data).collect();
-        assert_eq!(
-            data,
-            [(&b"a"[..], &[1, 2, 3][..]), ("é".as_bytes(), &[][..])]
-        );
+        assert_eq!(encode(&store).0, by_hand(2));
+        // Snapshots of the first format load too, without activity times (0).
+        for (version, active) in [(2, 10), (1, 0)] {
+            let entries = decode(&by_hand(version)).unwrap();
+            assert_eq!(entries.len(), 1);
+            let (key, entry) = &entries[0];
+            assert_eq!(
+                (*key, entry.created, entry.active, entry.expires),
+                (StoreKey([1; 32]), 5, active, 110)
+            );
+            let data: Vec<_> = pairs(&entry.data).collect();
+            assert_eq!(
+                data,
+                [(&b"a"[..], &[1, 2, 3][..]), ("é".as_bytes(), &[][..])]
+            );
+        }
     }
 
     #[test]

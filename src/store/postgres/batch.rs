@@ -246,7 +246,7 @@ const UPDATE_MANY: &str = concat!(
         SELECT * FROM unnest($1::bytea[], $2::bigint[], $3::bigint[])
           WITH ORDINALITY AS i(key, expires, now, n)
      ), s AS (
-        UPDATE rocket_sessions t SET expires_at = i.expires
+        UPDATE rocket_sessions t SET expires_at = i.expires, active_at = i.now
           FROM input i
          WHERE t.key = i.key AND t.expires_at > i.now AND EXISTS (SELECT FROM fence)
         RETURNING t.id, t.key, i.n

@@ -20,7 +20,7 @@ use rocket::tokio::sync::{oneshot, watch, Mutex as AsyncMutex, Notify};
 use rocket_db_pools::sqlx;
 use rocket_db_pools::sqlx::postgres::PgPool;
 
-use super::{ChangeSet, SessionRecord, SessionStore};
+use super::{ChangeSet, SessionRecord, SessionStore, SessionSummary};
 use crate::config::PostgresStoreConfig;
 use crate::error::{StoreError, StoreErrorKind};
 use crate::id::StoreKey;
@@ -253,8 +253,8 @@ impl SessionStore for PostgresStore {
             self.count();
             let made: i64 = sqlx::query_scalar(
                 "WITH s AS (
-                    INSERT INTO rocket_sessions (key, created_at, expires_at)
-                    VALUES ($1, $2, $3)
+                    INSERT INTO rocket_sessions (key, created_at, expires_at, active_at)
+                    VALUES ($1, $2, $3, $6)
                     ON CONFLICT (key) DO NOTHING
                     RETURNING id
                  ), d AS (
@@ -265,15 +265,16 @@ impl SessionStore for PostgresStore {
             )
             .bind(&key.0[..])
             .bind(secs(created))
-            .bind(secs(now.saturating_add(self.ttl)))
+            .bind(secs(changes.expiry(now, self.ttl)))
             .bind(&names)
             .bind(&values)
+            .bind(secs(now))
             .fetch_one(&self.db.pool)
             .await
             .map_err(classify)?;
             if made == 1 {
                 if let Some(cache) = self.cache() {
-                    cache.record_created(key, created, now.saturating_add(self.ttl), changes);
+                    cache.record_created(key, created, changes.expiry(now, self.ttl), changes);
                 }
                 return Ok(true);
             }
@@ -304,7 +305,7 @@ impl SessionStore for PostgresStore {
             key: *key,
             changes: changes.clone(),
             now,
-            expires: now.saturating_add(self.ttl),
+            expires: changes.expiry(now, self.ttl),
             done,
         });
         answer.await.map_err(|_| lost())?
@@ -324,7 +325,7 @@ impl SessionStore for PostgresStore {
                 "WITH ",
                 fence!(9),
                 ", s AS (
-                UPDATE rocket_sessions SET key = $2, expires_at = $3
+                UPDATE rocket_sessions SET key = $2, expires_at = $3, active_at = $4
                  WHERE key = $1 AND expires_at > $4
                    AND NOT EXISTS (SELECT 1 FROM rocket_sessions WHERE key = $2)
                    AND EXISTS (SELECT FROM fence)
@@ -343,7 +344,7 @@ impl SessionStore for PostgresStore {
             ))
             .bind(&old.0[..])
             .bind(&new.0[..])
-            .bind(secs(now.saturating_add(self.ttl)))
+            .bind(secs(changes.expiry(now, self.ttl)))
             .bind(secs(now))
             .bind(&removed)
             .bind(&names)
@@ -439,6 +440,43 @@ impl SessionStore for PostgresStore {
             }
         }
         Ok(deleted.len() as u64)
+    }
+
+    async fn list_where(
+        &self,
+        name: &str,
+        value: &[u8],
+        now: u64,
+    ) -> Result<Vec<SessionSummary>, StoreError> {
+        self.count();
+        let rows: Vec<(Vec<u8>, i64, i64, i64)> = sqlx::query_as(
+            "SELECT s.key, s.created_at, COALESCE(s.active_at, s.created_at), s.expires_at
+               FROM rocket_sessions s JOIN rocket_session_data d ON d.session_id = s.id
+              WHERE d.name = $1 AND d.value = $2 AND s.expires_at > $3",
+        )
+        .bind(name)
+        .bind(value)
+        .bind(secs(now))
+        .fetch_all(&self.db.pool)
+        .await
+        .map_err(classify)?;
+        rows.into_iter()
+            .map(|(key, created, active, expires)| {
+                let key = key.as_slice().try_into().map_err(|_| {
+                    StoreError::new(
+                        StoreErrorKind::Corrupt,
+                        "a stored session key is not 32 bytes",
+                    )
+                })?;
+                let at = |t: i64| t.max(0) as u64;
+                Ok(SessionSummary {
+                    key: StoreKey(key),
+                    created: at(created),
+                    active: at(active),
+                    expires: at(expires),
+                })
+            })
+            .collect()
     }
 
     async fn sweep(&self, now: u64) -> Result<u64, StoreError> {

@@ -19,6 +19,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "rocket_sessions_claim",
         include_str!("../../../migrations/20261126000000_rocket_sessions_claim.sql"),
     ),
+    (
+        20261202000000,
+        "rocket_sessions_active",
+        include_str!("../../../migrations/20261202000000_rocket_sessions_active.sql"),
+    ),
 ];
 
 /// Serialises concurrent migrations across instances (any constant no other app uses).
