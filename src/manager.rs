@@ -14,7 +14,7 @@ use crate::cookie::{CookieCodec, Verified};
 use crate::error::{SessionError, StoreError};
 use crate::id::{SessionId, StoreKey};
 use crate::in_flight::InFlight;
-use crate::store::{ChangeSet, SessionRecord, SessionStore};
+use crate::store::{SessionRecord, SessionStore};
 use crate::value::Encoded;
 use crate::working::Working;
 
@@ -287,7 +287,8 @@ impl SessionManager {
         self.inner.in_flight.drain(limit).await
     }
 
-    async fn load_by_id(&self, id: &SessionId) -> Result<Option<Working>, SessionError> {
+    /// The session `id` as a request would hold it, and its expiry.
+    async fn load_by_id(&self, id: &SessionId) -> Result<Option<(Working, u64)>, SessionError> {
         let now = self.now();
         let key = id.store_key();
         let record = self.store().load(&key, now).await?;
@@ -300,19 +301,27 @@ impl SessionManager {
             current_key: true,
             life: None,
         };
-        Ok(record.map(|record| Working::stored(verified, key, record, now)))
+        Ok(record.map(|record| {
+            let expires = record.expires;
+            (Working::stored(verified, key, record, now), expires)
+        }))
     }
 
-    async fn write_by_id(&self, id: &SessionId, mut w: Working) -> Result<(), SessionError> {
-        let changes = w.take_changes();
+    /// Writes the changes made to `w` since [`load_by_id`](Self::load_by_id), keeping the
+    /// session's expiry as it was (`expires`): a change by id is not activity of the session's
+    /// user, and keeps a lifetime the session has of its own.
+    async fn write_by_id(
+        &self,
+        id: &SessionId,
+        (mut w, expires): (Working, u64),
+    ) -> Result<(), SessionError> {
+        let mut changes = w.take_changes();
         if changes.is_empty() {
             return Ok(());
         }
-        match self
-            .store()
-            .update(&id.store_key(), &changes, self.now())
-            .await?
-        {
+        let now = w.at;
+        changes.set_ttl(Some(expires.saturating_sub(now)));
+        match self.store().update(&id.store_key(), &changes, now).await? {
             true => Ok(()),
             false => Err(SessionError::UnknownSession),
         }
@@ -347,26 +356,27 @@ impl SessionManager {
         key: &str,
     ) -> Result<Option<T>, SessionError> {
         match self.load_by_id(id).await? {
-            Some(w) => w.get(key),
+            Some((w, _)) => w.get(key),
             None => Ok(None),
         }
     }
 
     /// Sets `key` in the existing session `id` (koyo: `session-manager-set!`).
-    /// [`SessionError::UnknownSession`] if there is no such live session.
+    /// [`SessionError::UnknownSession`] if there is no such live session. Like every change
+    /// by id, it keeps the session's expiry as it was: it is not the user's activity.
     pub async fn set<T: Serialize>(
         &self,
         id: &SessionId,
         key: &str,
         value: T,
     ) -> Result<(), SessionError> {
-        let mut w = self
+        let (mut w, expires) = self
             .load_by_id(id)
             .await?
             .ok_or(SessionError::UnknownSession)?;
         let bytes = Encoded::new(&value)?;
         w.set_encoded(key, bytes.as_bytes(), self.inner.config.max_session_size)?;
-        self.write_by_id(id, w).await
+        self.write_by_id(id, (w, expires)).await
     }
 
     /// Replaces the value of `key` in session `id` by `f` of it and returns the new value
@@ -407,7 +417,7 @@ impl SessionManager {
         T: Serialize + DeserializeOwned,
         F: FnOnce(T) -> T,
     {
-        let mut w = self
+        let (mut w, expires) = self
             .load_by_id(id)
             .await?
             .ok_or(SessionError::UnknownSession)?;
@@ -418,19 +428,20 @@ impl SessionManager {
         let new = f(old);
         let bytes = Encoded::new(&new)?;
         w.set_encoded(key, bytes.as_bytes(), self.inner.config.max_session_size)?;
-        self.write_by_id(id, w).await?;
+        self.write_by_id(id, (w, expires)).await?;
         Ok(new)
     }
 
     /// Removes `key` from session `id`; nothing happens if either is missing
     /// (koyo: `session-manager-remove!`).
     pub async fn remove(&self, id: &SessionId, key: &str) -> Result<(), SessionError> {
-        let mut changes = ChangeSet::new();
-        changes.remove(key);
-        self.store()
-            .update(&id.store_key(), &changes, self.now())
-            .await?;
-        Ok(())
+        match self.load_by_id(id).await? {
+            Some((mut w, expires)) => {
+                w.remove(key);
+                self.write_by_id(id, (w, expires)).await
+            }
+            None => Ok(()),
+        }
     }
 
     /// Deletes session `id` from the store. Its cookie then leads to a new, empty session.

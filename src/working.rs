@@ -343,6 +343,7 @@ mod tests {
         let data = vec![("a".to_string(), vec![1]), ("b".to_string(), vec![2, 2])];
         let mut w = stored(SessionRecord {
             created: 0,
+            expires: 0,
             data: data.clone(),
         });
         assert_eq!(w.get::<u8>("a").unwrap(), Some(1));
@@ -354,6 +355,7 @@ mod tests {
     fn only_the_keys_a_request_touched_are_changes_of_a_stored_session() {
         let record = SessionRecord {
             created: 0,
+            expires: 0,
             data: vec![
                 ("a".into(), vec![1]),
                 ("b".into(), vec![2]),
@@ -381,6 +383,7 @@ mod tests {
     fn changes_are_tracked_across_removals_beyond_64_keys() {
         let record = SessionRecord {
             created: 0,
+            expires: 0,
             data: (0..150).map(|i| (format!("k{i}"), vec![i as u8])).collect(),
         };
         let mut w = stored(record);
@@ -411,6 +414,7 @@ mod tests {
                 .collect();
             let record = SessionRecord {
                 created: 0,
+                expires: 0,
                 data: model.clone().into_iter().collect(),
             };
             let mut w = stored(record);

@@ -11,6 +11,10 @@ mod counter;
 #[path = "../examples/login.rs"]
 mod login;
 
+#[allow(dead_code)]
+#[path = "../examples/devices.rs"]
+mod devices;
+
 use common::*;
 use rocket::http::{ContentType, Status};
 use rocket::local::asynchronous::Client;
@@ -70,4 +74,46 @@ async fn login_greets_the_user_until_logout() {
         get_with(&client, "/", Some(&cookie)).await.body,
         "Not logged in"
     );
+}
+
+/// Logs in to the devices example as `user` (remembered or not); the session cookie.
+async fn log_in(client: &Client, form: &str) -> (String, Vec<String>) {
+    let res = client
+        .post("/login")
+        .header(ContentType::Form)
+        .body(form)
+        .dispatch()
+        .await;
+    assert_eq!(res.status(), Status::SeeOther);
+    (session_cookie(&res).unwrap(), set_cookies(&res))
+}
+
+#[rocket::async_test]
+async fn devices_lists_a_users_sessions_and_revokes_one() {
+    let dir = TempDir::new("devices");
+    let client = launch(devices::rocket(), &dir).await;
+    let (laptop, headers) = log_in(&client, "username=ada&remember=true").await;
+    assert!(headers[0].contains("Max-Age=2592000"), "{headers:?}");
+    let (phone, headers) = log_in(&client, "username=ada").await;
+    assert!(!headers[0].contains("Max-Age"), "{headers:?}");
+    log_in(&client, "username=bob").await;
+
+    let page = get_with(&client, "/devices", Some(&laptop)).await.body;
+    let lines: Vec<&str> = page.lines().skip(1).collect();
+    assert!(page.starts_with("Signed in as ada on:"), "{page}");
+    assert_eq!(lines.len(), 2, "ada's two sessions, not bob's: {page}");
+    let other = lines
+        .iter()
+        .find(|l| !l.ends_with("(this browser)"))
+        .expect("the phone's session");
+    let handle = other.split(' ').next().unwrap();
+
+    let revoked = post_with(&client, &format!("/devices/{handle}/revoke"), Some(&laptop)).await;
+    assert_eq!(revoked.status, Status::SeeOther);
+    let gone = get_with(&client, "/devices", Some(&phone)).await;
+    assert_eq!(gone.status, Status::Unauthorized, "the phone is signed out");
+    let page = get_with(&client, "/devices", Some(&laptop)).await.body;
+    assert_eq!(page.lines().count(), 2, "{page}");
+    let again = post_with(&client, &format!("/devices/{handle}/revoke"), Some(&laptop)).await;
+    assert_eq!(again.status, Status::NotFound);
 }

@@ -33,6 +33,7 @@ impl SessionStore for Toy {
             .filter(|s| s.expires > now)
             .map(|s| SessionRecord {
                 created: s.created,
+                expires: s.expires,
                 data: s.data.clone().into_iter().collect(),
             }))
     }

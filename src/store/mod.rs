@@ -38,6 +38,7 @@
 //!         let sessions = self.sessions.lock().unwrap();
 //!         Ok(sessions.get(key).filter(|s| s.expires > now).map(|s| SessionRecord {
 //!             created: s.created,
+//!             expires: s.expires,
 //!             data: s.data.clone().into_iter().collect(),
 //!         }))
 //!     }
@@ -163,6 +164,8 @@ impl Hasher for DigestHasher {
 pub struct SessionRecord {
     /// Unix seconds at which the session was created; id cycling keeps it.
     pub created: u64,
+    /// Unix seconds at which the session expires unless it is written again.
+    pub expires: u64,
     /// The session's keys and their MessagePack-encoded values.
     pub data: Vec<(String, Vec<u8>)>,
 }

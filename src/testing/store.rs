@@ -34,6 +34,7 @@ pub async fn create_then_load_returns_data_and_creation_time(
         loaded,
         Some(SessionRecord {
             created: START - 5,
+            expires: START + TTL,
             data: vec![
                 ("a".into(), b"1".to_vec()),
                 ("b".into(), b"\x00\xff".to_vec())

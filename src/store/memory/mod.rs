@@ -166,6 +166,7 @@ impl MemoryStore {
             .filter(|e| e.expires > now)
             .map(|e| SessionRecord {
                 created: e.created,
+                expires: e.expires,
                 data: copy_out(&e.data),
             })
     }

@@ -306,6 +306,7 @@ impl Db {
                     let expires: i64 = row.try_get(2).map_err(classify)?;
                     let record = SessionRecord {
                         created: created.max(0) as u64,
+                        expires: expires.max(0) as u64,
                         data: Vec::new(),
                     };
                     slot.insert((record, expires.max(0) as u64))

@@ -180,6 +180,7 @@ impl Cache {
             .filter(|e| e.key == *key && e.expires > now)
             .map(|e| SessionRecord {
                 created: e.created,
+                expires: e.expires,
                 data: e.data.clone(),
             })?;
         self.hits.fetch_add(1, Ordering::Relaxed);
@@ -407,6 +408,7 @@ mod tests {
     fn record(v: &[u8]) -> SessionRecord {
         SessionRecord {
             created: 1,
+            expires: 100, // as every test fills it
             data: vec![("a".into(), v.to_vec())],
         }
     }
