@@ -195,40 +195,79 @@ async fn an_app_with_its_own_sqlx_migrations_still_migrates() {
     );
 }
 
-#[rocket::async_test]
-async fn tables_are_logged_by_default_and_unlogged_on_request() {
-    let url = fresh_database().await;
-    let persistence = |url: String| async move {
-        let pool = pg::pool(&url).await;
-        let rows = sqlx::query(
-            "SELECT relname::text, relpersistence::text FROM pg_class
-              WHERE relname IN ('rocket_sessions', 'rocket_session_data',
-                                'rocket_sessions_claim', 'rocket_sessions_instances')
-              ORDER BY relname",
-        )
-        .fetch_all(&pool)
-        .await
-        .unwrap();
-        rows.iter()
-            .map(|r| r.get::<String, _>(1))
-            .collect::<Vec<_>>()
-            .join("")
-    };
-    PostgresStore::new(pg::pool(&url).await, &pg::config(TTL))
-        .await
-        .unwrap();
-    assert_eq!(persistence(url.clone()).await, "pppp");
+/// The persistence of the store's four tables, in name order: `p` logged, `u` unlogged.
+async fn persistence(url: &str) -> String {
+    let pool = pg::pool(url).await;
+    let rows = sqlx::query(
+        "SELECT relname::text, relpersistence::text FROM pg_class
+          WHERE relname IN ('rocket_sessions', 'rocket_session_data',
+                            'rocket_sessions_claim', 'rocket_sessions_instances')
+          ORDER BY relname",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    rows.iter()
+        .map(|r| r.get::<String, _>(1))
+        .collect::<Vec<_>>()
+        .join("")
+}
+
+fn unlogged_config() -> rocket_server_sessions::config::PostgresStoreConfig {
     let mut unlogged = pg::config(TTL);
     unlogged.unlogged = true;
-    PostgresStore::new(pg::pool(&url).await, &unlogged)
+    unlogged
+}
+
+#[rocket::async_test]
+async fn tables_are_created_logged_by_default_and_unlogged_on_request() {
+    let logged = fresh_database().await;
+    PostgresStore::new(pg::pool(&logged).await, &pg::config(TTL))
+        .await
+        .unwrap();
+    assert_eq!(persistence(&logged).await, "pppp");
+    let unlogged = fresh_database().await;
+    PostgresStore::new(pg::pool(&unlogged).await, &unlogged_config())
         .await
         .unwrap();
     // The claim's tables too: a change locks the claim's row.
-    assert_eq!(persistence(url.clone()).await, "uuuu");
+    assert_eq!(persistence(&unlogged).await, "uuuu");
+}
+
+#[rocket::async_test]
+async fn a_launch_never_rewrites_existing_tables_to_change_their_persistence() {
+    let url = fresh_database().await;
     PostgresStore::new(pg::pool(&url).await, &pg::config(TTL))
         .await
         .unwrap();
-    assert_eq!(persistence(url).await, "pppp");
+    let e = PostgresStore::new(pg::pool(&url).await, &unlogged_config())
+        .await
+        .err()
+        .expect("a launch with unlogged = true on logged tables is refused");
+    let message = e.to_string();
+    assert!(message.contains("`store.unlogged` is true"), "{message}");
+    assert!(
+        message.contains("set `store.unlogged = false`"),
+        "{message}"
+    );
+    assert_eq!(persistence(&url).await, "pppp", "nothing was rewritten");
+
+    // The statements the message gives change them, and the launch then goes through.
+    let statements = &message[message.find("ALTER TABLE").unwrap()..];
+    let pool = pg::pool(&url).await;
+    for statement in statements.split_terminator(';') {
+        sqlx::query(statement).execute(&pool).await.unwrap();
+    }
+    assert_eq!(persistence(&url).await, "uuuu");
+    PostgresStore::new(pg::pool(&url).await, &unlogged_config())
+        .await
+        .unwrap();
+    let e = PostgresStore::new(pg::pool(&url).await, &pg::config(TTL))
+        .await
+        .err()
+        .expect("and back: a launch with unlogged = false on unlogged tables is refused");
+    assert!(e.to_string().contains("SET LOGGED"), "{e}");
+    assert_eq!(persistence(&url).await, "uuuu");
 }
 
 #[rocket::async_test]

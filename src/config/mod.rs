@@ -154,7 +154,7 @@ pub struct MemoryStoreConfig {
 /// | `database` | string | `"sessions"` | name under `[<profile>.databases]` of the pool to use |
 /// | `ttl` | seconds | 604800 | a session untouched this long expires (koyo `#:ttl`) |
 /// | `migrate` | bool | `true` | apply the schema at ignite |
-/// | `unlogged` | bool | `false` | create the tables UNLOGGED (faster, emptied after a crash) |
+/// | `unlogged` | bool | `false` | create the tables UNLOGGED (faster, emptied after a crash); a launch never changes existing tables, and refuses if theirs differs |
 /// | `sweep_interval` | seconds | 60 | delete expired sessions this often |
 /// | `sweep_batch` | rows | 1000 | at most this many sessions deleted per statement |
 /// | `cache` | sessions | 10000 | keep up to this many sessions in this instance's memory, served only while no other instance uses the database (see below); 0 turns it off |

@@ -26,6 +26,14 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     ),
 ];
 
+/// The store's tables, whose persistence follows `unlogged`.
+const TABLES: &[&str] = &[
+    "rocket_sessions",
+    "rocket_session_data",
+    "rocket_sessions_claim",
+    "rocket_sessions_instances",
+];
+
 /// Serialises concurrent migrations across instances (any constant no other app uses).
 const MIGRATION_LOCK: i64 = 0x726f_636b_6573_7373;
 
@@ -52,6 +60,17 @@ impl PostgresStore {
         )
         .await
         .map_err(classify)?;
+        let mut created = Vec::new();
+        for table in TABLES {
+            let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+                .bind(table)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(classify)?;
+            if !exists {
+                created.push(*table);
+            }
+        }
         let applied: Vec<i64> = sqlx::query_scalar("SELECT version FROM rocket_sessions_schema")
             .fetch_all(&mut *tx)
             .await
@@ -80,20 +99,8 @@ impl PostgresStore {
         // reference an unlogged one, hence the orders. The claim's tables follow the sessions':
         // a change locks the claim's row, which in a logged table writes to the WAL, and would
         // make every change of an unlogged store wait for a WAL flush.
-        let tables: &[&str] = match unlogged {
-            true => &[
-                "rocket_session_data",
-                "rocket_sessions",
-                "rocket_sessions_claim",
-                "rocket_sessions_instances",
-            ],
-            false => &[
-                "rocket_sessions",
-                "rocket_session_data",
-                "rocket_sessions_claim",
-                "rocket_sessions_instances",
-            ],
-        };
+        let tables = persistence_order(unlogged);
+        let mut differ = Vec::new();
         for table in tables {
             let persistence: String = sqlx::query_scalar(
                 "SELECT relpersistence::text FROM pg_class WHERE oid = $1::regclass",
@@ -102,13 +109,64 @@ impl PostgresStore {
             .fetch_one(&mut *tx)
             .await
             .map_err(classify)?;
-            let sql = match (unlogged, persistence.as_str()) {
-                (true, "p") => format!("ALTER TABLE {table} SET UNLOGGED"),
-                (false, "u") => format!("ALTER TABLE {table} SET LOGGED"),
-                _ => continue,
-            };
-            tx.execute(sql.as_str()).await.map_err(classify)?;
+            if (persistence == "u") != unlogged {
+                differ.push(*table);
+            }
+        }
+        // Tables this launch created are empty: giving them the configured persistence costs
+        // nothing. Existing ones would be rewritten under an exclusive lock, holding every
+        // instance's requests (in the middle of a rolling deploy, say): never implicitly.
+        match differ.iter().all(|t| created.contains(t)) {
+            true => {
+                for table in &differ {
+                    let sql = format!("ALTER TABLE {table} SET {}", persistence_word(unlogged));
+                    tx.execute(sql.as_str()).await.map_err(classify)?;
+                }
+            }
+            false => return Err(persistence_differs(unlogged, &differ)),
         }
         tx.commit().await.map_err(classify)
     }
+}
+
+/// The tables in the order their persistence can be changed to `unlogged`'s.
+fn persistence_order(unlogged: bool) -> &'static [&'static str] {
+    match unlogged {
+        true => &[
+            "rocket_session_data",
+            "rocket_sessions",
+            "rocket_sessions_claim",
+            "rocket_sessions_instances",
+        ],
+        false => TABLES,
+    }
+}
+
+fn persistence_word(unlogged: bool) -> &'static str {
+    match unlogged {
+        true => "UNLOGGED",
+        false => "LOGGED",
+    }
+}
+
+/// The launch error for existing tables whose persistence is not what `store.unlogged` says:
+/// what to run to change them deliberately, or which setting keeps them as they are.
+fn persistence_differs(unlogged: bool, differ: &[&str]) -> StoreError {
+    let statements: Vec<String> = persistence_order(unlogged)
+        .iter()
+        .filter(|t| differ.contains(t))
+        .map(|t| format!("ALTER TABLE {t} SET {};", persistence_word(unlogged)))
+        .collect();
+    StoreError::new(
+        StoreErrorKind::Other,
+        format!(
+            "`store.unlogged` is {unlogged}, but the session tables are {}; the store never \
+             changes that itself, since it rewrites the tables under an exclusive lock that \
+             holds every instance's requests. Either set `store.unlogged = {}`, or change them \
+             deliberately at a quiet moment with: {}",
+            persistence_word(!unlogged),
+            !unlogged,
+            statements.join(" ")
+        ),
+    )
 }
