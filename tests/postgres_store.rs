@@ -17,7 +17,7 @@ use rocket_db_pools::Database;
 use rocket_server_sessions::store::{ChangeSet, PostgresStore, SessionStore};
 use rocket_server_sessions::store_conformance;
 use rocket_server_sessions::testing::{key, TTL};
-use rocket_server_sessions::{ManualClock, SessionId, Sessions, StoreKey};
+use rocket_server_sessions::{ManualClock, SessionId, Sessions, StoreErrorKind, StoreKey};
 
 /// The files in `migrations/`: the store applies each once.
 const MIGRATIONS: i64 = 3;
@@ -968,6 +968,76 @@ async fn launch_is_refused_when_the_schema_cannot_be_applied() {
     );
 }
 
+/// Cuts every connection to the database but `admin`'s, and waits until each cut backend has
+/// ended (`pg_terminate_backend` only signals), so that no call can meet a backend that is
+/// still being ended (a connection checked alive a moment before it goes).
+async fn cut_every_connection(admin: &mut sqlx::PgConnection) {
+    let cut: Vec<i32> = sqlx::query_scalar(
+        "SELECT coalesce(array_agg(pid) FILTER (WHERE pg_terminate_backend(pid)), '{}')
+           FROM pg_stat_activity
+          WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )
+    .fetch_one(&mut *admin)
+    .await
+    .unwrap();
+    assert!(!cut.is_empty(), "the store's connections to cut");
+    loop {
+        let left: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1)")
+                .bind(&cut)
+                .fetch_one(&mut *admin)
+                .await
+                .unwrap();
+        if left == 0 {
+            break;
+        }
+        rocket::tokio::task::yield_now().await;
+    }
+}
+
+/// An update whose connection the server has cut fails as unavailable, sent once: a write
+/// whose answer is lost may have committed, and running it again could overwrite what another
+/// instance wrote to the same keys in between. A load, which only reads, runs again on a fresh
+/// connection; and the next update gets through.
+#[rocket::async_test]
+async fn an_update_on_a_cut_connection_fails_once_and_is_not_sent_again() {
+    let url = fresh_database().await;
+    // A pool that hands out idle connections unchecked, so the store meets a cut one.
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .test_before_acquire(false)
+        .connect(&url)
+        .await
+        .unwrap();
+    let store = PostgresStore::new(pool, &pg::config(TTL)).await.unwrap();
+    let (key, mut changes) = created(&store, 1).await;
+    let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&url)
+        .await
+        .unwrap();
+
+    cut_every_connection(&mut admin).await;
+    let before = store.statements();
+    changes.set("n", vec![2]);
+    let e = store.update(&key, &changes, START).await.unwrap_err();
+    assert_eq!(e.kind(), StoreErrorKind::Unavailable, "{e}");
+    assert_eq!(store.statements(), before + 1, "the update was sent once");
+    let loaded = store.load(&key, START).await.unwrap().unwrap();
+    assert_eq!(
+        loaded.data,
+        [("n".to_string(), vec![1])],
+        "and it changed nothing"
+    );
+
+    cut_every_connection(&mut admin).await;
+    let before = store.statements();
+    let loaded = store.load(&key, START).await.unwrap().unwrap();
+    assert_eq!(loaded.data, [("n".to_string(), vec![1])]);
+    assert_eq!(store.statements(), before + 2, "the load ran again");
+    assert!(store.update(&key, &changes, START).await.unwrap());
+    let loaded = store.load(&key, START).await.unwrap().unwrap();
+    assert_eq!(loaded.data, [("n".to_string(), vec![2])]);
+}
+
 #[rocket::async_test]
 async fn batches_cut_off_by_the_server_run_again_on_a_fresh_connection() {
     let url = fresh_database().await;
@@ -984,7 +1054,8 @@ async fn batches_cut_off_by_the_server_run_again_on_a_fresh_connection_of_the_st
 
 /// Loads and updates from 16 tasks, in six rounds, each after the first following a cut of
 /// every connection of the store by the server (the batch leaders' kept ones, the pool's idle
-/// ones): not one call fails. Calls and cuts take turns at two barriers, and each cut waits
+/// ones): not one load fails, and an update fails only as unavailable (an update that meets a
+/// cut connection is not run again). Calls and cuts take turns at two barriers, and each cut waits
 /// until the server has ended every backend it cut, so no call can meet a backend that is
 /// still being ended (a connection checked alive a moment before it goes), whatever the
 /// machine's load.
@@ -1011,8 +1082,11 @@ async fn batches_survive_the_server_cutting_every_connection(url: &str, pool: sq
                         if let Err(e) = store.load(&key, START).await {
                             failures.push(e.to_string());
                         }
-                        if let Err(e) = store.update(&key, &one, START).await {
-                            failures.push(e.to_string());
+                        match store.update(&key, &one, START).await {
+                            // Met a cut connection: reported, not run again (see below).
+                            Err(e) if e.kind() == StoreErrorKind::Unavailable => {}
+                            Err(e) => failures.push(e.to_string()),
+                            Ok(_) => {}
                         }
                     }
                     called.wait().await;
@@ -1030,31 +1104,7 @@ async fn batches_survive_the_server_cutting_every_connection(url: &str, pool: sq
         called.wait().await;
         if round + 1 < ROUNDS {
             let before = store.statements();
-            let cut: Vec<i32> = sqlx::query_scalar(
-                "SELECT coalesce(array_agg(pid) FILTER (WHERE pg_terminate_backend(pid)), '{}')
-                   FROM pg_stat_activity
-                  WHERE datname = current_database() AND pid <> pg_backend_pid()",
-            )
-            .fetch_one(&mut admin)
-            .await
-            .unwrap();
-            assert!(
-                !cut.is_empty(),
-                "round {round}: the store's connections to cut"
-            );
-            // `pg_terminate_backend` only signals: wait until each cut backend has ended.
-            loop {
-                let left: i64 =
-                    sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1)")
-                        .bind(&cut)
-                        .fetch_one(&mut admin)
-                        .await
-                        .unwrap();
-                if left == 0 {
-                    break;
-                }
-                rocket::tokio::task::yield_now().await;
-            }
+            cut_every_connection(&mut admin).await;
             assert_eq!(store.statements(), before, "no call ran during the cut");
         }
         cut.wait().await;

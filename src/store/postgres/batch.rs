@@ -14,7 +14,7 @@ use rocket::tokio::sync::{oneshot, Notify, Semaphore};
 use rocket_db_pools::sqlx::{self, Row};
 
 use super::cache;
-use super::pool::{after_failure, classify, Kept};
+use super::pool::{after_failed_read, classify, failed, Kept};
 use super::{secs, split, Db};
 use crate::error::{StoreError, StoreErrorKind};
 use crate::id::StoreKey;
@@ -292,7 +292,7 @@ impl Db {
             .await;
             match rows {
                 Ok(rows) => break rows,
-                Err(e) => after_failure(kept, attempt, e)?,
+                Err(e) => after_failed_read(kept, attempt, e)?,
             }
             attempt += 1;
         };
@@ -352,10 +352,10 @@ impl Db {
         // Only changed data is announced: another cache holding an older expiry reloads early.
         let announcement =
             (!changed.is_empty()).then(|| cache::announcement(self.instance, changed.into_iter()));
-        let (mut attempt, mut fenced_since) = (0, None);
+        let mut fenced_since = None;
         let rows = loop {
             self.count();
-            let conn = self.kept_connection(kept, attempt > 0).await?;
+            let conn = self.kept_connection(kept, false).await?;
             let done: Result<(Vec<i64>, i64, bool), _> = sqlx::query_as(UPDATE_MANY)
                 .bind(&keys)
                 .bind(&expires)
@@ -372,10 +372,7 @@ impl Db {
             match done {
                 Ok((rows, _, true)) => break rows,
                 Ok((_, _, false)) => self.fenced(&mut fenced_since).await?,
-                Err(e) => {
-                    after_failure(kept, attempt, e)?;
-                    attempt += 1;
-                }
+                Err(e) => return Err(failed(kept, e)),
             }
         };
         let mut live = vec![false; batch.len()];

@@ -161,8 +161,7 @@ impl PostgresStore {
 pub(super) type Kept = Option<PoolConnection<Postgres>>;
 
 /// Whether a failure means the connection was broken (the server restarted, or closed it), so
-/// the batch is worth running again on a fresh one. Batches are idempotent: a load reads, an
-/// update sets values and an expiry.
+/// a read is worth running again on a fresh one.
 fn broken(e: &sqlx::Error) -> bool {
     match e {
         sqlx::Error::Io(_) | sqlx::Error::Protocol(_) => true,
@@ -221,19 +220,30 @@ impl Db {
     }
 }
 
-/// After attempt `attempt` (from 0) of a statement failed with `e`: `Ok` to run it again on a
-/// fresh connection (once, when the connection was broken), or the error. A broken connection
-/// is never kept.
-pub(super) fn after_failure(
+/// A statement failed with `e`: the error, its connection no longer kept if it broke.
+pub(super) fn failed(kept: &mut Kept, e: sqlx::Error) -> StoreError {
+    if broken(&e) {
+        *kept = None;
+    }
+    classify(e)
+}
+
+/// After attempt `attempt` (from 0) of a read failed with `e`: `Ok` to run it again on a fresh
+/// connection (once, when the connection was broken), or the error.
+///
+/// Only reads run again. A write whose connection broke may have committed before its answer
+/// was lost; running it again could overwrite what another instance wrote to the same keys in
+/// between, so its caller learns that it failed (503) instead.
+pub(super) fn after_failed_read(
     kept: &mut Kept,
     attempt: u32,
     e: sqlx::Error,
 ) -> Result<(), StoreError> {
-    if broken(&e) {
-        *kept = None;
-        if attempt == 0 {
-            return Ok(());
+    match attempt == 0 && broken(&e) {
+        true => {
+            *kept = None;
+            Ok(())
         }
+        false => Err(failed(kept, e)),
     }
-    Err(classify(e))
 }
