@@ -244,6 +244,38 @@ async fn a_change_waits_until_another_instances_claim_lapses() {
     assert_eq!(a_of(&store, 2).await, Some(b"x".to_vec()));
 }
 
+/// A change held at the fence asks the holder to let go on the connection it already holds:
+/// on a pool of 2 (the least a cache accepts, one of them listening) it needs no other, and
+/// goes through once the claim lapses, instead of failing when the pool has none to give.
+#[rocket::async_test]
+async fn a_change_held_at_the_fence_needs_no_second_connection_from_a_pool_of_two() {
+    let url = fresh_database().await;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .acquire_timeout(Duration::from_secs(1))
+        .connect(&url)
+        .await
+        .unwrap();
+    let mut config = pg::config(TTL);
+    config.cache = 1000;
+    let store = PostgresStore::new(pool, &config).await.unwrap();
+    eventually("the cache listens", || async {
+        store.cache_stats().unwrap().listening
+    })
+    .await;
+    assert!(store
+        .create(&key(1), START, &set("a", b"old"), START)
+        .await
+        .unwrap());
+    // Held longer than the pool's acquire timeout, by an instance that never lets go.
+    foreign_claim(&url, 2.0).await;
+    assert!(store
+        .update(&key(1), &set("a", b"new"), START)
+        .await
+        .unwrap());
+    assert_eq!(a_of(&store, 1).await, Some(b"new".to_vec()));
+}
+
 #[rocket::async_test]
 async fn a_claim_that_is_never_given_up_fails_changes_as_unavailable_and_changes_nothing() {
     let url = fresh_database().await;

@@ -371,7 +371,7 @@ impl Db {
                 .await;
             match done {
                 Ok((rows, _, true)) => break rows,
-                Ok((_, _, false)) => self.fenced(&mut fenced_since).await?,
+                Ok((_, _, false)) => self.fenced(&mut fenced_since, kept.as_deref_mut()).await?,
                 Err(e) => return Err(failed(kept, e)),
             }
         };

@@ -227,18 +227,26 @@ impl Db {
 
     /// A change found another instance's claim in its way (`since`: when it first did). Asks
     /// the holder to look at once (it gives the claim up while another instance is alive, and
-    /// this one is), then waits a moment; after [`FENCE_WAIT`], fails as unavailable.
-    pub(super) async fn fenced(&self, since: &mut Option<Instant>) -> Result<(), StoreError> {
+    /// this one is), then waits a moment; after [`FENCE_WAIT`], fails as unavailable. The
+    /// request goes out on `held`, the connection the change already holds, if any: a change
+    /// that waits for another from a small pool would wait out its acquire timeout.
+    pub(super) async fn fenced(
+        &self,
+        since: &mut Option<Instant>,
+        held: Option<&mut PgConnection>,
+    ) -> Result<(), StoreError> {
         match since {
             None => {
                 *since = Some(Instant::now());
                 self.count();
-                sqlx::query("SELECT pg_notify($1, $2)")
+                let ask = sqlx::query("SELECT pg_notify($1, $2)")
                     .bind(CHANNEL)
-                    .bind(format!("{:016x} ?", self.instance))
-                    .execute(&self.pool)
-                    .await
-                    .map_err(classify)?;
+                    .bind(format!("{:016x} ?", self.instance));
+                match held {
+                    Some(conn) => ask.execute(conn).await,
+                    None => ask.execute(&self.pool).await,
+                }
+                .map_err(classify)?;
             }
             Some(t) if t.elapsed() >= FENCE_WAIT => {
                 return Err(StoreError::new(
@@ -268,7 +276,7 @@ impl Db {
         loop {
             self.count();
             match statement().await {
-                Ok(answer) if !through(&answer) => self.fenced(&mut since).await?,
+                Ok(answer) if !through(&answer) => self.fenced(&mut since, None).await?,
                 answer => return Ok(answer),
             }
         }
