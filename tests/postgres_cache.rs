@@ -422,7 +422,7 @@ async fn a_cache_that_lost_its_listening_connection_serves_nothing_stale() {
     let other = store_on(&url, 0).await;
     assert!(cached.load(&key(1), START).await.unwrap().is_some());
 
-    // Cut the cache's connection: announcements made until it reconnects never reach it.
+    // Cut the cache's connection: requests to let go made until it reconnects never reach it.
     let admin = pg::pool(&url).await;
     let cut: i64 = sqlx::query_scalar(
         "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity

@@ -316,6 +316,37 @@ async fn created(store: &PostgresStore, byte: u8) -> (StoreKey, ChangeSet) {
     (key, changes)
 }
 
+/// No change is announced (`NOTIFY`): PostgreSQL serialises the commits of notifying
+/// transactions, and the claim alone keeps caches from serving what changed. Notifications
+/// arrive in commit order, so a marker sent after the changes is the first one heard.
+#[rocket::async_test]
+async fn changes_commit_without_a_notification() {
+    let url = fresh_database().await;
+    let store = PostgresStore::new(pg::pool(&url).await, &pg::config(TTL))
+        .await
+        .unwrap();
+    let mut listener = sqlx::postgres::PgListener::connect(&url).await.unwrap();
+    listener.listen("rocket_sessions").await.unwrap();
+    let (key, changes) = created(&store, 1).await;
+    assert!(store.update(&key, &changes, START).await.unwrap());
+    assert!(store
+        .cycle(&key, &self::key(2), &changes, START)
+        .await
+        .unwrap());
+    store.destroy(&self::key(2)).await.unwrap();
+    created(&store, 3).await;
+    assert_eq!(store.destroy_where("n", &[1]).await.unwrap(), 1);
+    created(&store, 4).await;
+    assert_eq!(store.sweep(START + 10 * TTL).await.unwrap(), 1);
+
+    sqlx::query("SELECT pg_notify('rocket_sessions', 'marker')")
+        .execute(&pg::pool(&url).await)
+        .await
+        .unwrap();
+    let first = listener.recv().await.unwrap();
+    assert_eq!(first.payload(), "marker");
+}
+
 /// A database that cannot be reached stops the launch with where it was (host and port,
 /// database, user) and why (here: nothing listens, then nothing answers), never the password.
 #[rocket::async_test]
@@ -524,7 +555,7 @@ async fn a_sweep_on_the_stores_own_pool_reaches_expired_sessions_by_index_not_by
             .await
             .unwrap();
     let plan: Vec<String> =
-        sqlx::query_scalar(&format!("EXPLAIN EXECUTE {name}({START}, 1000, 'x', 1)"))
+        sqlx::query_scalar(&format!("EXPLAIN EXECUTE {name}({START}, 1000, 1)"))
             .fetch_all(&pool)
             .await
             .unwrap();

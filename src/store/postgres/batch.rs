@@ -13,7 +13,6 @@ use std::time::Duration;
 use rocket::tokio::sync::{oneshot, Notify, Semaphore};
 use rocket_db_pools::sqlx::{self, Row};
 
-use super::cache;
 use super::pool::{after_failed_read, classify, failed, Kept};
 use super::{secs, split, Db};
 use crate::error::{StoreError, StoreErrorKind};
@@ -235,13 +234,14 @@ impl Batch<PendingUpdate> for Db {
     }
 }
 
-/// The batched update: extends each live session, applies its per-key changes and announces
-/// the sessions whose data changed ($9, or NULL), in one statement, unless another instance
-/// holds the claim ($10 is this instance). Answers the positions in the batch of the sessions
+/// The batched update: extends each live session and applies its per-key changes, in one
+/// statement, unless another instance holds the claim ($9 is this instance). Nothing is
+/// announced: while the claim lets a change through, no other instance serves from a cache,
+/// and one that takes the claim later starts with an empty one. Answers the positions in the batch of the sessions
 /// that were live, and whether the claim let the statement through.
 const UPDATE_MANY: &str = concat!(
     "WITH ",
-    fence!(10),
+    fence!(9),
     ", input AS (
         SELECT * FROM unnest($1::bytea[], $2::bigint[], $3::bigint[])
           WITH ORDINALITY AS i(key, expires, now, n)
@@ -260,9 +260,7 @@ const UPDATE_MANY: &str = concat!(
           FROM s JOIN unnest($6::bytea[], $7::text[], $8::bytea[]) AS u(key, name, value)
             ON u.key = s.key
         ON CONFLICT (session_id, name) DO UPDATE SET value = excluded.value
-     ), announced AS (
-        SELECT pg_notify('rocket_sessions', $9) WHERE $9 IS NOT NULL AND EXISTS (SELECT FROM s)
-     ) SELECT array(SELECT n FROM s), (SELECT count(*) FROM announced), EXISTS (SELECT FROM fence)"
+     ) SELECT array(SELECT n FROM s), EXISTS (SELECT FROM fence)"
 );
 
 impl Db {
@@ -322,7 +320,7 @@ impl Db {
     }
 
     /// Extends each live session of the batch and applies its changes: one statement, so one
-    /// transaction and one commit, which announces the sessions whose data changed. Returns,
+    /// transaction and one commit. Returns,
     /// in the batch's order, whether each session was live.
     async fn update_many(
         &self,
@@ -344,19 +342,11 @@ impl Db {
             removed_keys.extend(std::iter::repeat_n(key, removed.len()));
             removed_names.extend(removed);
         }
-        let changed: Vec<&StoreKey> = batch
-            .iter()
-            .filter(|p| !p.changes.is_empty())
-            .map(|p| &p.key)
-            .collect();
-        // Only changed data is announced: another cache holding an older expiry reloads early.
-        let announcement =
-            (!changed.is_empty()).then(|| cache::announcement(self.instance, changed.into_iter()));
         let mut fenced_since = None;
         let rows = loop {
             self.count();
             let conn = self.kept_connection(kept, false).await?;
-            let done: Result<(Vec<i64>, i64, bool), _> = sqlx::query_as(UPDATE_MANY)
+            let done: Result<(Vec<i64>, bool), _> = sqlx::query_as(UPDATE_MANY)
                 .bind(&keys)
                 .bind(&expires)
                 .bind(&nows)
@@ -365,13 +355,12 @@ impl Db {
                 .bind(&set_keys)
                 .bind(&set_names)
                 .bind(&set_values)
-                .bind(&announcement)
                 .bind(self.instance as i64)
                 .fetch_one(conn)
                 .await;
             match done {
-                Ok((rows, _, true)) => break rows,
-                Ok((_, _, false)) => self.fenced(&mut fenced_since, kept.as_deref_mut()).await?,
+                Ok((rows, true)) => break rows,
+                Ok((_, false)) => self.fenced(&mut fenced_since, kept.as_deref_mut()).await?,
                 Err(e) => return Err(failed(kept, e)),
             }
         };

@@ -7,9 +7,12 @@
 //! the claim is newly taken, and stops serving, as this instance counts time, before the claim
 //! could lapse in the database's.
 //!
-//! Every instance also announces what it changes with `NOTIFY` on [`CHANNEL`], and an instance
-//! with a cache listens on one connection of its pool and drops what the others change; while
-//! that connection is down the cache is emptied and serves nothing until it listens again.
+//! Changes are not announced: while a change gets through the claim's fence, no other instance
+//! serves from a cache, and one that takes the claim afterwards starts empty. An instance with
+//! a cache listens on one connection of its pool ([`CHANNEL`]) for the others' requests to let
+//! go of the claim, and for the announcements of changes that earlier builds still send, which
+//! it drops from the cache; while that connection is down the cache is emptied and serves
+//! nothing until it listens again.
 //!
 //! Two counters keep a slow load from filing what was true before a change: each shard counts
 //! its changes (`seq`), and the cache counts its new starts (`epoch`: a listening connection,
@@ -25,7 +28,7 @@ use std::time::Instant;
 use crate::id::StoreKey;
 use crate::store::{ChangeSet, DigestHasher, SessionRecord};
 
-/// The channel every PostgreSQL store announces its changes on.
+/// The channel of requests to let go of the claim (and of the changes earlier builds announced).
 pub(crate) const CHANNEL: &str = "rocket_sessions";
 
 const SHARDS: usize = 64;
@@ -65,7 +68,8 @@ pub struct CacheStats {
     pub hits: u64,
     /// Loads that went to the database.
     pub misses: u64,
-    /// Sessions dropped because another instance announced a change to them.
+    /// Sessions dropped because another instance announced a change to them (builds before
+    /// this one announced every change; this one announces none).
     pub invalidations: u64,
     /// Whether the cache is listening for announcements now (it serves nothing while not).
     pub listening: bool,
@@ -371,35 +375,24 @@ impl Cache {
     }
 }
 
-/// The announcement of changes to `keys` by `instance`.
-pub(crate) fn announcement<'a>(
-    instance: u64,
-    keys: impl ExactSizeIterator<Item = &'a StoreKey>,
-) -> String {
-    if keys.len() > MAX_NAMED {
-        return format!("{instance:016x} *");
-    }
-    use std::fmt::Write;
-
-    let mut payload = format!("{instance:016x}");
-    for key in keys {
-        let _ = write!(payload, " {:016x}", prefix(key));
-    }
-    payload
-}
-
-/// The announcement that the sessions expiring at or before `t` were swept.
-pub(crate) fn announcement_swept(instance: u64, t: u64) -> String {
-    format!("{instance:016x} <{t:x}")
-}
-
-/// The most key prefixes one announcement names; a longer list becomes `*` (the payload of a
-/// notification is limited to 8000 bytes).
-pub(crate) const MAX_NAMED: usize = 400;
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An announcement of changes to `keys` by `instance`, as earlier builds made one on
+    /// every change.
+    fn announcement<'a>(instance: u64, keys: impl Iterator<Item = &'a StoreKey>) -> String {
+        let mut payload = format!("{instance:016x}");
+        for key in keys {
+            payload += &format!(" {:016x}", prefix(key));
+        }
+        payload
+    }
+
+    /// The announcement that the sessions expiring at or before `t` were swept, likewise.
+    fn announcement_swept(instance: u64, t: u64) -> String {
+        format!("{instance:016x} <{t:x}")
+    }
 
     fn key(n: u8) -> StoreKey {
         StoreKey([n; 32])
@@ -526,14 +519,5 @@ mod tests {
             .map(|s| s.lock().unwrap().entries.len())
             .sum();
         assert!(held <= SHARDS, "{held}");
-    }
-
-    #[test]
-    fn long_announcements_become_everything() {
-        let keys: Vec<StoreKey> = (0..=MAX_NAMED as u32)
-            .map(|n| StoreKey([n as u8; 32]))
-            .collect();
-        assert!(announcement(1, keys.iter()).ends_with(" *"));
-        assert!(announcement(1, keys[..MAX_NAMED].iter()).len() < 8000);
     }
 }

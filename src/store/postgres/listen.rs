@@ -1,6 +1,6 @@
 //! Listening for the other instances' announcements (`LISTEN rocket_sessions`) on one
-//! connection of the pool, for the cache: what they changed is dropped from it, and a request
-//! for the claim makes the claim's task tick at once.
+//! connection of the pool, for the cache: a request for the claim makes the claim's task tick
+//! at once; changes that earlier builds announce are dropped from the cache.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -50,8 +50,9 @@ use self::pool::classify;
 /// cache (`cache = N`, see [`PostgresStoreConfig`]) serves from it only while it holds the
 /// database's cache claim, which it may take only while no other instance is alive; every
 /// statement that changes or deletes an existing session checks the claim, under a lock, and
-/// waits while another instance holds it (see `migrations/`). Every change is also announced
-/// to the other instances (`NOTIFY rocket_sessions`).
+/// waits while another instance holds it (see `migrations/`), asking it to let go
+/// (`NOTIFY rocket_sessions`). Changes themselves are not announced: the claim alone keeps
+/// every cache from serving what another instance changed.
 pub struct PostgresStore {
     db: Db,
     ttl: u64,
@@ -107,8 +108,8 @@ impl PostgresStore {
     /// A store on `pool`, applying the schema first when `config.migrate` is set (and checking
     /// that the database answers either way).
     ///
-    /// With `config.cache` set, a task listens for the other instances' announcements on one
-    /// connection of `pool` for as long as the store lives.
+    /// With `config.cache` set, a task listens for the other instances' requests to let go of
+    /// the claim on one connection of `pool` for as long as the store lives.
     pub async fn new(
         pool: PgPool,
         config: &PostgresStoreConfig,
@@ -319,11 +320,10 @@ impl SessionStore for PostgresStore {
         now: u64,
     ) -> Result<bool, StoreError> {
         let (names, values, removed) = split(changes);
-        let announcement = cache::announcement(self.db.instance, [old, new].into_iter());
         let statement = || {
-            sqlx::query_as::<_, (i64, i64, bool)>(concat!(
+            sqlx::query_as::<_, (i64, bool)>(concat!(
                 "WITH ",
-                fence!(9),
+                fence!(8),
                 ", s AS (
                 UPDATE rocket_sessions SET key = $2, expires_at = $3, active_at = $4
                  WHERE key = $1 AND expires_at > $4
@@ -337,10 +337,7 @@ impl SessionStore for PostgresStore {
                 INSERT INTO rocket_session_data (session_id, name, value)
                 SELECT s.id, u.name, u.value FROM s, unnest($6::text[], $7::bytea[]) AS u(name, value)
                 ON CONFLICT (session_id, name) DO UPDATE SET value = excluded.value
-             ), announced AS (
-                SELECT pg_notify('rocket_sessions', $8) WHERE EXISTS (SELECT FROM s)
-             ) SELECT (SELECT count(*) FROM s), (SELECT count(*) FROM announced),
-                      EXISTS (SELECT FROM fence)"
+             ) SELECT (SELECT count(*) FROM s), EXISTS (SELECT FROM fence)"
             ))
             .bind(&old.0[..])
             .bind(&new.0[..])
@@ -349,20 +346,19 @@ impl SessionStore for PostgresStore {
             .bind(&removed)
             .bind(&names)
             .bind(&values)
-            .bind(&announcement)
             .bind(self.db.instance as i64)
             .fetch_one(&self.db.pool)
         };
         let moved = self
             .db
-            .through_the_fence(statement, |(_, _, through)| *through)
+            .through_the_fence(statement, |(_, through)| *through)
             .await?;
         if let Some(cache) = self.cache() {
             cache.drop_key(old);
             cache.drop_key(new);
         }
         match moved {
-            Ok((n, _, _)) => Ok(n == 1),
+            Ok((n, _)) => Ok(n == 1),
             // The new id was taken between the check and the update.
             Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Ok(false),
             Err(e) => Err(classify(e)),
@@ -370,26 +366,21 @@ impl SessionStore for PostgresStore {
     }
 
     async fn destroy(&self, key: &StoreKey) -> Result<(), StoreError> {
-        let announcement = cache::announcement(self.db.instance, [key].into_iter());
         let statement = || {
-            sqlx::query_as::<_, (bool, i64)>(concat!(
+            sqlx::query_scalar::<_, bool>(concat!(
                 "WITH ",
-                fence!(3),
+                fence!(2),
                 ", d AS (
                 DELETE FROM rocket_sessions WHERE key = $1 AND EXISTS (SELECT FROM fence)
-                RETURNING 1
-             ), announced AS (
-                SELECT pg_notify('rocket_sessions', $2) WHERE EXISTS (SELECT FROM d)
-             ) SELECT EXISTS (SELECT FROM fence), (SELECT count(*) FROM announced)"
+             ) SELECT EXISTS (SELECT FROM fence)"
             ))
             .bind(&key.0[..])
-            .bind(&announcement)
             .bind(self.db.instance as i64)
             .fetch_one(&self.db.pool)
         };
         let done = self
             .db
-            .through_the_fence(statement, |(through, _)| *through)
+            .through_the_fence(statement, |through| *through)
             .await?;
         if let Some(cache) = self.cache() {
             cache.drop_key(key);
@@ -399,36 +390,27 @@ impl SessionStore for PostgresStore {
     }
 
     async fn destroy_where(&self, name: &str, value: &[u8]) -> Result<u64, StoreError> {
-        // Announces the deleted sessions by the first 8 bytes of their keys, as
-        // `cache::announcement` does, or `*` when there are too many to name.
         let statement = || {
-            sqlx::query_as::<_, (Vec<Vec<u8>>, i64, bool)>(concat!(
+            sqlx::query_as::<_, (Vec<Vec<u8>>, bool)>(concat!(
                 "WITH ",
-                fence!(5),
+                fence!(3),
                 ", d AS (
                 DELETE FROM rocket_sessions s USING rocket_session_data d
                  WHERE d.session_id = s.id AND d.name = $1 AND d.value = $2
                    AND EXISTS (SELECT FROM fence)
                 RETURNING s.key
-             ), announced AS (
-                SELECT pg_notify('rocket_sessions', CASE WHEN count(*) > $4 THEN $3 || ' *'
-                    ELSE $3 || string_agg(' ' || encode(substring(key FROM 1 FOR 8), 'hex'), '') END)
-                  FROM d HAVING count(*) > 0
-             ) SELECT array(SELECT key FROM d), (SELECT count(*) FROM announced),
-                      EXISTS (SELECT FROM fence)"
+             ) SELECT array(SELECT key FROM d), EXISTS (SELECT FROM fence)"
             ))
             .bind(name)
             .bind(value)
-            .bind(format!("{:016x}", self.db.instance))
-            .bind(cache::MAX_NAMED as i64)
             .bind(self.db.instance as i64)
             .fetch_one(&self.db.pool)
         };
         let done = self
             .db
-            .through_the_fence(statement, |(_, _, through)| *through)
+            .through_the_fence(statement, |(_, through)| *through)
             .await?;
-        let (deleted, _, _) = done.map_err(|e| {
+        let (deleted, _) = done.map_err(|e| {
             if let Some(cache) = self.cache() {
                 cache.clear(); // what was deleted is unknown
             }
@@ -486,23 +468,19 @@ impl SessionStore for PostgresStore {
             // `= ANY(ARRAY(..))` rather than `IN (..)`: as a generic plan (see
             // `pool_from_figment`), `IN` joins the batch against a scan of the whole table.
             // Another instance's claim lets nothing through: that instance sweeps.
-            let (deleted, _, through): (i64, i64, bool) = sqlx::query_as(concat!(
+            let (deleted, through): (i64, bool) = sqlx::query_as(concat!(
                 "WITH ",
-                fence!(4),
+                fence!(3),
                 ", d AS (
                     DELETE FROM rocket_sessions WHERE id = ANY(ARRAY(
                         SELECT id FROM rocket_sessions
                          WHERE expires_at <= $1 AND EXISTS (SELECT FROM fence)
                          ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED))
                     RETURNING 1
-                 ), announced AS (
-                    SELECT pg_notify('rocket_sessions', $3) WHERE EXISTS (SELECT FROM d)
-                 ) SELECT (SELECT count(*) FROM d), (SELECT count(*) FROM announced),
-                          EXISTS (SELECT FROM fence)"
+                 ) SELECT (SELECT count(*) FROM d), EXISTS (SELECT FROM fence)"
             ))
             .bind(secs(now))
             .bind(i64::from(self.sweep_batch))
-            .bind(cache::announcement_swept(self.db.instance, now))
             .bind(self.db.instance as i64)
             .fetch_one(&self.db.pool)
             .await

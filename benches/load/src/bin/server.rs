@@ -83,9 +83,8 @@ fn figment(port: u16) -> Figment {
 /// A database of `mode`'s own on the server of `DATABASE_URL`, made if missing: its URL.
 ///
 /// Every PostgreSQL mode is an application of its own, as it would be deployed: sharing one
-/// database, the no-cache server's announcements (`NOTIFY`) reached the caching server's
-/// listener, and delivering them slowed the no-cache counter by 8–10 %, a cost no deployment
-/// without a caching instance pays (nor rocket_flex_session, which announces nothing).
+/// database, the modes' servers would count as instances of one application (and a caching
+/// one would not serve from its cache while another is alive).
 async fn database_url(mode: &str) -> String {
     use sqlx::Connection;
 
