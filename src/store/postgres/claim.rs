@@ -16,15 +16,21 @@ use super::Db;
 use crate::error::{StoreError, StoreErrorKind};
 
 /// How often every instance says it is alive, and one with a cache takes or renews the claim.
-pub(super) const TICK: Duration = Duration::from_secs(1);
+pub(super) const TICK: Duration = Duration::from_millis(250);
 
 /// How long a claim lasts in the database unless renewed, and how long an instance counts as
-/// alive after it last said so (both formatted into the tick's SQL).
-pub(super) const LEASE: Duration = Duration::from_secs(5);
+/// alive after it last said so (both formatted into the tick's SQL). It bounds how long the
+/// others' changes wait when a holder vanishes without giving the claim up (a crash): the
+/// cost of a short one is a tick statement every [`TICK`], a few per second per instance.
+pub(super) const LEASE: Duration = Duration::from_millis(1500);
 
 /// How much sooner than the database the holder counts its claim as lapsed: room for the
 /// two clocks to drift apart while a lease runs.
-pub(super) const LEASE_MARGIN: Duration = Duration::from_secs(1);
+pub(super) const LEASE_MARGIN: Duration = Duration::from_millis(500);
+
+/// How long a claim statement may take before its connection is dropped: a database that
+/// stops answering never holds up a tick, or the shutdown, for long.
+const STATEMENT_WAIT: Duration = Duration::from_secs(5);
 
 /// How long closing the store may take to give up the claim before leaving it to lapse.
 pub(super) const CLOSE_WAIT: Duration = Duration::from_secs(2);
@@ -53,13 +59,13 @@ pub(super) struct ClaimState {
 /// claim's row `FOR SHARE`), and the times are read after that wait. Sent as a simple query
 /// (the values are numbers formatted in).
 fn tick_sql(instance: i64, wants: bool) -> String {
-    let lease = LEASE.as_secs();
+    let lease = LEASE.as_millis();
     format!(
         "WITH claim_row AS (
             INSERT INTO rocket_sessions_claim (one) VALUES (true) ON CONFLICT (one) DO NOTHING
          ), alive AS (
             INSERT INTO rocket_sessions_instances (instance, alive_until)
-            VALUES ({instance}, clock_timestamp() + interval '{lease} seconds')
+            VALUES ({instance}, clock_timestamp() + interval '{lease} milliseconds')
             ON CONFLICT (instance) DO UPDATE SET alive_until = excluded.alive_until
          ), forgotten AS (
             DELETE FROM rocket_sessions_instances
@@ -70,7 +76,7 @@ fn tick_sql(instance: i64, wants: bool) -> String {
          ), claimed AS (
             UPDATE rocket_sessions_claim c
                SET holder = {instance},
-                   until = clock_timestamp() + interval '{lease} seconds',
+                   until = clock_timestamp() + interval '{lease} milliseconds',
                    epoch = CASE WHEN c.holder = {instance} AND c.until > clock_timestamp()
                                 THEN c.epoch ELSE c.epoch + 1 END
              WHERE {wants} AND (SELECT n FROM others) = 0
@@ -176,7 +182,7 @@ impl Db {
             Some(conn) => conn,
             None => {
                 let options = self.pool.connect_options();
-                let conn = timeout(LEASE, PgConnection::connect_with(&options))
+                let conn = timeout(STATEMENT_WAIT, PgConnection::connect_with(&options))
                     .await
                     .map_err(|_| timed_out())?
                     .map_err(classify)?;
@@ -185,7 +191,7 @@ impl Db {
         };
         // Bounded, so that a database that stopped answering never holds up a tick (or the
         // shutdown) for long; the connection is then dropped.
-        let row = match timeout(LEASE, conn.fetch_one(sql)).await {
+        let row = match timeout(STATEMENT_WAIT, conn.fetch_one(sql)).await {
             Ok(row) => row.map_err(classify),
             Err(_) => Err(timed_out()),
         };
