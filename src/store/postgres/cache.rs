@@ -23,10 +23,17 @@ use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use crate::id::StoreKey;
 use crate::store::{ChangeSet, DigestHasher, SessionRecord};
+
+/// Nanoseconds since the Unix epoch by the wall clock (0 before it).
+fn wall_nanos() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
 
 /// The channel of requests to let go of the claim (and of the changes earlier builds announced).
 pub(crate) const CHANNEL: &str = "rocket_sessions";
@@ -91,6 +98,12 @@ pub(crate) struct Cache {
     listening: AtomicBool,
     /// Until when the claim is held, in nanoseconds after `base`; 0 when it is not.
     lease: AtomicU64,
+    /// The same moment by the wall clock, in nanoseconds after the Unix epoch. `Instant` does
+    /// not count a suspended machine's (or a frozen VM's) time, the wall clock does: a holder
+    /// that resumes believing its lease still runs has its wall clock past this.
+    lease_wall: AtomicU64,
+    /// The wall clock (injected in tests).
+    wall: fn() -> u64,
     base: Instant,
     claims: AtomicU64,
     hits: AtomicU64,
@@ -108,6 +121,8 @@ impl Cache {
             epoch: AtomicU64::new(0),
             listening: AtomicBool::new(false),
             lease: AtomicU64::new(0),
+            lease_wall: AtomicU64::new(0),
+            wall: wall_nanos,
             base: Instant::now(),
             claims: AtomicU64::new(0),
             hits: AtomicU64::new(0),
@@ -131,10 +146,13 @@ impl Cache {
         self.listening.load(Ordering::Acquire) && self.holding()
     }
 
-    /// Whether the claim's lease, as this instance counts it, has not run out.
+    /// Whether the claim's lease, as this instance counts it, has not run out: by the monotonic
+    /// clock, and by the wall clock, which counts the time the machine was suspended or frozen.
     fn holding(&self) -> bool {
         let lease = self.lease.load(Ordering::Acquire);
-        lease != 0 && (self.base.elapsed().as_nanos() as u64) < lease
+        lease != 0
+            && (self.base.elapsed().as_nanos() as u64) < lease
+            && (self.wall)() < self.lease_wall.load(Ordering::Acquire)
     }
 
     fn nanos(&self, at: Instant) -> u64 {
@@ -151,6 +169,10 @@ impl Cache {
 
     /// The claim this instance holds was renewed without a break, valid here until `until`.
     pub(crate) fn renewed(&self, until: Instant) {
+        let left = until.saturating_duration_since(Instant::now()).as_nanos() as u64;
+        // The wall clock's bound first: `holding` reads the monotonic one first.
+        self.lease_wall
+            .store((self.wall)().saturating_add(left), Ordering::Release);
         self.lease.store(self.nanos(until), Ordering::Release);
     }
 
@@ -416,6 +438,28 @@ mod tests {
         cache.set_listening(true);
         cache.claimed(in_a_minute());
         cache
+    }
+
+    /// A wall clock the test moves: nanoseconds since the epoch.
+    static WALL: AtomicU64 = AtomicU64::new(1_800_000_000_000_000_000);
+
+    #[test]
+    fn a_holder_that_was_suspended_past_its_lease_stops_serving_though_instant_did_not_move() {
+        let mut cache = Cache::new(100, 7);
+        cache.wall = || WALL.load(Ordering::SeqCst);
+        cache.set_listening(true);
+        cache.claimed(in_a_minute());
+        let ticket = cache.ticket(&key(1)).unwrap();
+        cache.fill(ticket, &key(1), &record(b"x"), 100);
+        assert!(cache.get(&key(1), 10).is_some());
+
+        // Suspended for two minutes: `Instant` says the lease runs for a minute more.
+        WALL.fetch_add(120_000_000_000, Ordering::SeqCst);
+        assert!(cache.get(&key(1), 10).is_none());
+        assert!(!cache.stats().holding);
+        // Renewed after it resumed (the claim never lapsed in the database): it serves again.
+        cache.renewed(in_a_minute());
+        assert!(cache.get(&key(1), 10).is_some());
     }
 
     #[test]
