@@ -102,6 +102,14 @@ impl SessionManager {
         &*self.inner.store
     }
 
+    /// The store as its own type, to reach what only that store offers (say
+    /// [`PostgresStore::begin_edit_by_hand`](crate::store::PostgresStore::begin_edit_by_hand));
+    /// `None` when the store is of another type.
+    pub fn store_as<S: SessionStore>(&self) -> Option<&S> {
+        let store: &dyn std::any::Any = &*self.inner.store;
+        store.downcast_ref::<S>()
+    }
+
     /// The current time by the manager's clock, in Unix seconds.
     pub fn now(&self) -> u64 {
         self.inner.clock.now()

@@ -366,29 +366,97 @@ async fn a_holder_that_cannot_renew_its_claim_stops_serving_from_its_cache_befor
     .await;
 }
 
+/// A change by hand in SQL made after `rocket_sessions_edit_by_hand()`, in its transaction, is
+/// never served stale: right after it commits, the holder answers what the database holds,
+/// for a change and for a deletion, time after time.
 #[rocket::async_test]
-async fn after_a_change_by_hand_giving_the_claim_up_by_hand_empties_the_cache() {
+async fn a_session_changed_or_deleted_by_hand_after_the_edit_function_is_never_served_stale() {
     let url = fresh_database().await;
     let cached = store_with_one(&url, 1000).await;
-    assert_eq!(a_of(&cached, 1).await, Some(b"old".to_vec()));
-    // What the README says to do after changing sessions by hand.
     let admin = pg::pool(&url).await;
-    sqlx::query("UPDATE rocket_session_data SET value = 'new'")
-        .execute(&admin)
+    for (n, value) in [b"one", b"two", b"thr"].into_iter().enumerate() {
+        // Served from the cache before the change.
+        eventually("the claim is held", || async {
+            cached.cache_stats().unwrap().holding
+        })
+        .await;
+        assert!(cached.load(&key(1), START).await.unwrap().is_some());
+        let before = cached.statements();
+        assert!(cached.load(&key(1), START).await.unwrap().is_some());
+        assert_eq!(
+            cached.statements(),
+            before,
+            "served from the cache, round {n}"
+        );
+
+        let mut tx = admin.begin().await.unwrap();
+        sqlx::query("SELECT rocket_sessions_edit_by_hand()")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        sqlx::query("UPDATE rocket_session_data SET value = $1 WHERE name = 'a'")
+            .bind(&value[..])
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        assert_eq!(a_of(&cached, 1).await, Some(value.to_vec()), "round {n}");
+    }
+
+    let mut tx = admin.begin().await.unwrap();
+    sqlx::query("SELECT rocket_sessions_edit_by_hand()")
+        .execute(&mut *tx)
         .await
         .unwrap();
-    sqlx::query("UPDATE rocket_sessions_claim SET holder = NULL")
-        .execute(&admin)
+    sqlx::query("DELETE FROM rocket_sessions")
+        .execute(&mut *tx)
         .await
         .unwrap();
-    let since = Instant::now();
-    eventually("the claim is taken anew", || async {
-        cached.cache_stats().unwrap().claims == 2
-    })
-    .await;
-    // A tick a second, with room for a loaded machine.
-    assert_no_wait(since);
-    assert_eq!(a_of(&cached, 1).await, Some(b"new".to_vec()));
+    tx.commit().await.unwrap();
+    assert!(
+        gone(&cached, 1).await,
+        "deleted by hand, never served again"
+    );
+}
+
+/// The same through the API: the manager's store, as `PostgresStore`, hands out the
+/// transaction; right after it commits, a request sees what it wrote.
+#[rocket::async_test]
+async fn over_http_a_session_changed_through_begin_edit_by_hand_is_never_served_stale() {
+    let url = fresh_database().await;
+    let clock = rocket_server_sessions::ManualClock::new(START);
+    let client = cached_client(&url, &clock).await;
+    let cookie = get_with(&client, "/count", None).await.cookie.unwrap();
+    let manager = client
+        .rocket()
+        .state::<rocket_server_sessions::SessionManager>()
+        .unwrap();
+    let store = manager
+        .store_as::<PostgresStore>()
+        .expect("the configured store is PostgreSQL");
+    for n in [100u8, 110, 120] {
+        eventually("the claim is held", || async {
+            store.cache_stats().unwrap().holding
+        })
+        .await;
+        get_with(&client, "/peek", Some(&cookie)).await;
+        let before = store.statements();
+        get_with(&client, "/peek", Some(&cookie)).await;
+        assert_eq!(store.statements(), before, "read from the cache");
+
+        let mut tx = store.begin_edit_by_hand().await.unwrap();
+        // A positive fixint: MessagePack's encoding of a number below 128 is that byte.
+        sqlx::query("UPDATE rocket_session_data SET value = $1 WHERE name = 'count'")
+            .bind(vec![n])
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        assert_eq!(
+            get_with(&client, "/peek", Some(&cookie)).await.body,
+            n.to_string()
+        );
+    }
 }
 
 #[rocket::async_test]

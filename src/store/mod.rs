@@ -128,6 +128,7 @@
 //! `testing` feature, [`store_conformance!`](crate::store_conformance) runs the suite the
 //! crate's own stores pass against any store, unchanged (see `testing`).
 
+use std::any::Any;
 use std::collections::HashMap;
 use std::hash::Hasher;
 
@@ -291,7 +292,7 @@ impl ChangeSet {
 /// `now` plus the session's own lifetime if the changes carry one, else plus the store's
 /// `ttl`. A store must never return or update a session that is not live.
 #[rocket::async_trait]
-pub trait SessionStore: Send + Sync + 'static {
+pub trait SessionStore: Any + Send + Sync {
     /// The live session filed under `key`, if any.
     async fn load(&self, key: &StoreKey, now: u64) -> Result<Option<SessionRecord>, StoreError>;
 

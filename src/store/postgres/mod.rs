@@ -171,6 +171,37 @@ impl PostgresStore {
         Ok(store)
     }
 
+    /// A transaction in which to change sessions by hand (SQL of your own) while instances
+    /// run, safe from every instance's cache: it has called `rocket_sessions_edit_by_hand()`
+    /// (see `migrations/`), so until it ends no instance changes a session or takes the cache
+    /// claim, the claim is given up, and the holder has stopped serving from its cache (this
+    /// waits up to 1.5 s for that). Commit it soon: every change of every instance waits for
+    /// it, and fails with 503 after 10 s.
+    ///
+    /// ```no_run
+    /// # async fn f(manager: &rocket_server_sessions::SessionManager) -> Result<(), Box<dyn std::error::Error>> {
+    /// use rocket_db_pools::sqlx;
+    /// use rocket_server_sessions::store::PostgresStore;
+    ///
+    /// let store = manager.store_as::<PostgresStore>().expect("sessions in PostgreSQL");
+    /// let mut tx = store.begin_edit_by_hand().await?;
+    /// sqlx::query("DELETE FROM rocket_session_data WHERE name = 'cart'")
+    ///     .execute(&mut *tx)
+    ///     .await?;
+    /// tx.commit().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn begin_edit_by_hand(
+        &self,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, StoreError> {
+        let mut tx = self.db.pool.begin().await.map_err(classify)?;
+        sqlx::query("SELECT rocket_sessions_edit_by_hand()")
+            .execute(&mut *tx)
+            .await
+            .map_err(classify)?;
+        Ok(tx)
+    }
+
     /// What the local cache has done, or `None` when it is off.
     pub fn cache_stats(&self) -> Option<CacheStats> {
         self.db.cache.as_ref().map(|c| c.stats())

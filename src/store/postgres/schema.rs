@@ -24,6 +24,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "rocket_sessions_active",
         include_str!("../../../migrations/20261202000000_rocket_sessions_active.sql"),
     ),
+    (
+        20261206000000,
+        "rocket_sessions_edit_by_hand",
+        include_str!("../../../migrations/20261206000000_rocket_sessions_edit_by_hand.sql"),
+    ),
 ];
 
 /// The store's tables, whose persistence follows `unlogged`.
