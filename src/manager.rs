@@ -459,9 +459,9 @@ impl SessionManager {
 
     /// Deletes every session whose `key` holds `value`, e.g. all sessions of one user
     /// ("log out everywhere"); returns how many were deleted. Values compare by their
-    /// MessagePack encoding, so pass the same type the sessions were given. Both stores scan
-    /// for it (no index on values, which would slow every flush): an occasional operation,
-    /// not one for every request.
+    /// MessagePack encoding, so pass the same type the sessions were given. The memory store
+    /// scans for it; PostgreSQL too, unless `key` is one of its `indexed_keys`, when it is an
+    /// index lookup.
     pub async fn destroy_where<T: Serialize>(
         &self,
         key: &str,

@@ -130,6 +130,22 @@ fn the_postgres_store_caches_unless_told_not_to() {
     assert_eq!(cache_of("{ kind = \"postgres\", cache = 0 }"), 0);
 }
 
+#[test]
+fn the_postgres_store_indexes_the_keys_it_is_told_to() {
+    let keys_of = |store: &str| {
+        let toml = format!("[prod.session]\nsecret_key = \"{KEY}\"\nstore = {store}\n");
+        match from_toml(&toml, "prod").unwrap().store {
+            StoreConfig::Postgres(p) => p.indexed_keys,
+            other => panic!("{other:?}"),
+        }
+    };
+    assert!(keys_of("{ kind = \"postgres\" }").is_empty());
+    assert_eq!(
+        keys_of("{ kind = \"postgres\", indexed_keys = [\"user_id\", \"team\"] }"),
+        ["user_id", "team"]
+    );
+}
+
 /// Each invalid setting, the key the error must name, and a word its reason must contain.
 const INVALID: &[(&str, &str, &str)] = &[
     ("cookie_name = \"\"", "cookie_name", "empty"),
@@ -233,6 +249,16 @@ const INVALID: &[(&str, &str, &str)] = &[
         "store = { kind = \"postgres\", database = \"\" }",
         "store.database",
         "empty",
+    ),
+    (
+        "store = { kind = \"memory\", indexed_keys = [\"user_id\"] }",
+        "store.indexed_keys",
+        "memory",
+    ),
+    (
+        "store = { kind = \"postgres\", indexed_keys = [\"user_id\", \"\"] }",
+        "store.indexed_keys",
+        "non-empty",
     ),
     (
         "store = { colour = \"blue\" }",

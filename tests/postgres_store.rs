@@ -33,6 +33,23 @@ async fn postgres() -> Arc<dyn SessionStore> {
 
 store_conformance!(postgres);
 
+/// The same suite on a store whose `user_id` (the key the suite finds sessions by) is indexed.
+mod indexed_keys {
+    use super::*;
+
+    async fn indexed() -> Arc<dyn SessionStore> {
+        let mut config = pg::config(TTL);
+        config.indexed_keys = vec!["user_id".into()];
+        Arc::new(
+            PostgresStore::new(pg::pool(&fresh_database().await).await, &config)
+                .await
+                .unwrap(),
+        )
+    }
+
+    store_conformance!(indexed);
+}
+
 /// The test app on `url`, its store chosen by configuration alone.
 fn configured(url: &str, store: rocket::serde::json::Value) -> rocket::figment::Figment {
     let mut table = json!({ "kind": "postgres", "database": "sessions", "ttl": TTL });
@@ -571,6 +588,84 @@ async fn a_sweep_on_the_stores_own_pool_reaches_expired_sessions_by_index_not_by
     );
     // (The claim's one-row table is scanned whole: `rocket_sessions_claim`.)
     assert!(!plan.contains("Seq Scan on rocket_sessions "), "{plan}");
+}
+
+/// With `indexed_keys = ["user_id"]`, log-out-everywhere and listing a user's sessions find
+/// them through that key's index, whatever the number of sessions, as the statements run for
+/// any arguments (a generic plan); a key not indexed still finds them, by scanning.
+#[rocket::async_test]
+async fn an_indexed_key_finds_a_users_sessions_by_index_not_by_a_scan() {
+    let pool = own_pool(&fresh_database().await, &[("max_connections", 1)]).await;
+    let mut config = pg::config(TTL);
+    config.indexed_keys = vec!["user_id".into()];
+    let store = PostgresStore::new(pool.clone(), &config).await.unwrap();
+    // 20,000 sessions, session g with user g and theme g.
+    sqlx::query(
+        "WITH s AS (
+            INSERT INTO rocket_sessions (key, created_at, expires_at)
+            SELECT sha256(g::text::bytea), 0, $1 FROM generate_series(1, 20000) g
+            RETURNING id, key
+         ) INSERT INTO rocket_session_data (session_id, name, value)
+           SELECT s.id, n, convert_to(g::text, 'UTF8')
+             FROM generate_series(1, 20000) g JOIN s ON s.key = sha256(g::text::bytea),
+                  unnest(ARRAY['user_id', 'theme']) n",
+    )
+    .bind((START + TTL) as i64)
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query("ANALYZE rocket_session_data")
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .list_where("user_id", b"7", START)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(store.destroy_where("user_id", b"7").await.unwrap(), 1);
+    assert_eq!(store.destroy_where("theme", b"8").await.unwrap(), 1);
+
+    let explain = |text: &'static str, args: &'static str| {
+        let pool = pool.clone();
+        async move {
+            let name: String = sqlx::query_scalar(
+                "SELECT name FROM pg_prepared_statements WHERE statement LIKE $1",
+            )
+            .bind(text)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            let plan: Vec<String> = sqlx::query_scalar(&format!("EXPLAIN EXECUTE {name}({args})"))
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+            plan.join("\n")
+        }
+    };
+    let index = "rocket_session_data_key_";
+    let listed = explain(
+        "%d.name = 'user_id'%expires_at > $3%",
+        "'user_id', '\\x37', 0",
+    )
+    .await;
+    assert!(listed.contains(index), "{listed}");
+    assert!(
+        !listed.contains("Seq Scan on rocket_session_data"),
+        "{listed}"
+    );
+    let deleted = explain("%DELETE%d.name = 'user_id'%", "'user_id', '\\x37', 1").await;
+    assert!(deleted.contains(index), "{deleted}");
+    assert!(
+        !deleted.contains("Seq Scan on rocket_session_data"),
+        "{deleted}"
+    );
+    // Not indexed: the general statement, a scan.
+    let scanned = explain("%DELETE%d.name = $1 AND d.value%", "'theme', '\\x38', 1").await;
+    assert!(!scanned.contains(index), "{scanned}");
 }
 
 #[rocket::async_test]

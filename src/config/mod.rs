@@ -158,27 +158,28 @@ pub struct MemoryStoreConfig {
 /// | `sweep_interval` | seconds | 60 | delete expired sessions this often |
 /// | `sweep_batch` | rows | 1000 | at most this many sessions deleted per statement |
 /// | `cache` | sessions | 10000 | keep up to this many sessions in this instance's memory, served only while no other instance uses the database (see below); 0 turns it off |
+/// | `indexed_keys` | list of strings | `[]` | keys whose values are indexed (a partial hash index each, made at launch with `migrate`), so that [`destroy_where`](crate::SessionManager::destroy_where) and [`list_where`](crate::SessionManager::list_where) on them are index lookups, not scans |
 ///
 /// With the cache on, a request whose session is cached makes no round trip to load it, and
 /// what the cache serves is always what the database holds. Every instance on the database
-/// says every second that it is alive (`rocket_sessions_instances`), and a caching instance
-/// serves from its cache only while it holds the database's cache claim
+/// says four times a second that it is alive (`rocket_sessions_instances`), and a caching
+/// instance serves from its cache only while it holds the database's cache claim
 /// (`rocket_sessions_claim`), which it may take only while no other instance is alive. Every
 /// statement that changes or deletes an existing session, from any instance, checks the claim
-/// under a row lock and waits while another instance holds it. So a single instance serves
-/// from its cache, and its own changes update it as they commit; when a second instance
-/// starts, its first change asks the holder to let go, the holder stops serving from its cache
-/// and gives the claim up at once, and while two or more run, none serves from a cache. The
-/// claim is a lease of 5 seconds renewed every second on a connection of its own; the holder
-/// stops serving a second before the lease could lapse by the database's clock, and gives the
-/// claim up at shutdown, so that the next instance takes it as it starts. A holder that
-/// vanishes without giving it up delays other instances' changes until its lease lapses (at
-/// most 5 seconds; after 10 seconds a change fails as unavailable). The cache also listens,
-/// on one connection of the pool, for the changes the other instances announce (`NOTIFY
-/// rocket_sessions`), and serves nothing while that connection is down. Sessions changed by
-/// hand in SQL bypass the claim: after such a change, run `UPDATE rocket_sessions_claim SET
-/// holder = NULL` and the holder starts again with an empty cache within a second, or turn the
-/// cache off. The listening connection means a cache needs a pool of at least 2 connections.
+/// under a row lock and waits while another instance holds it, asking it to let go (`NOTIFY
+/// rocket_sessions`). So a single instance serves from its cache, and its own changes update
+/// it as they commit; when a second instance starts, its first change makes the holder stop
+/// serving from its cache and give the claim up, and while two or more run, none serves from
+/// a cache. The claim is a lease of 1.5 seconds renewed every quarter second on a connection
+/// of its own; the holder stops serving half a second before the lease could lapse by the
+/// database's clock (counting by the monotonic and the wall clock, so a suspended machine
+/// resumes not serving), and gives the claim up at shutdown. A holder that vanishes without
+/// giving it up delays other instances' changes until its lease lapses (at most 1.5 seconds;
+/// after 10 seconds a change fails as unavailable). The cache listens for requests to let go
+/// on one connection of the pool, and serves nothing while that connection is down, so it
+/// needs a pool of at least 2 connections. To change sessions by hand in SQL, see
+/// [`PostgresStore::begin_edit_by_hand`](crate::store::PostgresStore::begin_edit_by_hand)
+/// (`SELECT rocket_sessions_edit_by_hand()` first in the transaction).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PostgresStoreConfig {
     /// Name of the database under `[<profile>.databases]`.
@@ -195,6 +196,8 @@ pub struct PostgresStoreConfig {
     pub sweep_batch: u32,
     /// Most sessions kept in this instance's memory; 0 turns the cache off.
     pub cache: usize,
+    /// Keys whose values are indexed, for `destroy_where` and `list_where`.
+    pub indexed_keys: Vec<String>,
 }
 
 /// A larger cache than this is a mistake (it would hold gigabytes).
@@ -262,6 +265,7 @@ struct RawStore {
     unlogged: Option<bool>,
     sweep_batch: Option<u32>,
     cache: Option<usize>,
+    indexed_keys: Option<Vec<String>>,
 }
 
 fn default_cookie_name() -> String {
@@ -516,6 +520,7 @@ impl RawStore {
                 refuse("unlogged", self.unlogged.is_some())?;
                 refuse("sweep_batch", self.sweep_batch.is_some())?;
                 refuse("cache", self.cache.is_some())?;
+                refuse("indexed_keys", self.indexed_keys.is_some())?;
                 let snapshot_interval = self.snapshot_interval.unwrap_or(30);
                 if snapshot_interval > MAX_SECONDS {
                     return Err(err("store.snapshot_interval", "too large".into()));
@@ -547,6 +552,15 @@ impl RawStore {
                 if cache > MAX_CACHE {
                     return Err(err("store.cache", format!("at most {MAX_CACHE} sessions")));
                 }
+                let indexed_keys = self.indexed_keys.unwrap_or_default();
+                for key in &indexed_keys {
+                    if key.is_empty() || key.contains('\0') {
+                        return Err(err(
+                            "store.indexed_keys",
+                            "a key must be non-empty text without NUL".into(),
+                        ));
+                    }
+                }
                 Ok(StoreConfig::Postgres(PostgresStoreConfig {
                     database,
                     ttl,
@@ -555,6 +569,7 @@ impl RawStore {
                     sweep_interval,
                     sweep_batch,
                     cache,
+                    indexed_keys,
                 }))
             }
             other => Err(err(

@@ -66,6 +66,7 @@ pub fn config(ttl: u64) -> PostgresStoreConfig {
         sweep_interval: 60,
         sweep_batch: 1000,
         cache: 0,
+        indexed_keys: Vec::new(),
     }
 }
 

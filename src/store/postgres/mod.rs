@@ -29,6 +29,7 @@ use crate::id::StoreKey;
 mod claim;
 mod batch;
 mod cache;
+mod index;
 mod listen;
 mod pool;
 mod schema;
@@ -37,6 +38,7 @@ use self::batch::{Coalescer, PendingLoad, PendingUpdate, LOAD_LEADERS, UPDATE_LE
 pub use self::cache::CacheStats;
 use self::cache::{Cache, Ticket};
 use self::claim::{claim_ticks, ClaimState, CLOSE_WAIT};
+use self::index::IndexedKeys;
 use self::listen::listen;
 use self::pool::classify;
 
@@ -57,6 +59,7 @@ pub struct PostgresStore {
     db: Db,
     ttl: u64,
     sweep_batch: u32,
+    indexed: IndexedKeys,
     loads: Arc<Coalescer<PendingLoad, Db>>,
     updates: Arc<Coalescer<PendingUpdate, Db>>,
     /// Stops the store's tasks (the listener, the claim's ticks) when it is dropped or closed.
@@ -142,6 +145,7 @@ impl PostgresStore {
             db,
             ttl: config.ttl,
             sweep_batch: config.sweep_batch,
+            indexed: IndexedKeys::new(&config.indexed_keys),
             stop,
             tick_now: Arc::new(Notify::new()),
         };
@@ -153,6 +157,10 @@ impl PostgresStore {
         }
         if config.migrate {
             store.migrate(config.unlogged).await?;
+            store
+                .indexed
+                .create_indexes(&store.db.pool, schema::MIGRATION_LOCK)
+                .await?;
         }
         // Alive (and, with a cache, holding the claim if no other instance is) before it
         // serves anything.
@@ -421,21 +429,13 @@ impl SessionStore for PostgresStore {
     }
 
     async fn destroy_where(&self, name: &str, value: &[u8]) -> Result<u64, StoreError> {
+        let sql = self.indexed.destroy_where(name);
         let statement = || {
-            sqlx::query_as::<_, (Vec<Vec<u8>>, bool)>(concat!(
-                "WITH ",
-                fence!(3),
-                ", d AS (
-                DELETE FROM rocket_sessions s USING rocket_session_data d
-                 WHERE d.session_id = s.id AND d.name = $1 AND d.value = $2
-                   AND EXISTS (SELECT FROM fence)
-                RETURNING s.key
-             ) SELECT array(SELECT key FROM d), EXISTS (SELECT FROM fence)"
-            ))
-            .bind(name)
-            .bind(value)
-            .bind(self.db.instance as i64)
-            .fetch_one(&self.db.pool)
+            sqlx::query_as::<_, (Vec<Vec<u8>>, bool)>(sql)
+                .bind(name)
+                .bind(value)
+                .bind(self.db.instance as i64)
+                .fetch_one(&self.db.pool)
         };
         let done = self
             .db
@@ -462,17 +462,13 @@ impl SessionStore for PostgresStore {
         now: u64,
     ) -> Result<Vec<SessionSummary>, StoreError> {
         self.count();
-        let rows: Vec<(Vec<u8>, i64, i64, i64)> = sqlx::query_as(
-            "SELECT s.key, s.created_at, COALESCE(s.active_at, s.created_at), s.expires_at
-               FROM rocket_sessions s JOIN rocket_session_data d ON d.session_id = s.id
-              WHERE d.name = $1 AND d.value = $2 AND s.expires_at > $3",
-        )
-        .bind(name)
-        .bind(value)
-        .bind(secs(now))
-        .fetch_all(&self.db.pool)
-        .await
-        .map_err(classify)?;
+        let rows: Vec<(Vec<u8>, i64, i64, i64)> = sqlx::query_as(self.indexed.list_where(name))
+            .bind(name)
+            .bind(value)
+            .bind(secs(now))
+            .fetch_all(&self.db.pool)
+            .await
+            .map_err(classify)?;
         rows.into_iter()
             .map(|(key, created, active, expires)| {
                 let key = key.as_slice().try_into().map_err(|_| {

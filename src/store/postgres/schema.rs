@@ -40,7 +40,7 @@ const TABLES: &[&str] = &[
 ];
 
 /// Serialises concurrent migrations across instances (any constant no other app uses).
-const MIGRATION_LOCK: i64 = 0x726f_636b_6573_7373;
+pub(super) const MIGRATION_LOCK: i64 = 0x726f_636b_6573_7373;
 
 impl PostgresStore {
     /// Applies what `migrations/` holds and is not yet applied, under an advisory lock so that

@@ -1,0 +1,163 @@
+//! Indexed keys (`indexed_keys = ["user_id"]`): a partial hash index per configured key on the
+//! values it holds, so that finding a user's sessions (log out everywhere, a "your devices"
+//! page) is an index lookup instead of a scan of every session's data. A hash index keeps a
+//! 4-byte hash code per value, whatever the value's size, and only rows of that key enter it;
+//! other keys' writes pay nothing for it.
+
+use std::collections::HashMap;
+
+use rocket_db_pools::sqlx::{self, Executor, PgPool};
+use sha2::{Digest, Sha256};
+
+use super::pool::classify;
+use crate::error::{StoreError, StoreErrorKind};
+
+/// Finds the sessions whose key `$1` holds the value `$2`, and deletes them when the claim's
+/// fence lets the statement through (`$3` is this instance); the deleted sessions' keys and
+/// whether the fence let it through.
+pub(super) const DESTROY_WHERE: &str = concat!(
+    "WITH ",
+    fence!(3),
+    ", d AS (
+        DELETE FROM rocket_sessions s USING rocket_session_data d
+         WHERE d.session_id = s.id AND d.name = $1 AND d.value = $2
+           AND EXISTS (SELECT FROM fence)
+        RETURNING s.key
+     ) SELECT array(SELECT key FROM d), EXISTS (SELECT FROM fence)"
+);
+
+/// The live sessions (at `$3`) whose key `$1` holds the value `$2`, with their times.
+pub(super) const LIST_WHERE: &str =
+    "SELECT s.key, s.created_at, COALESCE(s.active_at, s.created_at), s.expires_at
+       FROM rocket_sessions s JOIN rocket_session_data d ON d.session_id = s.id
+      WHERE d.name = $1 AND d.value = $2 AND s.expires_at > $3";
+
+/// The statements of the configured indexed keys, by key. Each is the general one with the key
+/// also written as a literal (`d.name = $1 AND d.name = 'user_id'`): a prepared statement's
+/// generic plan can then use that key's partial index, which it cannot prove usable from `$1`.
+#[derive(Default)]
+pub(super) struct IndexedKeys {
+    statements: HashMap<String, (String, String)>,
+}
+
+impl IndexedKeys {
+    pub(super) fn new(keys: &[String]) -> IndexedKeys {
+        let statements = keys
+            .iter()
+            .map(|key| {
+                let narrowed = format!("d.name = $1 AND d.name = {}", literal(key));
+                let statements = (
+                    DESTROY_WHERE.replace("d.name = $1", &narrowed),
+                    LIST_WHERE.replace("d.name = $1", &narrowed),
+                );
+                (key.clone(), statements)
+            })
+            .collect();
+        IndexedKeys { statements }
+    }
+
+    /// The statement deleting the sessions where `key` holds a value.
+    pub(super) fn destroy_where(&self, key: &str) -> &str {
+        self.statements.get(key).map_or(DESTROY_WHERE, |s| &s.0)
+    }
+
+    /// The statement listing the sessions where `key` holds a value.
+    pub(super) fn list_where(&self, key: &str) -> &str {
+        self.statements.get(key).map_or(LIST_WHERE, |s| &s.1)
+    }
+
+    /// Creates the index of every configured key that has none (or whose build a crash left
+    /// invalid), without blocking writes (`CREATE INDEX CONCURRENTLY`), one instance at a time.
+    /// An index of a key no longer configured is left in place.
+    pub(super) async fn create_indexes(&self, pool: &PgPool, lock: i64) -> Result<(), StoreError> {
+        if self.statements.is_empty() {
+            return Ok(());
+        }
+        // A connection of its own: CONCURRENTLY runs outside any transaction, and the advisory
+        // lock is the session's until released.
+        let mut conn = pool.acquire().await.map_err(classify)?;
+        sqlx::query("SELECT pg_advisory_lock($1)")
+            .bind(lock)
+            .execute(&mut *conn)
+            .await
+            .map_err(classify)?;
+        let mut created = Ok(());
+        for key in self.statements.keys() {
+            let name = index_name(key);
+            let valid: Option<bool> = match sqlx::query_scalar(
+                "SELECT i.indisvalid FROM pg_index i WHERE i.indexrelid = to_regclass($1)",
+            )
+            .bind(&name)
+            .fetch_optional(&mut *conn)
+            .await
+            {
+                Ok(valid) => valid,
+                Err(e) => {
+                    created = Err(classify(e));
+                    break;
+                }
+            };
+            let mut ddl = Vec::new();
+            if valid == Some(false) {
+                ddl.push(format!("DROP INDEX CONCURRENTLY IF EXISTS {name}"));
+            }
+            if valid != Some(true) {
+                ddl.push(format!(
+                    "CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} ON rocket_session_data \
+                     USING hash (value) WHERE name = {}",
+                    literal(key)
+                ));
+            }
+            for sql in ddl {
+                if let Err(e) = conn.execute(sql.as_str()).await {
+                    created = Err(StoreError::new(
+                        StoreErrorKind::Other,
+                        format!("creating the index of `store.indexed_keys` key `{key}` ({name})"),
+                    )
+                    .with_source(e));
+                    break;
+                }
+            }
+            if created.is_err() {
+                break;
+            }
+        }
+        let unlocked = sqlx::query("SELECT pg_advisory_unlock($1)")
+            .bind(lock)
+            .execute(&mut *conn)
+            .await;
+        created?;
+        unlocked.map(|_| ()).map_err(classify)
+    }
+}
+
+/// The index of `key`'s values: named by a digest of the key, which may hold any character.
+pub(super) fn index_name(key: &str) -> String {
+    let digest = Sha256::digest(key.as_bytes());
+    format!("rocket_session_data_key_{}", hex::encode(&digest[..8]))
+}
+
+/// `key` as an SQL string literal (standard-conforming strings, PostgreSQL's default since 9.1:
+/// only a quote needs doubling).
+fn literal(key: &str) -> String {
+    format!("'{}'", key.replace('\'', "''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_indexed_key_narrows_the_statements_by_a_literal_and_others_keep_the_general_ones() {
+        let keys = IndexedKeys::new(&["user_id".into(), "it's".into()]);
+        assert!(keys
+            .destroy_where("user_id")
+            .contains("d.name = $1 AND d.name = 'user_id' AND d.value = $2"));
+        assert!(keys
+            .list_where("it's")
+            .contains("d.name = $1 AND d.name = 'it''s' AND d.value = $2"));
+        assert_eq!(keys.destroy_where("theme"), DESTROY_WHERE);
+        assert_eq!(keys.list_where("theme"), LIST_WHERE);
+        assert_ne!(index_name("user_id"), index_name("it's"));
+    }
+}
