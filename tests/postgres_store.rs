@@ -338,6 +338,33 @@ async fn created(store: &PostgresStore, byte: u8) -> (StoreKey, ChangeSet) {
     (key, changes)
 }
 
+/// The fence leaves the claim's row alone: a change does not lock it (a row lock is a WAL
+/// record, and with several instances' changes at once a MultiXact). That a claim held by
+/// another instance still stops every kind of change is `postgres_cache`'s to show.
+#[rocket::async_test]
+async fn changes_pass_the_fence_without_locking_the_claims_row() {
+    let url = fresh_database().await;
+    let store = PostgresStore::new(pg::pool(&url).await, &pg::config(TTL))
+        .await
+        .unwrap();
+    let (key, changes) = created(&store, 1).await;
+    let admin = pg::pool(&url).await;
+    let xmax = || async {
+        sqlx::query_scalar::<_, String>("SELECT xmax::text FROM rocket_sessions_claim")
+            .fetch_one(&admin)
+            .await
+            .unwrap()
+    };
+    let before = xmax().await;
+    assert!(store.update(&key, &changes, START).await.unwrap());
+    assert!(store
+        .cycle(&key, &self::key(2), &changes, START)
+        .await
+        .unwrap());
+    store.destroy(&self::key(2)).await.unwrap();
+    assert_eq!(xmax().await, before, "no change locked the claim's row");
+}
+
 /// No change is announced (`NOTIFY`): PostgreSQL serialises the commits of notifying
 /// transactions, and the claim alone keeps caches from serving what changed. Notifications
 /// arrive in commit order, so a marker sent after the changes is the first one heard.

@@ -166,7 +166,7 @@ pub struct MemoryStoreConfig {
 /// instance serves from its cache only while it holds the database's cache claim
 /// (`rocket_sessions_claim`), which it may take only while no other instance is alive. Every
 /// statement that changes or deletes an existing session, from any instance, checks the claim
-/// under a row lock and waits while another instance holds it, asking it to let go (`NOTIFY
+/// (under an advisory lock that claiming waits for) and waits while another instance holds it, asking it to let go (`NOTIFY
 /// rocket_sessions`). So a single instance serves from its cache, and its own changes update
 /// it as they commit; when a second instance starts, its first change makes the holder stop
 /// serving from its cache and give the claim up, and while two or more run, none serves from

@@ -32,6 +32,10 @@ pub(super) const LEASE_MARGIN: Duration = Duration::from_millis(500);
 /// stops answering never holds up a tick, or the shutdown, for long.
 const STATEMENT_WAIT: Duration = Duration::from_secs(5);
 
+/// The advisory lock of the fence (`migrations/*_rocket_sessions_fence.sql`, which writes the
+/// same number): changes hold it shared, taking or renewing the claim exclusively.
+pub(super) const FENCE_LOCK: i64 = 0x726f_636b_6665_6e63;
+
 /// How long closing the store may take to give up the claim before leaving it to lapse.
 pub(super) const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
@@ -55,9 +59,10 @@ pub(super) struct ClaimState {
 /// `wants` the claim (it has a cache) and no other instance is alive, takes the claim for
 /// [`LEASE`] or renews it. The epoch moves unless this instance held the claim without a break.
 /// Answers how many other instances are alive, and the claim's epoch if this instance holds
-/// it now. Taking or renewing the claim waits for every change in flight (each holds the
-/// claim's row `FOR SHARE`), and the times are read after that wait. Sent as a simple query
-/// (the values are numbers formatted in).
+/// it now. Taking or renewing the claim waits for every change in flight (each holds
+/// [`FENCE_LOCK`] shared; the claim takes it exclusively), and earlier builds' changes too
+/// (they hold the claim's row `FOR SHARE`, which the `UPDATE` waits for). Sent as a simple
+/// query (the values are numbers formatted in).
 fn tick_sql(instance: i64, wants: bool) -> String {
     let lease = LEASE.as_millis();
     format!(
@@ -81,26 +86,21 @@ fn tick_sql(instance: i64, wants: bool) -> String {
                                 THEN c.epoch ELSE c.epoch + 1 END
              WHERE {wants} AND (SELECT n FROM others) = 0
                AND (c.holder IS NULL OR c.holder = {instance} OR c.until < clock_timestamp())
+               AND CASE WHEN {wants} AND (SELECT n FROM others) = 0
+                        THEN pg_advisory_xact_lock({FENCE_LOCK}) IS NOT NULL ELSE false END
             RETURNING c.epoch
          ) SELECT (SELECT n FROM others), (SELECT epoch FROM claimed)"
     )
 }
 
 /// The check every statement that changes or deletes existing sessions makes, as its first
-/// common table expression: `fence` has a row, locked until the statement's transaction ends,
-/// when no other instance holds a valid claim (`$n` is this instance); the statement changes
-/// nothing otherwise.
+/// common table expression: `fence` has a row when no other instance holds a valid claim (`$n`
+/// is this instance), and the statement changes nothing otherwise. `rocket_sessions_fence`
+/// holds [`FENCE_LOCK`] shared until the statement's transaction ends, so the claim cannot be
+/// taken or renewed meanwhile; it writes nothing (see `migrations/`).
 macro_rules! fence {
     ($n:literal) => {
-        concat!(
-            "fence AS (
-                SELECT 1 FROM rocket_sessions_claim
-                 WHERE holder IS NULL OR holder = $",
-            $n,
-            " OR until < clock_timestamp()
-                   FOR SHARE
-             )"
-        )
+        concat!("fence AS (SELECT 1 WHERE rocket_sessions_fence($", $n, "))")
     };
 }
 

@@ -29,6 +29,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "rocket_sessions_edit_by_hand",
         include_str!("../../../migrations/20261206000000_rocket_sessions_edit_by_hand.sql"),
     ),
+    (
+        20261206000001,
+        "rocket_sessions_fence",
+        include_str!("../../../migrations/20261206000001_rocket_sessions_fence.sql"),
+    ),
 ];
 
 /// The store's tables, whose persistence follows `unlogged`.
@@ -174,4 +179,19 @@ fn persistence_differs(unlogged: bool, differ: &[&str]) -> StoreError {
             statements.join(" ")
         ),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::claim::FENCE_LOCK;
+    use super::MIGRATIONS;
+
+    #[test]
+    fn the_migrations_lock_the_fence_under_the_stores_key() {
+        for (_, name, sql) in MIGRATIONS {
+            if sql.contains("pg_advisory_xact_lock") {
+                assert!(sql.contains(&FENCE_LOCK.to_string()), "{name}");
+            }
+        }
+    }
 }

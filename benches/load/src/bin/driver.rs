@@ -1,8 +1,10 @@
 //! A small HTTP/1.1 load driver in which every connection is one client session: it keeps the
 //! cookie its responses set and sends it back, as a browser would.
 //!
-//! `driver PORT PATH CONNECTIONS SECONDS [SETUP_PATH]` prints one line (each connection first
-//! requests SETUP_PATH once, unmeasured, to get its session):
+//! `driver PORT[,PORT...] PATH CONNECTIONS SECONDS [SETUP_PATH]` prints one line (each client
+//! first requests SETUP_PATH once, unmeasured, to get its session). With several ports (several
+//! instances of one app), each client keeps a connection to each and sends its requests to
+//! them in turn, with its one cookie, as a load balancer's round robin would:
 //! `requests=N ok=N errors=N seconds=S rps=R p50_us=A p99_us=B`.
 //! Traffic goes to 127.0.0.1 only, and stops after SECONDS.
 
@@ -18,15 +20,19 @@ struct Tally {
 }
 
 async fn client(
-    port: u16,
+    ports: Vec<u16>,
     path: String,
     setup: Option<String>,
     until: Instant,
 ) -> std::io::Result<Tally> {
-    let stream = TcpStream::connect(("127.0.0.1", port)).await?;
-    stream.set_nodelay(true)?;
-    let (read, mut write) = stream.into_split();
-    let mut read = BufReader::new(read);
+    let mut connections = Vec::new();
+    for port in ports {
+        let stream = TcpStream::connect(("127.0.0.1", port)).await?;
+        stream.set_nodelay(true)?;
+        let (read, write) = stream.into_split();
+        connections.push((BufReader::new(read), write));
+    }
+    let mut turn = 0;
     let mut cookies: Vec<(String, String)> = Vec::new();
     let mut tally = Tally {
         ok: 0,
@@ -57,6 +63,9 @@ async fn client(
             // The next request is on the measured path.
             stale = true;
         }
+        let at = turn % connections.len();
+        turn += 1;
+        let (read, write) = &mut connections[at];
         let start = Instant::now();
         write.write_all(&request).await?;
         line.clear();
@@ -119,9 +128,9 @@ fn main() {
         [_, port, path, connections, seconds, setup] => {
             (port, path, connections, seconds, Some(setup.clone()))
         }
-        _ => panic!("usage: driver PORT PATH CONNECTIONS SECONDS [SETUP_PATH]"),
+        _ => panic!("usage: driver PORT[,PORT...] PATH CONNECTIONS SECONDS [SETUP_PATH]"),
     };
-    let port: u16 = port.parse().unwrap();
+    let ports: Vec<u16> = port.split(',').map(|p| p.parse().unwrap()).collect();
     let connections: usize = connections.parse().unwrap();
     let seconds: f64 = seconds.parse().unwrap();
     let runtime = rocket::tokio::runtime::Builder::new_multi_thread()
@@ -133,7 +142,7 @@ fn main() {
     let until = started + Duration::from_secs_f64(seconds);
     let tallies = runtime.block_on(async {
         let tasks: Vec<_> = (0..connections)
-            .map(|_| rocket::tokio::spawn(client(port, path.clone(), setup.clone(), until)))
+            .map(|_| rocket::tokio::spawn(client(ports.clone(), path.clone(), setup.clone(), until)))
             .collect();
         let mut out = Vec::new();
         for t in tasks {

@@ -89,7 +89,9 @@ async fn database_url(mode: &str) -> String {
     use sqlx::Connection;
 
     let url = std::env::var("DATABASE_URL").expect("DATABASE_URL for the PostgreSQL modes");
-    let name = format!("bench_{}", mode.replace('-', "_"));
+    // BENCH_DATABASE: several instances of one mode share a database of their own.
+    let name = std::env::var("BENCH_DATABASE")
+        .unwrap_or_else(|_| format!("bench_{}", mode.replace('-', "_")));
     let mut conn = sqlx::PgConnection::connect(&url).await.expect("connect");
     let made = sqlx::query(&format!("CREATE DATABASE {name}"))
         .execute(&mut conn)
