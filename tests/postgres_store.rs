@@ -544,6 +544,22 @@ async fn store_on_its_own_pool_of_one_connection() -> (PostgresStore, sqlx::PgPo
     (store, pool)
 }
 
+/// The plan of the statement prepared on the one connection of `pool` whose text is `LIKE`
+/// `text`, as it runs with `args` (SQL literals): the generic plan, as for any arguments.
+async fn prepared_plan(pool: &sqlx::PgPool, text: &str, args: &str) -> String {
+    let name: String =
+        sqlx::query_scalar("SELECT name FROM pg_prepared_statements WHERE statement LIKE $1")
+            .bind(text)
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    let plan: Vec<String> = sqlx::query_scalar(&format!("EXPLAIN EXECUTE {name}({args})"))
+        .fetch_all(pool)
+        .await
+        .unwrap();
+    plan.join("\n")
+}
+
 /// How often PostgreSQL planned, and how often it reused a generic plan for, the prepared
 /// statements whose text contains `text`, on the one connection of `pool`.
 async fn plans(pool: &sqlx::PgPool, text: &str) -> (i64, i64) {
@@ -597,18 +613,12 @@ async fn a_sweep_on_the_stores_own_pool_reaches_expired_sessions_by_index_not_by
         .unwrap();
     assert_eq!(store.sweep(START).await.unwrap(), 100);
     // The plan the store's connection holds for the sweep, as it runs for any arguments.
-    let name: String =
-        sqlx::query_scalar("SELECT name FROM pg_prepared_statements WHERE statement LIKE $1")
-            .bind("%ORDER BY expires_at LIMIT%")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-    let plan: Vec<String> =
-        sqlx::query_scalar(&format!("EXPLAIN EXECUTE {name}({START}, 1000, 1)"))
-            .fetch_all(&pool)
-            .await
-            .unwrap();
-    let plan = plan.join("\n");
+    let plan = prepared_plan(
+        &pool,
+        "%ORDER BY expires_at LIMIT%",
+        &format!("{START}, 1000, 1"),
+    )
+    .await;
     assert!(
         plan.contains("Index Scan using rocket_sessions_expires_at"),
         "{plan}"
@@ -656,23 +666,7 @@ async fn an_indexed_key_finds_a_users_sessions_by_index_not_by_a_scan() {
     assert_eq!(store.destroy_where("user_id", b"7").await.unwrap(), 1);
     assert_eq!(store.destroy_where("theme", b"8").await.unwrap(), 1);
 
-    let explain = |text: &'static str, args: &'static str| {
-        let pool = pool.clone();
-        async move {
-            let name: String = sqlx::query_scalar(
-                "SELECT name FROM pg_prepared_statements WHERE statement LIKE $1",
-            )
-            .bind(text)
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-            let plan: Vec<String> = sqlx::query_scalar(&format!("EXPLAIN EXECUTE {name}({args})"))
-                .fetch_all(&pool)
-                .await
-                .unwrap();
-            plan.join("\n")
-        }
-    };
+    let explain = |text: &'static str, args: &'static str| prepared_plan(&pool, text, args);
     let index = "rocket_session_data_key_";
     let listed = explain(
         "%d.name = 'user_id'%expires_at > $3%",
