@@ -338,6 +338,52 @@ async fn created(store: &PostgresStore, byte: u8) -> (StoreKey, ChangeSet) {
     (key, changes)
 }
 
+/// This machine's wall clock an hour ahead, in milliseconds: an instance whose clock runs
+/// ahead of the database's.
+fn an_hour_ahead() -> u64 {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    now.unwrap().as_millis() as u64 + 3_600_000
+}
+
+/// Expiry is judged by the database's clock: an instance whose clock runs an hour ahead, and
+/// passes that clock's time, neither finds expired nor sweeps a session another instance
+/// wrote a minute's lifetime to, and what it writes lives by the database's clock too.
+#[rocket::async_test]
+async fn an_instance_whose_clock_runs_ahead_judges_expiry_by_the_databases_clock() {
+    let url = fresh_database().await;
+    let on_time = PostgresStore::new(pg::pool(&url).await, &pg::config(60))
+        .await
+        .unwrap();
+    let ahead =
+        PostgresStore::with_wall_clock(pg::pool(&url).await, &pg::config(60), an_hour_ahead)
+            .await
+            .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let later = now + 3600; // the time by the clock that runs ahead
+    let mut changes = ChangeSet::new();
+    changes.set("n", vec![1]);
+    assert!(on_time.create(&key(1), now, &changes, now).await.unwrap());
+    assert!(ahead.load(&key(1), later).await.unwrap().is_some(), "live");
+    assert_eq!(ahead.sweep(later).await.unwrap(), 0, "and not swept");
+    assert!(ahead.update(&key(1), &changes, later).await.unwrap());
+
+    assert!(ahead.create(&key(2), later, &changes, later).await.unwrap());
+    let record = on_time.load(&key(2), now).await.unwrap().unwrap();
+    assert!(
+        record.expires <= now + 61,
+        "a minute by the database's clock: {record:?}"
+    );
+    let record = ahead.load(&key(2), later).await.unwrap().unwrap();
+    assert!(
+        record.expires >= later + 59,
+        "as the instance ahead counts it: {record:?}"
+    );
+    assert_eq!(on_time.sweep(now + 120).await.unwrap(), 2);
+}
+
 /// The fence leaves the claim's row alone: a change does not lock it (a row lock is a WAL
 /// record, and with several instances' changes at once a MultiXact). That a claim held by
 /// another instance still stops every kind of change is `postgres_cache`'s to show.

@@ -58,8 +58,8 @@ pub(super) struct ClaimState {
 /// The claim's tick, in one statement: says `instance` is alive for [`LEASE`] more and, when it
 /// `wants` the claim (it has a cache) and no other instance is alive, takes the claim for
 /// [`LEASE`] or renews it. The epoch moves unless this instance held the claim without a break.
-/// Answers how many other instances are alive, and the claim's epoch if this instance holds
-/// it now. Taking or renewing the claim waits for every change in flight (each holds
+/// Answers how many other instances are alive, the claim's epoch if this instance holds it
+/// now, and the database's clock in milliseconds (see `skew.rs`). Taking or renewing the claim waits for every change in flight (each holds
 /// [`FENCE_LOCK`] shared; the claim takes it exclusively), and earlier builds' changes too
 /// (they hold the claim's row `FOR SHARE`, which the `UPDATE` waits for). Sent as a simple
 /// query (the values are numbers formatted in).
@@ -89,7 +89,8 @@ fn tick_sql(instance: i64, wants: bool) -> String {
                AND CASE WHEN {wants} AND (SELECT n FROM others) = 0
                         THEN pg_advisory_xact_lock({FENCE_LOCK}) IS NOT NULL ELSE false END
             RETURNING c.epoch
-         ) SELECT (SELECT n FROM others), (SELECT epoch FROM claimed)"
+         ) SELECT (SELECT n FROM others), (SELECT epoch FROM claimed),
+                  extract(epoch FROM clock_timestamp())::float8 * 1000"
     )
 }
 
@@ -140,7 +141,10 @@ impl Db {
     pub(super) async fn tick(&self, claim: &mut ClaimState) -> Result<(), StoreError> {
         let started = Instant::now();
         let sql = tick_sql(self.instance as i64, self.cache.is_some());
+        let before = self.skew.wall_ms();
         let row = self.claim_statement(claim, &sql).await?;
+        let db_ms: f64 = row.try_get(2).map_err(classify)?;
+        self.skew.measured(before, db_ms, self.skew.wall_ms());
         let epoch: Option<i64> = row.try_get(1).map_err(classify)?;
         let Some(cache) = &self.cache else {
             return Ok(());

@@ -9,9 +9,10 @@
 //!
 //! The files, in the order a store meets them: `pool.rs` (connections, and what an error
 //! means), `schema.rs` (migrations at launch), `claim.rs` (instances alive, the cache claim
-//! and the fence), `listen.rs` (the others' announcements), `cache.rs` (the local cache),
-//! `batch.rs` (concurrent loads and updates coalesced into one statement each); this file
-//! holds the store itself and its [`SessionStore`] methods.
+//! and the fence), `skew.rs` (expiry in the database's time), `listen.rs` (requests to let
+//! go of the claim), `cache.rs` (the local cache), `batch.rs` (concurrent loads and updates
+//! coalesced into one statement each), `index.rs` (indexed keys); this file holds the store
+//! itself and its [`SessionStore`] methods.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -33,6 +34,7 @@ mod index;
 mod listen;
 mod pool;
 mod schema;
+mod skew;
 
 use self::batch::{Coalescer, PendingLoad, PendingUpdate, LOAD_LEADERS, UPDATE_LEADERS};
 pub use self::cache::CacheStats;
@@ -41,6 +43,7 @@ use self::claim::{claim_ticks, ClaimState, CLOSE_WAIT};
 use self::index::IndexedKeys;
 use self::listen::listen;
 use self::pool::classify;
+use self::skew::Skew;
 
 /// Sessions in PostgreSQL (koyo's `make-postgres-session-store`).
 ///
@@ -80,6 +83,9 @@ struct Db {
     /// This instance's side of the claim; held through each tick, so ticks and `close` never
     /// overlap.
     claim: Arc<AsyncMutex<ClaimState>>,
+    /// How far the database's clock is from this machine's, measured at each tick: expiry is
+    /// judged in the database's time.
+    skew: Arc<Skew>,
 }
 
 impl Db {
@@ -117,6 +123,18 @@ impl PostgresStore {
         pool: PgPool,
         config: &PostgresStoreConfig,
     ) -> Result<PostgresStore, StoreError> {
+        Self::with_wall_clock(pool, config, skew::wall_ms).await
+    }
+
+    /// [`new`](Self::new), with `wall` (milliseconds since the Unix epoch) in place of this
+    /// machine's wall clock where the store measures how far the database's clock is from it:
+    /// for tests of an instance whose clock runs ahead or behind.
+    #[doc(hidden)]
+    pub async fn with_wall_clock(
+        pool: PgPool,
+        config: &PostgresStoreConfig,
+        wall: fn() -> u64,
+    ) -> Result<PostgresStore, StoreError> {
         if config.cache > 0 && pool.options().get_max_connections() < 2 {
             // The listener would hold the only connection, and every store call would wait.
             return Err(StoreError::new(
@@ -137,6 +155,7 @@ impl PostgresStore {
             instance,
             cache,
             claim: Arc::new(AsyncMutex::new(ClaimState::default())),
+            skew: Arc::new(Skew::new(wall)),
         };
         let (stop, stopped) = watch::channel(false);
         let store = PostgresStore {
@@ -233,6 +252,13 @@ impl PostgresStore {
     fn cache(&self) -> Option<&Cache> {
         self.db.cache.as_deref()
     }
+
+    /// A record as the store holds it (times in the database's time), in the caller's time.
+    fn answer(&self, mut record: SessionRecord) -> SessionRecord {
+        record.created = self.db.skew.from_db(record.created);
+        record.expires = self.db.skew.from_db(record.expires);
+        record
+    }
 }
 
 impl Drop for PostgresStore {
@@ -251,10 +277,11 @@ fn lost() -> StoreError {
 #[rocket::async_trait]
 impl SessionStore for PostgresStore {
     async fn load(&self, key: &StoreKey, now: u64) -> Result<Option<SessionRecord>, StoreError> {
+        let now = self.db.skew.to_db(now);
         let mut ticket: Option<Ticket> = None;
         if let Some(cache) = self.cache() {
             if let Some(record) = cache.get(key, now) {
-                return Ok(Some(record));
+                return Ok(Some(self.answer(record)));
             }
             ticket = cache.ticket(key);
         }
@@ -269,7 +296,7 @@ impl SessionStore for PostgresStore {
         {
             cache.fill(ticket, key, record, *expires);
         }
-        Ok(found.map(|(record, _)| record))
+        Ok(found.map(|(record, _)| self.answer(record)))
     }
 
     fn load_now(
@@ -278,7 +305,10 @@ impl SessionStore for PostgresStore {
         now: u64,
     ) -> Option<Result<Option<SessionRecord>, StoreError>> {
         // A session the cache serves is answered at once; any other is loaded from the database.
-        self.cache()?.hit(key, now).map(|record| Ok(Some(record)))
+        let now = self.db.skew.to_db(now);
+        self.cache()?
+            .hit(key, now)
+            .map(|record| Ok(Some(self.answer(record))))
     }
 
     async fn create(
@@ -288,6 +318,7 @@ impl SessionStore for PostgresStore {
         changes: &ChangeSet,
         now: u64,
     ) -> Result<bool, StoreError> {
+        let (created, now) = (self.db.skew.to_db(created), self.db.skew.to_db(now));
         let (names, values, _) = split(changes);
         for _ in 0..2 {
             self.count();
@@ -340,6 +371,7 @@ impl SessionStore for PostgresStore {
         changes: &ChangeSet,
         now: u64,
     ) -> Result<bool, StoreError> {
+        let now = self.db.skew.to_db(now);
         let (done, answer) = oneshot::channel();
         self.updates.submit(PendingUpdate {
             key: *key,
@@ -358,6 +390,7 @@ impl SessionStore for PostgresStore {
         changes: &ChangeSet,
         now: u64,
     ) -> Result<bool, StoreError> {
+        let now = self.db.skew.to_db(now);
         let (names, values, removed) = split(changes);
         let statement = || {
             sqlx::query_as::<_, (i64, bool)>(concat!(
@@ -461,6 +494,7 @@ impl SessionStore for PostgresStore {
         value: &[u8],
         now: u64,
     ) -> Result<Vec<SessionSummary>, StoreError> {
+        let now = self.db.skew.to_db(now);
         self.count();
         let rows: Vec<(Vec<u8>, i64, i64, i64)> = sqlx::query_as(self.indexed.list_where(name))
             .bind(name)
@@ -477,7 +511,7 @@ impl SessionStore for PostgresStore {
                         "a stored session key is not 32 bytes",
                     )
                 })?;
-                let at = |t: i64| t.max(0) as u64;
+                let at = |t: i64| self.db.skew.from_db(t.max(0) as u64);
                 Ok(SessionSummary {
                     key: StoreKey(key),
                     created: at(created),
@@ -489,6 +523,7 @@ impl SessionStore for PostgresStore {
     }
 
     async fn sweep(&self, now: u64) -> Result<u64, StoreError> {
+        let now = self.db.skew.to_db(now);
         let mut total = 0;
         loop {
             self.count();
