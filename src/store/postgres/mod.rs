@@ -255,8 +255,8 @@ impl PostgresStore {
 
     /// A record as the store holds it (times in the database's time), in the caller's time.
     fn answer(&self, mut record: SessionRecord) -> SessionRecord {
-        record.created = self.db.skew.from_db(record.created);
-        record.expires = self.db.skew.from_db(record.expires);
+        record.created = self.db.skew.caller_time(record.created);
+        record.expires = self.db.skew.caller_time(record.expires);
         record
     }
 }
@@ -277,7 +277,7 @@ fn lost() -> StoreError {
 #[rocket::async_trait]
 impl SessionStore for PostgresStore {
     async fn load(&self, key: &StoreKey, now: u64) -> Result<Option<SessionRecord>, StoreError> {
-        let now = self.db.skew.to_db(now);
+        let now = self.db.skew.db_time(now);
         let mut ticket: Option<Ticket> = None;
         if let Some(cache) = self.cache() {
             if let Some(record) = cache.get(key, now) {
@@ -305,7 +305,7 @@ impl SessionStore for PostgresStore {
         now: u64,
     ) -> Option<Result<Option<SessionRecord>, StoreError>> {
         // A session the cache serves is answered at once; any other is loaded from the database.
-        let now = self.db.skew.to_db(now);
+        let now = self.db.skew.db_time(now);
         self.cache()?
             .hit(key, now)
             .map(|record| Ok(Some(self.answer(record))))
@@ -318,7 +318,7 @@ impl SessionStore for PostgresStore {
         changes: &ChangeSet,
         now: u64,
     ) -> Result<bool, StoreError> {
-        let (created, now) = (self.db.skew.to_db(created), self.db.skew.to_db(now));
+        let (created, now) = (self.db.skew.db_time(created), self.db.skew.db_time(now));
         let (names, values, _) = split(changes);
         for _ in 0..2 {
             self.count();
@@ -371,7 +371,7 @@ impl SessionStore for PostgresStore {
         changes: &ChangeSet,
         now: u64,
     ) -> Result<bool, StoreError> {
-        let now = self.db.skew.to_db(now);
+        let now = self.db.skew.db_time(now);
         let (done, answer) = oneshot::channel();
         self.updates.submit(PendingUpdate {
             key: *key,
@@ -390,7 +390,7 @@ impl SessionStore for PostgresStore {
         changes: &ChangeSet,
         now: u64,
     ) -> Result<bool, StoreError> {
-        let now = self.db.skew.to_db(now);
+        let now = self.db.skew.db_time(now);
         let (names, values, removed) = split(changes);
         let statement = || {
             sqlx::query_as::<_, (i64, bool)>(concat!(
@@ -494,7 +494,7 @@ impl SessionStore for PostgresStore {
         value: &[u8],
         now: u64,
     ) -> Result<Vec<SessionSummary>, StoreError> {
-        let now = self.db.skew.to_db(now);
+        let now = self.db.skew.db_time(now);
         self.count();
         let rows: Vec<(Vec<u8>, i64, i64, i64)> = sqlx::query_as(self.indexed.list_where(name))
             .bind(name)
@@ -511,7 +511,7 @@ impl SessionStore for PostgresStore {
                         "a stored session key is not 32 bytes",
                     )
                 })?;
-                let at = |t: i64| self.db.skew.from_db(t.max(0) as u64);
+                let at = |t: i64| self.db.skew.caller_time(t.max(0) as u64);
                 Ok(SessionSummary {
                     key: StoreKey(key),
                     created: at(created),
@@ -523,7 +523,7 @@ impl SessionStore for PostgresStore {
     }
 
     async fn sweep(&self, now: u64) -> Result<u64, StoreError> {
-        let now = self.db.skew.to_db(now);
+        let now = self.db.skew.db_time(now);
         let mut total = 0;
         loop {
             self.count();

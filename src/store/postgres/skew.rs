@@ -43,12 +43,12 @@ impl Skew {
     }
 
     /// A caller's time, in the database's.
-    pub(super) fn to_db(&self, t: u64) -> u64 {
+    pub(super) fn db_time(&self, t: u64) -> u64 {
         shift(t, self.seconds.load(Ordering::Relaxed))
     }
 
     /// A time of the database's, in the caller's.
-    pub(super) fn from_db(&self, t: u64) -> u64 {
+    pub(super) fn caller_time(&self, t: u64) -> u64 {
         shift(t, -self.seconds.load(Ordering::Relaxed))
     }
 }
@@ -71,16 +71,16 @@ mod tests {
     #[test]
     fn times_shift_by_the_measured_skew_which_moves_only_past_a_second() {
         let skew = Skew::new(wall_ms);
-        assert_eq!((skew.to_db(100), skew.from_db(100)), (100, 100));
+        assert_eq!((skew.db_time(100), skew.caller_time(100)), (100, 100));
         // The database reads half a second ahead: no shift.
         skew.measured(10_000, 10_600.0, 10_200);
-        assert_eq!(skew.to_db(100), 100);
+        assert_eq!(skew.db_time(100), 100);
         // An hour behind (this machine runs an hour ahead).
         skew.measured(3_610_000, 10_050.0, 3_610_100);
-        assert_eq!((skew.to_db(7_200), skew.from_db(3_600)), (3_600, 7_200));
+        assert_eq!((skew.db_time(7_200), skew.caller_time(3_600)), (3_600, 7_200));
         // Within a second of that: it stays.
         skew.measured(3_610_000, 10_900.0, 3_610_000);
-        assert_eq!(skew.to_db(7_200), 3_600);
-        assert_eq!(skew.to_db(10), 0, "never before the epoch");
+        assert_eq!(skew.db_time(7_200), 3_600);
+        assert_eq!(skew.db_time(10), 0, "never before the epoch");
     }
 }
