@@ -77,7 +77,10 @@ mod tests {
         assert_eq!(skew.db_time(100), 100);
         // An hour behind (this machine runs an hour ahead).
         skew.measured(3_610_000, 10_050.0, 3_610_100);
-        assert_eq!((skew.db_time(7_200), skew.caller_time(3_600)), (3_600, 7_200));
+        assert_eq!(
+            (skew.db_time(7_200), skew.caller_time(3_600)),
+            (3_600, 7_200)
+        );
         // Within a second of that: it stays.
         skew.measured(3_610_000, 10_900.0, 3_610_000);
         assert_eq!(skew.db_time(7_200), 3_600);
