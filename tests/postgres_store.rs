@@ -385,8 +385,9 @@ async fn an_instance_whose_clock_runs_ahead_judges_expiry_by_the_databases_clock
 }
 
 /// The fence leaves the claim's row alone: a change does not lock it (a row lock is a WAL
-/// record, and with several instances' changes at once a MultiXact). That a claim held by
-/// another instance still stops every kind of change is `postgres_cache`'s to show.
+/// record, and with several instances' changes at once a MultiXact), unless an instance of an
+/// earlier build, whose fence that lock is, may be running. That a claim held by another
+/// instance still stops every kind of change is `postgres_cache`'s to show.
 #[rocket::async_test]
 async fn changes_pass_the_fence_without_locking_the_claims_row() {
     let url = fresh_database().await;
@@ -409,6 +410,19 @@ async fn changes_pass_the_fence_without_locking_the_claims_row() {
         .unwrap());
     store.destroy(&self::key(2)).await.unwrap();
     assert_eq!(xmax().await, before, "no change locked the claim's row");
+
+    // An instance of an earlier build ticks (it names no protocol): changes now take its fence,
+    // the row lock its claim waits for, as well.
+    sqlx::query(
+        "INSERT INTO rocket_sessions_instances (instance, alive_until)
+         VALUES (42, clock_timestamp() + interval '1 minute')",
+    )
+    .execute(&admin)
+    .await
+    .unwrap();
+    let (key, changes) = created(&store, 3).await;
+    assert!(store.update(&key, &changes, START).await.unwrap());
+    assert_ne!(xmax().await, before, "the change locked the claim's row");
 }
 
 /// No change is announced (`NOTIFY`): PostgreSQL serialises the commits of notifying

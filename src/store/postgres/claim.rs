@@ -32,6 +32,12 @@ pub(super) const LEASE_MARGIN: Duration = Duration::from_millis(500);
 /// stops answering never holds up a tick, or the shutdown, for long.
 const STATEMENT_WAIT: Duration = Duration::from_secs(5);
 
+/// The claim protocol this build speaks, recorded with each instance: 2, the advisory lock
+/// fence (`migrations/*_rocket_sessions_fence.sql`); 1 is that of earlier builds, the claim
+/// row's lock, which this build's changes also take while such an instance may run. No
+/// instance claims while another is alive, whatever its protocol.
+pub(super) const PROTOCOL: i32 = 2;
+
 /// The advisory lock of the fence (`migrations/*_rocket_sessions_fence.sql`, which writes the
 /// same number): changes hold it shared, taking or renewing the claim exclusively.
 pub(super) const FENCE_LOCK: i64 = 0x726f_636b_6665_6e63;
@@ -69,9 +75,10 @@ fn tick_sql(instance: i64, wants: bool) -> String {
         "WITH claim_row AS (
             INSERT INTO rocket_sessions_claim (one) VALUES (true) ON CONFLICT (one) DO NOTHING
          ), alive AS (
-            INSERT INTO rocket_sessions_instances (instance, alive_until)
-            VALUES ({instance}, clock_timestamp() + interval '{lease} milliseconds')
-            ON CONFLICT (instance) DO UPDATE SET alive_until = excluded.alive_until
+            INSERT INTO rocket_sessions_instances (instance, alive_until, protocol)
+            VALUES ({instance}, clock_timestamp() + interval '{lease} milliseconds', {PROTOCOL})
+            ON CONFLICT (instance) DO UPDATE
+               SET alive_until = excluded.alive_until, protocol = excluded.protocol
          ), forgotten AS (
             DELETE FROM rocket_sessions_instances
              WHERE instance <> {instance} AND alive_until < clock_timestamp() - interval '1 day'

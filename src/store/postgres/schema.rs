@@ -183,14 +183,17 @@ fn persistence_differs(unlogged: bool, differ: &[&str]) -> StoreError {
 
 #[cfg(test)]
 mod tests {
-    use super::super::claim::FENCE_LOCK;
+    use super::super::claim::{FENCE_LOCK, PROTOCOL};
     use super::MIGRATIONS;
 
     #[test]
-    fn the_migrations_lock_the_fence_under_the_stores_key() {
+    fn the_migrations_lock_the_fence_under_the_stores_key_and_protocol() {
         for (_, name, sql) in MIGRATIONS {
             if sql.contains("pg_advisory_xact_lock") {
                 assert!(sql.contains(&FENCE_LOCK.to_string()), "{name}");
+            }
+            if sql.contains("FUNCTION rocket_sessions_fence") {
+                assert!(sql.contains(&format!("protocol < {PROTOCOL}")), "{name}");
             }
         }
     }
