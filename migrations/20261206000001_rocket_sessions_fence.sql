@@ -1,6 +1,10 @@
 -- The claim protocol each instance speaks: 1, builds whose fence is a lock on the claim's row
 -- (`FOR SHARE`), which write no protocol and get this default; 2, the fence below.
 ALTER TABLE rocket_sessions_instances ADD COLUMN IF NOT EXISTS protocol integer NOT NULL DEFAULT 1;
+-- What every change asks (below): is an instance of protocol 1 alive? An index of those rows
+-- alone keeps the answer one lookup however many instances a day of restarts has recorded.
+CREATE INDEX IF NOT EXISTS rocket_sessions_instances_protocol_1
+    ON rocket_sessions_instances (alive_until) WHERE protocol < 2;
 
 -- The fence every statement that changes or deletes existing sessions passes: true when no
 -- other instance than `me` holds a valid cache claim. A change holds this advisory lock,
