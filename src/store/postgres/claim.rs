@@ -1,6 +1,6 @@
-//! The cache claim: every instance says every second that it is alive; one with a cache may
-//! take the one-row claim while no other instance is, and serves from its cache only while it
-//! holds it. Every statement that changes existing sessions passes the fence first: it changes
+//! The cache claim: every instance says four times a second that it is alive; one with a
+//! cache may take the one-row claim while no other instance is, and serves from its cache only
+//! while it holds it. Every statement that changes existing sessions passes the fence first: it changes
 //! nothing while another instance's claim is valid, and then asks that instance to let go.
 
 use std::time::{Duration, Instant};

@@ -51,9 +51,9 @@ use self::skew::Skew;
 /// [`PostgresStoreConfig`]), on a pool it initialises from `[<profile>.databases.<database>]`
 /// or on the app's own pool (see [`Sessions::with_database`](crate::Sessions::with_database)).
 ///
-/// Every instance on the database says every second that it is alive. One that keeps a local
-/// cache (`cache = N`, see [`PostgresStoreConfig`]) serves from it only while it holds the
-/// database's cache claim, which it may take only while no other instance is alive; every
+/// Every instance on the database says four times a second that it is alive. One that keeps a
+/// local cache (`cache = N`, see [`PostgresStoreConfig`]) serves from it only while it holds
+/// the database's cache claim, which it may take only while no other instance is alive; every
 /// statement that changes or deletes an existing session checks the claim, under a lock, and
 /// waits while another instance holds it (see `migrations/`), asking it to let go
 /// (`NOTIFY rocket_sessions`). Changes themselves are not announced: the claim alone keeps
