@@ -1,7 +1,8 @@
 //! The cache claim: every instance says four times a second that it is alive; one with a
 //! cache may take the one-row claim while no other instance is, and serves from its cache only
-//! while it holds it. Every statement that changes existing sessions passes the fence first: it changes
-//! nothing while another instance's claim is valid, and then asks that instance to let go.
+//! while it holds it. Every statement that changes existing sessions passes the fence first:
+//! it changes nothing while another instance's claim is valid, and then asks that instance to
+//! let go.
 
 use std::time::{Duration, Instant};
 
@@ -65,10 +66,10 @@ pub(super) struct ClaimState {
 /// `wants` the claim (it has a cache) and no other instance is alive, takes the claim for
 /// [`LEASE`] or renews it. The epoch moves unless this instance held the claim without a break.
 /// Answers how many other instances are alive, the claim's epoch if this instance holds it
-/// now, and the database's clock in milliseconds (see `skew.rs`). Taking or renewing the claim waits for every change in flight (each holds
-/// [`FENCE_LOCK`] shared; the claim takes it exclusively), and earlier builds' changes too
-/// (they hold the claim's row `FOR SHARE`, which the `UPDATE` waits for). Sent as a simple
-/// query (the values are numbers formatted in).
+/// now, and the database's clock in milliseconds (see `skew.rs`). Taking or renewing the claim
+/// waits for every change in flight (each holds [`FENCE_LOCK`] shared; the claim takes it
+/// exclusively), and for earlier builds' changes too (they hold the claim's row `FOR SHARE`,
+/// which the `UPDATE` waits for). Sent as a simple query (the values are numbers formatted in).
 fn tick_sql(instance: i64, wants: bool) -> String {
     let lease = LEASE.as_millis();
     format!(

@@ -9,6 +9,10 @@
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::SystemTime;
 
+/// The longest round trip, in milliseconds, whose reading of the database's clock is trusted:
+/// its middle is then within a tenth of a second of when the database read its clock.
+const TRUSTED_ROUND_TRIP: u64 = 200;
+
 /// How far the database's clock is ahead of this machine's, in whole seconds.
 pub(super) struct Skew {
     seconds: AtomicI64,
@@ -30,9 +34,14 @@ impl Skew {
     }
 
     /// A measurement: the database read `db_ms` between this machine's `before_ms` and
-    /// `after_ms`. The skew moves only when it is off by more than a second, so a skew near a
-    /// half second does not flip back and forth (each flip would move every time by a second).
+    /// `after_ms`. One that took longer than [`TRUSTED_ROUND_TRIP`] (a tick that waited for a
+    /// lock, say) is not trusted. The skew moves only when it is off by more than a second, so a
+    /// skew near a half second does not flip back and forth (each flip would move every time by
+    /// a second).
     pub(super) fn measured(&self, before_ms: u64, db_ms: f64, after_ms: u64) {
+        if after_ms.saturating_sub(before_ms) > TRUSTED_ROUND_TRIP {
+            return;
+        }
         let here = (before_ms as f64 + after_ms as f64) / 2.0;
         let off_ms = db_ms - here;
         let current = self.seconds.load(Ordering::Relaxed);
@@ -83,6 +92,9 @@ mod tests {
         );
         // Within a second of that: it stays.
         skew.measured(3_610_000, 10_900.0, 3_610_000);
+        assert_eq!(skew.db_time(7_200), 3_600);
+        // A reading whose round trip took two seconds is not trusted.
+        skew.measured(20_000, 20_000.0, 22_000);
         assert_eq!(skew.db_time(7_200), 3_600);
         assert_eq!(skew.db_time(10), 0, "never before the epoch");
     }
