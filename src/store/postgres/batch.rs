@@ -104,8 +104,8 @@ impl<T: Send + 'static, B: Batch<T>> Coalescer<T, B> {
     }
 }
 
-/// A live session as a load finds it: the record and its expiry.
-pub(super) type Found = Option<(SessionRecord, u64)>;
+/// A live session as a load finds it (its record carries its expiry).
+pub(super) type Found = Option<SessionRecord>;
 
 /// A `load` waiting for its batch.
 pub(super) struct PendingLoad {
@@ -297,17 +297,16 @@ impl Db {
         let mut found: Vec<Found> = vec![None; batch.len()];
         for row in &rows {
             let slot = at_position(&mut found, row.try_get(0).map_err(classify)?)?;
-            let (record, _) = match slot {
+            let record = match slot {
                 Some(live) => live,
                 None => {
                     let created: i64 = row.try_get(1).map_err(classify)?;
                     let expires: i64 = row.try_get(2).map_err(classify)?;
-                    let record = SessionRecord {
+                    slot.insert(SessionRecord {
                         created: created.max(0) as u64,
                         expires: expires.max(0) as u64,
                         data: Vec::new(),
-                    };
-                    slot.insert((record, expires.max(0) as u64))
+                    })
                 }
             };
             let name: Option<String> = row.try_get(3).map_err(classify)?;

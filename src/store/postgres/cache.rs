@@ -225,13 +225,7 @@ impl Cache {
 
     /// Files what a load found, unless `key` changed or the listener reconnected since the
     /// load took `ticket`.
-    pub(crate) fn fill(
-        &self,
-        ticket: Ticket,
-        key: &StoreKey,
-        record: &SessionRecord,
-        expires: u64,
-    ) {
+    pub(crate) fn fill(&self, ticket: Ticket, key: &StoreKey, record: &SessionRecord) {
         let mut shard = self.shard(prefix(key));
         if shard.seq != ticket.seq
             || self.epoch.load(Ordering::Acquire) != ticket.epoch
@@ -243,7 +237,7 @@ impl Cache {
             &mut shard,
             key,
             record.created,
-            expires,
+            record.expires,
             record.data.clone(),
         );
     }
@@ -423,7 +417,7 @@ mod tests {
     fn record(v: &[u8]) -> SessionRecord {
         SessionRecord {
             created: 1,
-            expires: 100, // as every test fills it
+            expires: 100,
             data: vec![("a".into(), v.to_vec())],
         }
     }
@@ -450,7 +444,7 @@ mod tests {
         cache.set_listening(true);
         cache.claimed(in_a_minute());
         let ticket = cache.ticket(&key(1)).unwrap();
-        cache.fill(ticket, &key(1), &record(b"x"), 100);
+        cache.fill(ticket, &key(1), &record(b"x"));
         assert!(cache.get(&key(1), 10).is_some());
 
         // Suspended for two minutes: `Instant` says the lease runs for a minute more.
@@ -466,7 +460,7 @@ mod tests {
     fn a_cache_serves_only_while_its_claim_lasts_and_starts_empty_on_a_new_one() {
         let cache = listening();
         let ticket = cache.ticket(&key(1)).unwrap();
-        cache.fill(ticket, &key(1), &record(b"x"), 100);
+        cache.fill(ticket, &key(1), &record(b"x"));
         assert!(cache.get(&key(1), 10).is_some());
 
         // The lease runs out: nothing is served, nothing filed; a renewal serves it again.
@@ -482,7 +476,7 @@ mod tests {
         cache.unclaimed();
         assert!(cache.get(&key(1), 10).is_none());
         cache.claimed(in_a_minute());
-        cache.fill(ticket, &key(2), &record(b"old"), 100);
+        cache.fill(ticket, &key(2), &record(b"old"));
         assert!(cache.get(&key(1), 10).is_none(), "emptied");
         assert!(cache.get(&key(2), 10).is_none(), "a load from before");
         assert_eq!(cache.stats().claims, 2);
@@ -493,16 +487,16 @@ mod tests {
         let cache = listening();
         let ticket = cache.ticket(&key(1)).unwrap();
         cache.announced(&announcement(8, [key(1)].iter()));
-        cache.fill(ticket, &key(1), &record(b"old"), 100);
+        cache.fill(ticket, &key(1), &record(b"old"));
         assert_eq!(cache.get(&key(1), 10), None);
 
         let ticket = cache.ticket(&key(1)).unwrap();
         cache.record_update(&key(1), None);
-        cache.fill(ticket, &key(1), &record(b"old"), 100);
+        cache.fill(ticket, &key(1), &record(b"old"));
         assert_eq!(cache.get(&key(1), 10), None);
 
         let ticket = cache.ticket(&key(1)).unwrap();
-        cache.fill(ticket, &key(1), &record(b"now"), 100);
+        cache.fill(ticket, &key(1), &record(b"now"));
         assert_eq!(cache.get(&key(1), 10), Some(record(b"now")));
     }
 
@@ -512,7 +506,7 @@ mod tests {
         let ticket = cache.ticket(&key(1)).unwrap();
         cache.set_listening(false);
         cache.set_listening(true);
-        cache.fill(ticket, &key(1), &record(b"old"), 100);
+        cache.fill(ticket, &key(1), &record(b"old"));
         assert_eq!(cache.get(&key(1), 10), None);
 
         cache.set_listening(false);
@@ -524,7 +518,15 @@ mod tests {
         let cache = listening();
         for n in 1..=4 {
             let ticket = cache.ticket(&key(n)).unwrap();
-            cache.fill(ticket, &key(n), &record(b"x"), 100 + u64::from(n));
+            let expires = 100 + u64::from(n);
+            cache.fill(
+                ticket,
+                &key(n),
+                &SessionRecord {
+                    expires,
+                    ..record(b"x")
+                },
+            );
         }
         cache.announced(&announcement(7, [key(1)].iter()));
         assert!(cache.get(&key(1), 10).is_some(), "its own announcement");
@@ -537,7 +539,7 @@ mod tests {
         assert!(cache.get(&key(3), 10).is_none() && cache.get(&key(4), 10).is_none());
 
         let ticket = cache.ticket(&key(5)).unwrap();
-        cache.fill(ticket, &key(5), &record(b"x"), 100);
+        cache.fill(ticket, &key(5), &record(b"x"));
         cache.announced("garbage");
         assert!(
             cache.get(&key(5), 10).is_none(),
@@ -555,7 +557,7 @@ mod tests {
             let mut k = key(0);
             k.0[7] = n;
             let ticket = cache.ticket(&k).unwrap();
-            cache.fill(ticket, &k, &record(b"x"), 100);
+            cache.fill(ticket, &k, &record(b"x"));
         }
         let held: usize = cache
             .shards

@@ -292,11 +292,10 @@ impl SessionStore for PostgresStore {
             done,
         });
         let found = answer.await.map_err(|_| lost())??;
-        if let (Some(cache), Some(ticket), Some((record, expires))) = (self.cache(), ticket, &found)
-        {
-            cache.fill(ticket, key, record, *expires);
+        if let (Some(cache), Some(ticket), Some(record)) = (self.cache(), ticket, &found) {
+            cache.fill(ticket, key, record);
         }
-        Ok(found.map(|(record, _)| self.answer(record)))
+        Ok(found.map(|record| self.answer(record)))
     }
 
     fn load_now(
