@@ -23,17 +23,11 @@ use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
+use super::skew::wall_ms;
 use crate::id::StoreKey;
 use crate::store::{ChangeSet, DigestHasher, SessionRecord};
-
-/// Nanoseconds since the Unix epoch by the wall clock (0 before it).
-fn wall_nanos() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
-}
 
 /// The channel of requests to let go of the claim (and of the changes earlier builds announced).
 pub(crate) const CHANNEL: &str = "rocket_sessions";
@@ -98,11 +92,11 @@ pub(crate) struct Cache {
     listening: AtomicBool,
     /// Until when the claim is held, in nanoseconds after `base`; 0 when it is not.
     lease: AtomicU64,
-    /// The same moment by the wall clock, in nanoseconds after the Unix epoch. `Instant` does
+    /// The same moment by the wall clock, in milliseconds after the Unix epoch. `Instant` does
     /// not count a suspended machine's (or a frozen VM's) time, the wall clock does: a holder
     /// that resumes believing its lease still runs has its wall clock past this.
     lease_wall: AtomicU64,
-    /// The wall clock (injected in tests).
+    /// The wall clock, in milliseconds after the Unix epoch (injected in tests).
     wall: fn() -> u64,
     base: Instant,
     claims: AtomicU64,
@@ -122,7 +116,7 @@ impl Cache {
             listening: AtomicBool::new(false),
             lease: AtomicU64::new(0),
             lease_wall: AtomicU64::new(0),
-            wall: wall_nanos,
+            wall: wall_ms,
             base: Instant::now(),
             claims: AtomicU64::new(0),
             hits: AtomicU64::new(0),
@@ -169,7 +163,7 @@ impl Cache {
 
     /// The claim this instance holds was renewed without a break, valid here until `until`.
     pub(crate) fn renewed(&self, until: Instant) {
-        let left = until.saturating_duration_since(Instant::now()).as_nanos() as u64;
+        let left = until.saturating_duration_since(Instant::now()).as_millis() as u64;
         // The wall clock's bound first: `holding` reads the monotonic one first.
         self.lease_wall
             .store((self.wall)().saturating_add(left), Ordering::Release);
@@ -434,8 +428,8 @@ mod tests {
         cache
     }
 
-    /// A wall clock the test moves: nanoseconds since the epoch.
-    static WALL: AtomicU64 = AtomicU64::new(1_800_000_000_000_000_000);
+    /// A wall clock the test moves: milliseconds since the epoch.
+    static WALL: AtomicU64 = AtomicU64::new(1_800_000_000_000);
 
     #[test]
     fn a_holder_that_was_suspended_past_its_lease_stops_serving_though_instant_did_not_move() {
@@ -448,7 +442,7 @@ mod tests {
         assert!(cache.get(&key(1), 10).is_some());
 
         // Suspended for two minutes: `Instant` says the lease runs for a minute more.
-        WALL.fetch_add(120_000_000_000, Ordering::SeqCst);
+        WALL.fetch_add(120_000, Ordering::SeqCst);
         assert!(cache.get(&key(1), 10).is_none());
         assert!(!cache.stats().holding);
         // Renewed after it resumed (the claim never lapsed in the database): it serves again.

@@ -92,8 +92,9 @@ fn tick_sql(instance: i64, wants: bool) -> String {
                    until = clock_timestamp() + interval '{lease} milliseconds',
                    epoch = CASE WHEN c.holder = {instance} AND c.until > clock_timestamp()
                                 THEN c.epoch ELSE c.epoch + 1 END
-             WHERE {wants} AND (SELECT n FROM others) = 0
-               AND (c.holder IS NULL OR c.holder = {instance} OR c.until < clock_timestamp())
+             WHERE (c.holder IS NULL OR c.holder = {instance} OR c.until < clock_timestamp())
+               -- The lock only when it wants the claim and no other instance is alive (a CASE
+               -- evaluates in order; the planner may reorder ANDs).
                AND CASE WHEN {wants} AND (SELECT n FROM others) = 0
                         THEN pg_advisory_xact_lock({FENCE_LOCK}) IS NOT NULL ELSE false END
             RETURNING c.epoch
