@@ -166,18 +166,19 @@ pub struct MemoryStoreConfig {
 /// instance serves from its cache only while it holds the database's cache claim
 /// (`rocket_sessions_claim`), which it may take only while no other instance is alive. Every
 /// statement that changes or deletes an existing session, from any instance, checks the claim
-/// (under an advisory lock that claiming waits for) and waits while another instance holds it, asking it to let go (`NOTIFY
-/// rocket_sessions`). So a single instance serves from its cache, and its own changes update
-/// it as they commit; when a second instance starts, its first change makes the holder stop
-/// serving from its cache and give the claim up, and while two or more run, none serves from
-/// a cache. The claim is a lease of 1.5 seconds renewed every quarter second on a connection
-/// of its own; the holder stops serving half a second before the lease could lapse by the
-/// database's clock (counting by the monotonic and the wall clock, so a suspended machine
-/// resumes not serving), and gives the claim up at shutdown. A holder that vanishes without
-/// giving it up delays other instances' changes until its lease lapses (at most 1.5 seconds;
-/// after 10 seconds a change fails as unavailable). The cache listens for requests to let go
-/// on one connection of the pool, and serves nothing while that connection is down, so it
-/// needs a pool of at least 2 connections. To change sessions by hand in SQL, see
+/// (under an advisory lock that claiming waits for) and waits while another instance holds
+/// it, asking it to let go (`NOTIFY rocket_sessions`). So a single instance serves from its
+/// cache, and its own changes update it as they commit; when a second instance starts, its
+/// first change makes the holder stop serving from its cache and give the claim up, and while
+/// two or more run, none serves from a cache. The claim is a lease of 1.5 seconds renewed
+/// every quarter second on a connection of its own; the holder stops serving half a second
+/// before the lease could lapse by the database's clock (counting by the monotonic and the
+/// wall clock, so a suspended machine resumes not serving), and gives the claim up at
+/// shutdown. A holder that vanishes without giving it up delays other instances' changes until
+/// its lease lapses (at most 1.5 seconds; after 10 seconds a change fails as unavailable). The
+/// cache listens for requests to let go on one connection of the pool, and serves nothing
+/// while that connection is down, so it needs a pool of at least 2 connections. To change
+/// sessions by hand in SQL, see
 /// [`PostgresStore::begin_edit_by_hand`](crate::store::PostgresStore::begin_edit_by_hand)
 /// (`SELECT rocket_sessions_edit_by_hand()` first in the transaction).
 #[derive(Debug, Clone, PartialEq, Eq)]

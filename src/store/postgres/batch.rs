@@ -237,8 +237,8 @@ impl Batch<PendingUpdate> for Db {
 /// The batched update: extends each live session and applies its per-key changes, in one
 /// statement, unless another instance holds the claim ($9 is this instance). Nothing is
 /// announced: while the claim lets a change through, no other instance serves from a cache,
-/// and one that takes the claim later starts with an empty one. Answers the positions in the batch of the sessions
-/// that were live, and whether the claim let the statement through.
+/// and one that takes the claim later starts with an empty one. Answers the positions in the
+/// batch of the sessions that were live, and whether the claim let the statement through.
 const UPDATE_MANY: &str = concat!(
     "WITH ",
     fence!(9),
@@ -319,8 +319,7 @@ impl Db {
     }
 
     /// Extends each live session of the batch and applies its changes: one statement, so one
-    /// transaction and one commit. Returns,
-    /// in the batch's order, whether each session was live.
+    /// transaction and one commit. Returns, in the batch's order, whether each session was live.
     async fn update_many(
         &self,
         batch: &[PendingUpdate],

@@ -81,47 +81,43 @@ impl IndexedKeys {
             .execute(&mut *conn)
             .await
             .map_err(classify)?;
-        let mut created = Ok(());
-        for key in self.statements.keys() {
-            let name = index_name(key);
-            let valid: Option<bool> = match sqlx::query_scalar(
-                "SELECT i.indisvalid FROM pg_index i WHERE i.indexrelid = to_regclass($1)",
-            )
-            .bind(&name)
-            .fetch_optional(&mut *conn)
-            .await
-            {
-                Ok(valid) => valid,
-                Err(e) => {
-                    created = Err(classify(e));
-                    break;
+        let created = async {
+            for key in self.statements.keys() {
+                let name = index_name(key);
+                let valid: Option<bool> = sqlx::query_scalar(
+                    "SELECT i.indisvalid FROM pg_index i WHERE i.indexrelid = to_regclass($1)",
+                )
+                .bind(&name)
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(classify)?;
+                let mut ddl = Vec::new();
+                if valid == Some(false) {
+                    ddl.push(format!("DROP INDEX CONCURRENTLY IF EXISTS {name}"));
                 }
-            };
-            let mut ddl = Vec::new();
-            if valid == Some(false) {
-                ddl.push(format!("DROP INDEX CONCURRENTLY IF EXISTS {name}"));
-            }
-            if valid != Some(true) {
-                ddl.push(format!(
-                    "CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} ON rocket_session_data \
-                     USING hash (value) WHERE name = {}",
-                    literal(key)
-                ));
-            }
-            for sql in ddl {
-                if let Err(e) = conn.execute(sql.as_str()).await {
-                    created = Err(StoreError::new(
-                        StoreErrorKind::Other,
-                        format!("creating the index of `store.indexed_keys` key `{key}` ({name})"),
-                    )
-                    .with_source(e));
-                    break;
+                if valid != Some(true) {
+                    ddl.push(format!(
+                        "CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} ON rocket_session_data \
+                         USING hash (value) WHERE name = {}",
+                        literal(key)
+                    ));
+                }
+                for sql in ddl {
+                    conn.execute(sql.as_str()).await.map_err(|e| {
+                        StoreError::new(
+                            StoreErrorKind::Other,
+                            format!(
+                                "creating the index of `store.indexed_keys` key `{key}` ({name})"
+                            ),
+                        )
+                        .with_source(e)
+                    })?;
                 }
             }
-            if created.is_err() {
-                break;
-            }
+            Ok::<_, StoreError>(())
         }
+        .await;
+        // Unlocked whether or not the indexes were made.
         let unlocked = sqlx::query("SELECT pg_advisory_unlock($1)")
             .bind(lock)
             .execute(&mut *conn)

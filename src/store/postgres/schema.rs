@@ -70,17 +70,13 @@ impl PostgresStore {
         )
         .await
         .map_err(classify)?;
-        let mut created = Vec::new();
-        for table in TABLES {
-            let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
-                .bind(table)
-                .fetch_one(&mut *tx)
+        // The tables that this launch's migrations create (those missing now).
+        let created: Vec<String> =
+            sqlx::query_scalar("SELECT t FROM unnest($1::text[]) t WHERE to_regclass(t) IS NULL")
+                .bind(TABLES)
+                .fetch_all(&mut *tx)
                 .await
                 .map_err(classify)?;
-            if !exists {
-                created.push(*table);
-            }
-        }
         let applied: Vec<i64> = sqlx::query_scalar("SELECT version FROM rocket_sessions_schema")
             .fetch_all(&mut *tx)
             .await
@@ -126,7 +122,7 @@ impl PostgresStore {
         // Tables this launch created are empty: giving them the configured persistence costs
         // nothing. Existing ones would be rewritten under an exclusive lock, holding every
         // instance's requests (in the middle of a rolling deploy, say): never implicitly.
-        match differ.iter().all(|t| created.contains(t)) {
+        match differ.iter().all(|t| created.iter().any(|c| c == t)) {
             true => {
                 for table in &differ {
                     let sql = format!("ALTER TABLE {table} SET {}", persistence_word(unlogged));
