@@ -366,6 +366,17 @@ async fn a_holder_that_cannot_renew_its_claim_stops_serving_from_its_cache_befor
     .await;
 }
 
+/// A transaction on `admin` that has called `rocket_sessions_edit_by_hand()`, as the README
+/// says to before changing sessions by hand.
+async fn edit_by_hand(admin: &sqlx::PgPool) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    let mut tx = admin.begin().await.unwrap();
+    sqlx::query("SELECT rocket_sessions_edit_by_hand()")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx
+}
+
 /// A change by hand in SQL made after `rocket_sessions_edit_by_hand()`, in its transaction, is
 /// never served stale: right after it commits, the holder answers what the database holds,
 /// for a change and for a deletion, time after time.
@@ -389,11 +400,7 @@ async fn a_session_changed_or_deleted_by_hand_after_the_edit_function_is_never_s
             "served from the cache, round {n}"
         );
 
-        let mut tx = admin.begin().await.unwrap();
-        sqlx::query("SELECT rocket_sessions_edit_by_hand()")
-            .execute(&mut *tx)
-            .await
-            .unwrap();
+        let mut tx = edit_by_hand(&admin).await;
         sqlx::query("UPDATE rocket_session_data SET value = $1 WHERE name = 'a'")
             .bind(&value[..])
             .execute(&mut *tx)
@@ -403,11 +410,7 @@ async fn a_session_changed_or_deleted_by_hand_after_the_edit_function_is_never_s
         assert_eq!(a_of(&cached, 1).await, Some(value.to_vec()), "round {n}");
     }
 
-    let mut tx = admin.begin().await.unwrap();
-    sqlx::query("SELECT rocket_sessions_edit_by_hand()")
-        .execute(&mut *tx)
-        .await
-        .unwrap();
+    let mut tx = edit_by_hand(&admin).await;
     sqlx::query("DELETE FROM rocket_sessions")
         .execute(&mut *tx)
         .await
