@@ -16,12 +16,8 @@ use crate::config::{SameSite, SessionConfig, StoreConfig};
 use crate::error::{SessionError, StoreError, StoreErrorKind};
 use crate::flush::{CookieAction, Flush};
 use crate::manager::SessionManager;
-#[cfg(feature = "postgres")]
-use crate::store::PostgresStore;
 use crate::store::{MemoryStore, SessionStore};
 use crate::working::RequestSession;
-#[cfg(feature = "postgres")]
-use rocket_db_pools::sqlx::PgPool;
 
 /// The fairing that gives a Rocket application sessions.
 ///
@@ -43,17 +39,87 @@ pub struct Sessions {
     /// `None`: the system clock.
     clock: Option<Arc<dyn Clock>>,
     store: Mutex<Option<Arc<dyn SessionStore>>>,
-    #[cfg(feature = "postgres")]
-    app_pool: Option<AppPool>,
+    #[cfg(any(feature = "postgres", feature = "redis", feature = "sqlite"))]
+    app_pool: Option<pools::FindPool>,
     /// A pool the fairing made itself, closed once the last flush is done.
-    #[cfg(feature = "postgres")]
-    own_pool: OnceLock<PgPool>,
+    #[cfg(any(feature = "postgres", feature = "redis", feature = "sqlite"))]
+    own_pool: OnceLock<pools::AnyPool>,
     manager: OnceLock<SessionManager>,
 }
 
-/// Finds the app's own `rocket_db_pools` PostgreSQL pool in managed state.
-#[cfg(feature = "postgres")]
-type AppPool = Box<dyn Fn(&Rocket<Build>) -> Option<PgPool> + Send + Sync>;
+/// The pools the stores run on, the app's own or the fairing's.
+#[cfg(any(feature = "postgres", feature = "redis", feature = "sqlite"))]
+mod pools {
+    use rocket::{Build, Rocket};
+
+    /// A pool of one of the stores, whichever the build has.
+    #[derive(Clone)]
+    pub enum AnyPool {
+        #[cfg(feature = "postgres")]
+        Postgres(rocket_db_pools::sqlx::PgPool),
+        #[cfg(feature = "redis")]
+        Redis(rocket_db_pools::deadpool_redis::Pool),
+        #[cfg(feature = "sqlite")]
+        Sqlite(rocket_db_pools::sqlx::SqlitePool),
+    }
+
+    impl AnyPool {
+        pub fn kind(&self) -> &'static str {
+            match self {
+                #[cfg(feature = "postgres")]
+                AnyPool::Postgres(_) => "postgres",
+                #[cfg(feature = "redis")]
+                AnyPool::Redis(_) => "redis",
+                #[cfg(feature = "sqlite")]
+                AnyPool::Sqlite(_) => "sqlite",
+            }
+        }
+
+        pub async fn close(&self) {
+            match self {
+                #[cfg(feature = "postgres")]
+                AnyPool::Postgres(pool) => pool.close().await,
+                #[cfg(feature = "redis")]
+                AnyPool::Redis(pool) => pool.close(),
+                #[cfg(feature = "sqlite")]
+                AnyPool::Sqlite(pool) => pool.close().await,
+            }
+        }
+    }
+
+    /// Finds the app's own `rocket_db_pools` pool in managed state.
+    pub type FindPool = Box<dyn Fn(&Rocket<Build>) -> Option<AnyPool> + Send + Sync>;
+
+    /// A `rocket_db_pools` pool a store of this crate runs on.
+    pub trait StorePool: rocket_db_pools::Pool + Clone {
+        #[doc(hidden)]
+        fn into_any(self) -> AnyPool;
+    }
+
+    #[cfg(feature = "postgres")]
+    impl StorePool for rocket_db_pools::sqlx::PgPool {
+        fn into_any(self) -> AnyPool {
+            AnyPool::Postgres(self)
+        }
+    }
+
+    #[cfg(feature = "redis")]
+    impl StorePool for rocket_db_pools::deadpool_redis::Pool {
+        fn into_any(self) -> AnyPool {
+            AnyPool::Redis(self)
+        }
+    }
+
+    #[cfg(feature = "sqlite")]
+    impl StorePool for rocket_db_pools::sqlx::SqlitePool {
+        fn into_any(self) -> AnyPool {
+            AnyPool::Sqlite(self)
+        }
+    }
+}
+
+#[cfg(any(feature = "postgres", feature = "redis", feature = "sqlite"))]
+pub use pools::StorePool;
 
 impl Sessions {
     /// The fairing, with the store chosen by configuration and the system clock.
@@ -61,20 +127,26 @@ impl Sessions {
         Sessions {
             clock: None,
             store: Mutex::new(None),
-            #[cfg(feature = "postgres")]
+            #[cfg(any(feature = "postgres", feature = "redis", feature = "sqlite"))]
             app_pool: None,
-            #[cfg(feature = "postgres")]
+            #[cfg(any(feature = "postgres", feature = "redis", feature = "sqlite"))]
             own_pool: OnceLock::new(),
             manager: OnceLock::new(),
         }
     }
 
-    /// Runs the PostgreSQL store on the app's own `#[derive(Database)]` pool `D` instead of
-    /// initialising one from `[<profile>.databases.<database>]`. Attach `D::init()` before
-    /// this fairing. Rocket closes that pool at shutdown on its own schedule, so requests still
-    /// in flight then may answer 503. Add `?options[plan_cache_mode]=force_generic_plan` to
-    /// the database's `url` to plan the store's statements once, as its own pool does
-    /// (see [`PostgresStore::pool_from_figment`]).
+    /// Runs the configured store on the app's own `#[derive(Database)]` pool `D` instead of
+    /// initialising one from `[<profile>.databases.<database>]`: a PostgreSQL, SQLite or Redis
+    /// pool (see [`StorePool`]), which must be the configured store's kind. Attach `D::init()`
+    /// before this fairing. Rocket closes that pool at shutdown on its own schedule, so
+    /// requests still in flight then may answer 503. For PostgreSQL, add
+    /// `?options[plan_cache_mode]=force_generic_plan` to the database's `url` to plan the
+    /// store's statements once, as its own pool does (see
+    /// [`PostgresStore::pool_from_figment`](crate::store::PostgresStore::pool_from_figment)).
+    /// For SQLite, the app's pool keeps its own settings: its journal mode, `synchronous` and
+    /// busy timeout are the app's to choose (see
+    /// [`SqliteStore::pool_from_figment`](crate::store::SqliteStore::pool_from_figment) for the
+    /// store's).
     ///
     /// ```no_run
     /// use rocket_db_pools::{sqlx, Database};
@@ -91,12 +163,15 @@ impl Sessions {
     ///         .attach(Sessions::fairing().with_database::<Db>())
     /// }
     /// ```
-    #[cfg(feature = "postgres")]
+    #[cfg(any(feature = "postgres", feature = "redis", feature = "sqlite"))]
     pub fn with_database<D>(mut self) -> Sessions
     where
-        D: rocket_db_pools::Database<Pool = PgPool>,
+        D: rocket_db_pools::Database,
+        D::Pool: StorePool,
     {
-        self.app_pool = Some(Box::new(|rocket| D::fetch(rocket).map(|db| (**db).clone())));
+        self.app_pool = Some(Box::new(|rocket| {
+            D::fetch(rocket).map(|db| (**db).clone().into_any())
+        }));
         self
     }
 
@@ -114,6 +189,44 @@ impl Sessions {
         self
     }
 
+    /// The app's own pool when one was given, else a pool of the fairing's from `figment`
+    /// (`open` makes it), closed at shutdown.
+    #[cfg(any(feature = "postgres", feature = "redis", feature = "sqlite"))]
+    async fn pool<F>(
+        &self,
+        rocket: &Rocket<Build>,
+        kind: &str,
+        open: F,
+    ) -> Result<pools::AnyPool, StoreError>
+    where
+        F: Future<Output = Result<pools::AnyPool, StoreError>>,
+    {
+        let pool = match &self.app_pool {
+            Some(find) => find(rocket).ok_or_else(|| {
+                StoreError::new(
+                    StoreErrorKind::Other,
+                    "the app's database is not attached before the Sessions fairing",
+                )
+            })?,
+            None => {
+                let pool = open.await?;
+                let _ = self.own_pool.set(pool.clone());
+                pool
+            }
+        };
+        if pool.kind() != kind {
+            return Err(StoreError::new(
+                StoreErrorKind::Other,
+                format!(
+                    "store.kind = \"{kind}\", but the app's database given to \
+                     Sessions::with_database is a {} pool",
+                    pool.kind()
+                ),
+            ));
+        }
+        Ok(pool)
+    }
+
     async fn open_store(
         &self,
         rocket: &Rocket<Build>,
@@ -122,6 +235,16 @@ impl Sessions {
         if let Some(store) = self.store.lock().unwrap_or_else(|p| p.into_inner()).take() {
             return Ok(store);
         }
+        let missing = |kind: &str| -> Result<Arc<dyn SessionStore>, StoreError> {
+            Err(StoreError::new(
+                StoreErrorKind::Other,
+                format!(
+                    "store.kind = \"{kind}\" needs this crate's `{kind}` feature, which this \
+                     build leaves out"
+                ),
+            ))
+        };
+        let _ = (rocket, &missing);
         match &config.store {
             StoreConfig::Memory(memory) => {
                 let memory = memory.clone();
@@ -133,32 +256,50 @@ impl Sessions {
                 Ok(Arc::new(store))
             }
             #[cfg(not(feature = "postgres"))]
-            StoreConfig::Postgres(_) => {
-                let _ = rocket;
-                Err(StoreError::new(
-                    StoreErrorKind::Other,
-                    "store.kind = \"postgres\" needs this crate's `postgres` feature, which this \
-                     build leaves out",
-                ))
-            }
+            StoreConfig::Postgres(_) => missing("postgres"),
             #[cfg(feature = "postgres")]
             StoreConfig::Postgres(postgres) => {
-                let pool = match &self.app_pool {
-                    Some(find) => find(rocket).ok_or_else(|| {
-                        StoreError::new(
-                            StoreErrorKind::Other,
-                            "the app's database is not attached before the Sessions fairing",
-                        )
-                    })?,
-                    None => {
-                        let pool =
-                            PostgresStore::pool_from_figment(rocket.figment(), &postgres.database)
-                                .await?;
-                        let _ = self.own_pool.set(pool.clone());
-                        pool
-                    }
+                use crate::store::PostgresStore;
+                let open = async {
+                    PostgresStore::pool_from_figment(rocket.figment(), &postgres.database)
+                        .await
+                        .map(pools::AnyPool::Postgres)
+                };
+                let pools::AnyPool::Postgres(pool) = self.pool(rocket, "postgres", open).await?
+                else {
+                    unreachable!("pool() checks the kind");
                 };
                 Ok(Arc::new(PostgresStore::new(pool, postgres).await?))
+            }
+            #[cfg(not(feature = "redis"))]
+            StoreConfig::Redis(_) => missing("redis"),
+            #[cfg(feature = "redis")]
+            StoreConfig::Redis(redis) => {
+                use crate::store::RedisStore;
+                let open = async {
+                    RedisStore::pool_from_figment(rocket.figment(), &redis.database)
+                        .await
+                        .map(pools::AnyPool::Redis)
+                };
+                let pools::AnyPool::Redis(pool) = self.pool(rocket, "redis", open).await? else {
+                    unreachable!("pool() checks the kind");
+                };
+                Ok(Arc::new(RedisStore::new(pool, redis).await?))
+            }
+            #[cfg(not(feature = "sqlite"))]
+            StoreConfig::Sqlite(_) => missing("sqlite"),
+            #[cfg(feature = "sqlite")]
+            StoreConfig::Sqlite(sqlite) => {
+                use crate::store::SqliteStore;
+                let open = async {
+                    SqliteStore::pool_from_figment(rocket.figment(), sqlite)
+                        .await
+                        .map(pools::AnyPool::Sqlite)
+                };
+                let pools::AnyPool::Sqlite(pool) = self.pool(rocket, "sqlite", open).await? else {
+                    unreachable!("pool() checks the kind");
+                };
+                Ok(Arc::new(SqliteStore::new(pool, sqlite).await?))
             }
         }
     }
@@ -228,6 +369,9 @@ where
     F: Fn() -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send,
 {
+    if interval == 0 {
+        return;
+    }
     let mut shutdown = rocket.shutdown();
     rocket::tokio::spawn(async move {
         loop {
@@ -283,6 +427,9 @@ impl Fairing for Sessions {
         let (sweep, snapshot) = match &manager.config().store {
             StoreConfig::Memory(m) => (m.sweep_interval, m.snapshot_interval),
             StoreConfig::Postgres(p) => (p.sweep_interval, 0),
+            StoreConfig::Sqlite(s) => (s.sweep_interval, 0),
+            // Redis deletes sessions as they expire.
+            StoreConfig::Redis(_) => (0, 0),
         };
         let m = manager.clone();
         every(rocket, sweep, move || {
@@ -363,7 +510,7 @@ impl Fairing for Sessions {
         if let Err(e) = manager.store().close().await {
             rocket::error!("session store: closing at shutdown failed: {e}");
         }
-        #[cfg(feature = "postgres")]
+        #[cfg(any(feature = "postgres", feature = "redis", feature = "sqlite"))]
         if let Some(pool) = self.own_pool.get() {
             pool.close().await;
         }

@@ -133,6 +133,8 @@ pub use config::{SessionConfig, StoreConfig};
 pub use devices::{InvalidSessionHandle, SessionHandle, SessionInfo};
 pub use error::{ConfigError, SessionError, StoreError, StoreErrorKind};
 pub use fairing::Sessions;
+#[cfg(any(feature = "postgres", feature = "redis", feature = "sqlite"))]
+pub use fairing::StorePool;
 pub use id::{InvalidSessionId, SessionId, StoreKey};
 pub use lifetime::Lifetime;
 pub use manager::SessionManager;

@@ -138,10 +138,18 @@ use crate::id::StoreKey;
 pub(crate) mod memory;
 #[cfg(feature = "postgres")]
 mod postgres;
+#[cfg(feature = "redis")]
+mod redis;
+#[cfg(feature = "sqlite")]
+mod sqlite;
 
 pub use memory::MemoryStore;
 #[cfg(feature = "postgres")]
 pub use postgres::{CacheStats, PostgresStore};
+#[cfg(feature = "redis")]
+pub use redis::RedisStore;
+#[cfg(feature = "sqlite")]
+pub use sqlite::SqliteStore;
 
 /// Store keys are SHA-256 digests, uniformly distributed already: hashing them again is waste.
 #[derive(Default)]

@@ -1,0 +1,520 @@
+//! The SQLite store, on a `rocket_db_pools` sqlx pool: one file shared by the processes of one
+//! machine, with no server to run.
+//!
+//! Sessions live in `rocket_sessions` (one row each, filed under the SHA-256 of the id) and their
+//! data in `rocket_session_data` (one row per key), as `migrations/sqlite/` creates them. A
+//! write is one transaction whose first statement writes, so it waits for another process's
+//! write (up to the busy timeout) instead of failing. A session's data rows go with it through
+//! `ON DELETE CASCADE`, so deleting sessions is one statement.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use rocket::figment::providers::Serialized;
+use rocket::figment::Figment;
+use rocket_db_pools::sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use rocket_db_pools::sqlx::{self, ConnectOptions, Executor, Sqlite, Transaction};
+
+use super::{ChangeSet, SessionRecord, SessionStore, SessionSummary};
+use crate::config::{SqliteStoreConfig, Synchronous};
+use crate::error::{StoreError, StoreErrorKind};
+use crate::id::StoreKey;
+
+/// The schema, as `(version, description, SQL)`, in the order it is applied.
+const MIGRATIONS: &[(i64, &str, &str)] = &[(
+    20261206000002,
+    "rocket_sessions",
+    include_str!("../../migrations/sqlite/20261206000002_rocket_sessions.sql"),
+)];
+
+const LOAD: &str = "SELECT s.created_at, s.expires_at, d.name, d.value
+                      FROM rocket_sessions s
+                      LEFT JOIN rocket_session_data d ON d.session_id = s.id
+                     WHERE s.key = ?1 AND s.expires_at > ?2";
+
+const SET: &str = "INSERT INTO rocket_session_data (session_id, name, value) VALUES (?1, ?2, ?3)
+                   ON CONFLICT (session_id, name) DO UPDATE SET value = excluded.value";
+
+const REMOVE: &str = "DELETE FROM rocket_session_data WHERE session_id = ?1 AND name = ?2";
+
+/// Deletes the sessions whose key `?1` holds the value `?2`.
+const DESTROY_WHERE: &str = "DELETE FROM rocket_sessions WHERE id IN (
+                                SELECT d.session_id FROM rocket_session_data d
+                                 WHERE d.name = ?1 AND d.value = ?2)";
+
+/// The live sessions (at `?3`) whose key `?1` holds the value `?2`, with their times.
+const LIST_WHERE: &str = "SELECT s.key, s.created_at, s.active_at, s.expires_at
+                            FROM rocket_session_data d
+                            JOIN rocket_sessions s ON s.id = d.session_id
+                           WHERE d.name = ?1 AND d.value = ?2 AND s.expires_at > ?3";
+
+/// Sessions in one SQLite file (the `sqlite` feature).
+///
+/// Built by the fairing from `store = { kind = "sqlite", ... }` (see [`SqliteStoreConfig`]), on
+/// a pool it opens from `[<profile>.databases.<database>]` (see
+/// [`pool_from_figment`](Self::pool_from_figment)) or on the app's own pool (see
+/// [`Sessions::with_database`](crate::Sessions::with_database)).
+pub struct SqliteStore {
+    pool: SqlitePool,
+    ttl: u64,
+    sweep_batch: u32,
+    /// For each indexed key, its `destroy_where` and `list_where` statements.
+    indexed: Vec<(String, String, String)>,
+}
+
+/// What a sqlx error means for the caller.
+fn classify(e: sqlx::Error) -> StoreError {
+    StoreError::new(classify_kind(&e), "SQLite").with_source(e)
+}
+
+fn classify_kind(e: &sqlx::Error) -> StoreErrorKind {
+    use sqlx::Error as E;
+    match e {
+        E::Io(_) | E::PoolTimedOut | E::PoolClosed | E::WorkerCrashed => {
+            StoreErrorKind::Unavailable
+        }
+        // SQLite's primary result code is the low byte of the extended one.
+        E::Database(db) => match db
+            .code()
+            .and_then(|c| c.parse::<i32>().ok())
+            .map(|c| c & 0xff)
+        {
+            // SQLITE_BUSY, SQLITE_LOCKED: another process's write outlasted the busy timeout.
+            Some(5 | 6) => StoreErrorKind::Unavailable,
+            // SQLITE_CORRUPT, SQLITE_NOTADB.
+            Some(11 | 26) => StoreErrorKind::Corrupt,
+            // SQLITE_IOERR, SQLITE_FULL, SQLITE_CANTOPEN, SQLITE_READONLY.
+            Some(10 | 13 | 14 | 8) => StoreErrorKind::Io,
+            _ => StoreErrorKind::Other,
+        },
+        E::ColumnDecode { .. } | E::Decode(_) => StoreErrorKind::Corrupt,
+        _ => StoreErrorKind::Other,
+    }
+}
+
+fn secs(t: u64) -> i64 {
+    t.min(i64::MAX as u64) as i64
+}
+
+fn unsigned(t: i64) -> u64 {
+    t.max(0) as u64
+}
+
+/// `key` as an SQL string literal.
+fn literal(key: &str) -> String {
+    format!("'{}'", key.replace('\'', "''"))
+}
+
+impl SqliteStore {
+    /// A pool opened from `[<profile>.databases.<name>]` of `figment`, with the keys and
+    /// defaults of `rocket_db_pools` (`url`, `max_connections`, `connect_timeout`,
+    /// `idle_timeout`, `min_connections`), set up for the store: the file created when missing,
+    /// the WAL journal (readers never wait for the writer, and several processes share the
+    /// file), `config.synchronous`, a busy timeout of `config.busy_timeout` seconds, foreign
+    /// keys on, statement logging off.
+    pub async fn pool_from_figment(
+        figment: &Figment,
+        config: &SqliteStoreConfig,
+    ) -> Result<SqlitePool, StoreError> {
+        let name = &config.database;
+        let workers: usize = figment.extract_inner("workers").unwrap_or(2);
+        let db: rocket_db_pools::Config = figment
+            .focus(&format!("databases.{name}"))
+            .join(Serialized::default("max_connections", workers * 4))
+            .join(Serialized::default("connect_timeout", 5))
+            .extract()
+            .map_err(|e| {
+                StoreError::new(StoreErrorKind::Other, format!("databases.{name}")).with_source(e)
+            })?;
+        let options = SqliteConnectOptions::from_str(&db.url)
+            .map_err(|e| {
+                StoreError::new(StoreErrorKind::Other, format!("databases.{name}.url"))
+                    .with_source(e)
+            })?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(match config.synchronous {
+                Synchronous::Full => SqliteSynchronous::Full,
+                Synchronous::Normal => SqliteSynchronous::Normal,
+            })
+            .busy_timeout(Duration::from_secs(config.busy_timeout))
+            .foreign_keys(true)
+            .disable_statement_logging();
+        let pool = SqlitePoolOptions::new()
+            .max_connections(db.max_connections as u32)
+            .acquire_timeout(Duration::from_secs(db.connect_timeout))
+            .idle_timeout(db.idle_timeout.map(Duration::from_secs))
+            .min_connections(db.min_connections.unwrap_or_default())
+            .connect_with(options)
+            .await
+            .map_err(|e| {
+                let context = format!("opening databases.{name} ({})", db.url);
+                StoreError::new(classify_kind(&e), context).with_source(e)
+            })?;
+        Ok(pool)
+    }
+
+    /// A store on `pool`, applying the schema first when `config.migrate` is set (and checking
+    /// that the file answers either way). The pool's connections must have foreign keys on
+    /// (sqlx's default): a launch on a pool without them is refused.
+    pub async fn new(
+        pool: SqlitePool,
+        config: &SqliteStoreConfig,
+    ) -> Result<SqliteStore, StoreError> {
+        let mut conn = pool.acquire().await.map_err(classify)?;
+        let foreign_keys: i64 = sqlx::query_scalar("PRAGMA foreign_keys")
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(classify)?;
+        if foreign_keys != 1 {
+            return Err(StoreError::new(
+                StoreErrorKind::Other,
+                "the SQLite pool's connections have foreign keys off (PRAGMA foreign_keys): \
+                 the store deletes a session's data through them; turn them on",
+            ));
+        }
+        drop(conn);
+        let indexed = config
+            .indexed_keys
+            .iter()
+            .map(|key| {
+                let narrowed = format!("d.name = ?1 AND d.name = {}", literal(key));
+                (
+                    key.clone(),
+                    DESTROY_WHERE.replace("d.name = ?1", &narrowed),
+                    LIST_WHERE.replace("d.name = ?1", &narrowed),
+                )
+            })
+            .collect();
+        let store = SqliteStore {
+            pool,
+            ttl: config.ttl,
+            sweep_batch: config.sweep_batch,
+            indexed,
+        };
+        if config.migrate {
+            store.migrate().await?;
+        }
+        Ok(store)
+    }
+
+    /// The pool this store runs on.
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    /// SQLite's plan (`EXPLAIN QUERY PLAN`, its steps joined by `; `) of the statements with
+    /// which [`list_where`](SessionStore::list_where) and
+    /// [`destroy_where`](SessionStore::destroy_where) find sessions by `name`: for the tests of
+    /// indexed keys.
+    #[doc(hidden)]
+    pub async fn plans_of_where(&self, name: &str) -> Result<Vec<String>, StoreError> {
+        let mut plans = Vec::new();
+        for (sql, params) in [
+            (self.statement(name, |s| &s.2, LIST_WHERE), 3),
+            (self.statement(name, |s| &s.1, DESTROY_WHERE), 2),
+        ] {
+            let explain = format!("EXPLAIN QUERY PLAN {sql}");
+            let mut query = sqlx::query_as(&explain).bind(name).bind(&b""[..]);
+            if params == 3 {
+                query = query.bind(0i64);
+            }
+            let rows: Vec<(i64, i64, i64, String)> =
+                query.fetch_all(&self.pool).await.map_err(classify)?;
+            plans.push(rows.into_iter().map(|r| r.3).collect::<Vec<_>>().join("; "));
+        }
+        Ok(plans)
+    }
+
+    /// Applies what `migrations/sqlite/` holds and is not yet applied, and creates the indexes of
+    /// the indexed keys, in one transaction that holds the file's write lock from its start
+    /// (`BEGIN IMMEDIATE`), so that processes starting together do it once.
+    async fn migrate(&self) -> Result<(), StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(classify)?;
+        conn.execute("BEGIN IMMEDIATE").await.map_err(classify)?;
+        let applied = async {
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS rocket_sessions_schema (
+                    version     INTEGER PRIMARY KEY,
+                    description TEXT    NOT NULL,
+                    applied_at  INTEGER NOT NULL DEFAULT (unixepoch())
+                )",
+            )
+            .await?;
+            let applied: Vec<i64> =
+                sqlx::query_scalar("SELECT version FROM rocket_sessions_schema")
+                    .fetch_all(&mut *conn)
+                    .await?;
+            for (version, description, sql) in MIGRATIONS {
+                if applied.contains(version) {
+                    continue;
+                }
+                conn.execute(*sql).await?;
+                sqlx::query(
+                    "INSERT INTO rocket_sessions_schema (version, description) VALUES (?1, ?2)",
+                )
+                .bind(version)
+                .bind(description)
+                .execute(&mut *conn)
+                .await?;
+            }
+            for (key, _, _) in &self.indexed {
+                let index = format!(
+                    "CREATE INDEX IF NOT EXISTS rocket_session_data_by_{} \
+                     ON rocket_session_data (value) WHERE name = {}",
+                    hex::encode(key),
+                    literal(key)
+                );
+                conn.execute(index.as_str()).await?;
+            }
+            conn.execute("COMMIT").await?;
+            Ok::<_, sqlx::Error>(())
+        }
+        .await;
+        if let Err(e) = applied {
+            let _ = conn.execute("ROLLBACK").await;
+            return Err(classify(e));
+        }
+        Ok(())
+    }
+
+    fn statement<'a>(
+        &'a self,
+        name: &str,
+        pick: fn(&'a (String, String, String)) -> &'a str,
+        general: &'static str,
+    ) -> &'a str {
+        self.indexed
+            .iter()
+            .find(|(key, _, _)| key == name)
+            .map_or(general, pick)
+    }
+}
+
+/// Applies `changes` to the data of session `id` within `tx`.
+async fn apply(
+    tx: &mut Transaction<'static, Sqlite>,
+    id: i64,
+    changes: &ChangeSet,
+) -> Result<(), sqlx::Error> {
+    for (name, value) in changes.iter() {
+        match value {
+            Some(value) => {
+                sqlx::query(SET)
+                    .bind(id)
+                    .bind(name)
+                    .bind(value)
+                    .execute(&mut **tx)
+                    .await?
+            }
+            None => {
+                sqlx::query(REMOVE)
+                    .bind(id)
+                    .bind(name)
+                    .execute(&mut **tx)
+                    .await?
+            }
+        };
+    }
+    Ok(())
+}
+
+#[rocket::async_trait]
+impl SessionStore for SqliteStore {
+    async fn load(&self, key: &StoreKey, now: u64) -> Result<Option<SessionRecord>, StoreError> {
+        let rows: Vec<(i64, i64, Option<String>, Option<Vec<u8>>)> = sqlx::query_as(LOAD)
+            .bind(&key.0[..])
+            .bind(secs(now))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(classify)?;
+        let Some(&(created, expires, _, _)) = rows.first() else {
+            return Ok(None);
+        };
+        let data = rows
+            .into_iter()
+            .filter_map(|(_, _, name, value)| Some((name?, value?)))
+            .collect();
+        Ok(Some(SessionRecord {
+            created: unsigned(created),
+            expires: unsigned(expires),
+            data,
+        }))
+    }
+
+    async fn create(
+        &self,
+        key: &StoreKey,
+        created: u64,
+        changes: &ChangeSet,
+        now: u64,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(classify)?;
+        let made = async {
+            // An expired session under the key gives way (its data with it).
+            sqlx::query("DELETE FROM rocket_sessions WHERE key = ?1 AND expires_at <= ?2")
+                .bind(&key.0[..])
+                .bind(secs(now))
+                .execute(&mut *tx)
+                .await?;
+            let id: Option<i64> = sqlx::query_scalar(
+                "INSERT INTO rocket_sessions (key, created_at, active_at, expires_at)
+                 VALUES (?1, ?2, ?3, ?4) ON CONFLICT (key) DO NOTHING RETURNING id",
+            )
+            .bind(&key.0[..])
+            .bind(secs(created))
+            .bind(secs(now))
+            .bind(secs(changes.expiry(now, self.ttl)))
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some(id) = id else {
+                return Ok(false);
+            };
+            apply(&mut tx, id, changes).await?;
+            Ok::<_, sqlx::Error>(true)
+        }
+        .await
+        .map_err(classify)?;
+        if made {
+            tx.commit().await.map_err(classify)?;
+        }
+        Ok(made)
+    }
+
+    async fn update(
+        &self,
+        key: &StoreKey,
+        changes: &ChangeSet,
+        now: u64,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(classify)?;
+        let updated = async {
+            let id: Option<i64> = sqlx::query_scalar(
+                "UPDATE rocket_sessions SET active_at = ?2, expires_at = ?3
+                  WHERE key = ?1 AND expires_at > ?2 RETURNING id",
+            )
+            .bind(&key.0[..])
+            .bind(secs(now))
+            .bind(secs(changes.expiry(now, self.ttl)))
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some(id) = id else {
+                return Ok(false);
+            };
+            apply(&mut tx, id, changes).await?;
+            Ok::<_, sqlx::Error>(true)
+        }
+        .await
+        .map_err(classify)?;
+        if updated {
+            tx.commit().await.map_err(classify)?;
+        }
+        Ok(updated)
+    }
+
+    async fn cycle(
+        &self,
+        old: &StoreKey,
+        new: &StoreKey,
+        changes: &ChangeSet,
+        now: u64,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(classify)?;
+        let moved = async {
+            let id: Option<i64> = sqlx::query_scalar(
+                "UPDATE rocket_sessions SET key = ?2, active_at = ?3, expires_at = ?4
+                  WHERE key = ?1 AND expires_at > ?3
+                    AND NOT EXISTS (SELECT 1 FROM rocket_sessions WHERE key = ?2)
+                 RETURNING id",
+            )
+            .bind(&old.0[..])
+            .bind(&new.0[..])
+            .bind(secs(now))
+            .bind(secs(changes.expiry(now, self.ttl)))
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some(id) = id else {
+                return Ok(false);
+            };
+            apply(&mut tx, id, changes).await?;
+            Ok::<_, sqlx::Error>(true)
+        }
+        .await
+        .map_err(classify)?;
+        if moved {
+            tx.commit().await.map_err(classify)?;
+        }
+        Ok(moved)
+    }
+
+    async fn destroy(&self, key: &StoreKey) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM rocket_sessions WHERE key = ?1")
+            .bind(&key.0[..])
+            .execute(&self.pool)
+            .await
+            .map_err(classify)?;
+        Ok(())
+    }
+
+    async fn destroy_where(&self, name: &str, value: &[u8]) -> Result<u64, StoreError> {
+        let sql = self.statement(name, |s| &s.1, DESTROY_WHERE);
+        let done = sqlx::query(sql)
+            .bind(name)
+            .bind(value)
+            .execute(&self.pool)
+            .await
+            .map_err(classify)?;
+        Ok(done.rows_affected())
+    }
+
+    async fn list_where(
+        &self,
+        name: &str,
+        value: &[u8],
+        now: u64,
+    ) -> Result<Vec<SessionSummary>, StoreError> {
+        let sql = self.statement(name, |s| &s.2, LIST_WHERE);
+        let rows: Vec<(Vec<u8>, i64, i64, i64)> = sqlx::query_as(sql)
+            .bind(name)
+            .bind(value)
+            .bind(secs(now))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(classify)?;
+        rows.into_iter()
+            .map(|(key, created, active, expires)| {
+                let key = <[u8; 32]>::try_from(key.as_slice()).map_err(|_| {
+                    StoreError::new(StoreErrorKind::Corrupt, "a session key is not 32 bytes")
+                })?;
+                Ok(SessionSummary {
+                    key: StoreKey(key),
+                    created: unsigned(created),
+                    active: unsigned(active),
+                    expires: unsigned(expires),
+                })
+            })
+            .collect()
+    }
+
+    async fn sweep(&self, now: u64) -> Result<u64, StoreError> {
+        let mut swept = 0;
+        loop {
+            // In batches, so that no sweep holds the file's write lock for long.
+            let done = sqlx::query(
+                "DELETE FROM rocket_sessions WHERE id IN (
+                    SELECT id FROM rocket_sessions WHERE expires_at <= ?1 LIMIT ?2)",
+            )
+            .bind(secs(now))
+            .bind(i64::from(self.sweep_batch))
+            .execute(&self.pool)
+            .await
+            .map_err(classify)?;
+            swept += done.rows_affected();
+            if done.rows_affected() < u64::from(self.sweep_batch) {
+                return Ok(swept);
+            }
+        }
+    }
+}
