@@ -75,6 +75,33 @@ mod pools {
             }
         }
 
+        #[cfg(feature = "postgres")]
+        #[allow(irrefutable_let_patterns)]
+        pub fn postgres(self) -> Option<rocket_db_pools::sqlx::PgPool> {
+            if let AnyPool::Postgres(pool) = self {
+                return Some(pool);
+            }
+            None
+        }
+
+        #[cfg(feature = "redis")]
+        #[allow(irrefutable_let_patterns)]
+        pub fn redis(self) -> Option<rocket_db_pools::deadpool_redis::Pool> {
+            if let AnyPool::Redis(pool) = self {
+                return Some(pool);
+            }
+            None
+        }
+
+        #[cfg(feature = "sqlite")]
+        #[allow(irrefutable_let_patterns)]
+        pub fn sqlite(self) -> Option<rocket_db_pools::sqlx::SqlitePool> {
+            if let AnyPool::Sqlite(pool) = self {
+                return Some(pool);
+            }
+            None
+        }
+
         pub async fn close(&self) {
             match self {
                 #[cfg(feature = "postgres")]
@@ -190,14 +217,15 @@ impl Sessions {
     }
 
     /// The app's own pool when one was given, else a pool of the fairing's from `figment`
-    /// (`open` makes it), closed at shutdown.
+    /// (`open` makes it), closed at shutdown; `take` finds in it the pool of the store `kind`.
     #[cfg(any(feature = "postgres", feature = "redis", feature = "sqlite"))]
-    async fn pool<F>(
+    async fn pool<F, P>(
         &self,
         rocket: &Rocket<Build>,
         kind: &str,
         open: F,
-    ) -> Result<pools::AnyPool, StoreError>
+        take: fn(pools::AnyPool) -> Option<P>,
+    ) -> Result<P, StoreError>
     where
         F: Future<Output = Result<pools::AnyPool, StoreError>>,
     {
@@ -214,17 +242,16 @@ impl Sessions {
                 pool
             }
         };
-        if pool.kind() != kind {
-            return Err(StoreError::new(
+        let found = pool.kind();
+        take(pool).ok_or_else(|| {
+            StoreError::new(
                 StoreErrorKind::Other,
                 format!(
                     "store.kind = \"{kind}\", but the app's database given to \
-                     Sessions::with_database is a {} pool",
-                    pool.kind()
+                     Sessions::with_database is a {found} pool"
                 ),
-            ));
-        }
-        Ok(pool)
+            )
+        })
     }
 
     async fn open_store(
@@ -265,10 +292,9 @@ impl Sessions {
                         .await
                         .map(pools::AnyPool::Postgres)
                 };
-                let pools::AnyPool::Postgres(pool) = self.pool(rocket, "postgres", open).await?
-                else {
-                    unreachable!("pool() checks the kind");
-                };
+                let pool = self
+                    .pool(rocket, "postgres", open, pools::AnyPool::postgres)
+                    .await?;
                 Ok(Arc::new(PostgresStore::new(pool, postgres).await?))
             }
             #[cfg(not(feature = "redis"))]
@@ -281,9 +307,9 @@ impl Sessions {
                         .await
                         .map(pools::AnyPool::Redis)
                 };
-                let pools::AnyPool::Redis(pool) = self.pool(rocket, "redis", open).await? else {
-                    unreachable!("pool() checks the kind");
-                };
+                let pool = self
+                    .pool(rocket, "redis", open, pools::AnyPool::redis)
+                    .await?;
                 Ok(Arc::new(RedisStore::new(pool, redis).await?))
             }
             #[cfg(not(feature = "sqlite"))]
@@ -296,9 +322,9 @@ impl Sessions {
                         .await
                         .map(pools::AnyPool::Sqlite)
                 };
-                let pools::AnyPool::Sqlite(pool) = self.pool(rocket, "sqlite", open).await? else {
-                    unreachable!("pool() checks the kind");
-                };
+                let pool = self
+                    .pool(rocket, "sqlite", open, pools::AnyPool::sqlite)
+                    .await?;
                 Ok(Arc::new(SqliteStore::new(pool, sqlite).await?))
             }
         }
