@@ -209,9 +209,19 @@ const INVALID: &[(&str, &str, &str)] = &[
     ),
     ("max_session_size = 0", "max_session_size", "at least 1"),
     (
-        "store = { kind = \"redis\" }",
+        "store = { kind = \"mongodb\" }",
         "store.kind",
         "unknown store",
+    ),
+    (
+        "store = { kind = \"sqlite\", busy_timeout = 0 }",
+        "store.busy_timeout",
+        "at least 1",
+    ),
+    (
+        "store = { kind = \"redis\", sweep_interval = 60 }",
+        "store.sweep_interval",
+        "not a setting of the `redis` store",
     ),
     ("store = { ttl = 0 }", "store.ttl", "at least 1"),
     ("store = { ttl = \"week\" }", "store.ttl", "invalid type"),

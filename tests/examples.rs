@@ -91,7 +91,49 @@ async fn log_in(client: &Client, form: &str) -> (String, Vec<String>) {
 #[rocket::async_test]
 async fn devices_lists_a_users_sessions_and_revokes_one() {
     let dir = TempDir::new("devices");
-    let client = launch(devices::rocket(), &dir).await;
+    devices_on(launch(devices::rocket(), &dir).await).await;
+}
+
+/// The example's Rocket in `profile` of the repository's Rocket.toml, with `overrides`.
+async fn launch_in(
+    rocket: rocket::Rocket<rocket::Build>,
+    profile: &str,
+    overrides: &[(&str, String)],
+) -> Client {
+    let mut figment = rocket
+        .figment()
+        .clone()
+        .select(profile)
+        .merge(("log_level", "off"));
+    for (key, value) in overrides {
+        figment = figment.merge((*key, value));
+    }
+    Client::untracked(rocket.configure(figment))
+        .await
+        .unwrap_or_else(|e| panic!("the example launches in the `{profile}` profile: {e}"))
+}
+
+#[rocket::async_test]
+async fn devices_runs_on_redis_in_the_redis_profile() {
+    let url = std::env::var("REDIS_URL").expect("REDIS_URL: run scripts/test");
+    let prefix = format!("rss-example-{}:", std::process::id());
+    let overrides = [
+        ("databases.sessions.url", url),
+        ("session.store.key_prefix", prefix),
+    ];
+    devices_on(launch_in(devices::rocket(), "redis", &overrides).await).await;
+}
+
+#[rocket::async_test]
+async fn devices_runs_on_sqlite_in_the_sqlite_profile() {
+    let dir = TempDir::new("devices-sqlite");
+    let url = format!("sqlite://{}", dir.path("sessions.sqlite").display());
+    let overrides = [("databases.sessions.url", url)];
+    devices_on(launch_in(devices::rocket(), "sqlite", &overrides).await).await;
+}
+
+/// Two users' sessions on the devices example: one user's list, and a revocation.
+async fn devices_on(client: Client) {
     let (laptop, headers) = log_in(&client, "username=ada&remember=true").await;
     assert!(headers[0].contains("Max-Age=2592000"), "{headers:?}");
     let (phone, headers) = log_in(&client, "username=ada").await;
