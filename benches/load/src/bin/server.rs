@@ -8,77 +8,25 @@
 //! does), `ours-memory`, `ours-postgres` (`cache = 0`),
 //! `ours-postgres-cache` (a local cache of 10,000 sessions, the default), `rss-memory`
 //! (rocket-session-store), `flex-memory`, `flex-postgres` (rocket_flex_session),
+//! `ours-redis`, `flex-redis`, `flex-sqlite`,
 //! `private-cookie` (Rocket's private cookies, no store). The PostgreSQL modes take
-//! `DATABASE_URL`, and each makes and uses a database of its own on that server. Two workers,
+//! `DATABASE_URL`, and each makes and uses a database of its own on that server; the Redis
+//! modes take `REDIS_URL` (each under a key prefix of its own), the SQLite modes
+//! `BENCH_SQLITE_DIR` (a file each). Ours on SQLite is `../load-sqlite`'s server: sqlx 0.7's
+//! SQLite (ours, through rocket_db_pools) and sqlx 0.8's (rocket_flex_session's) cannot link
+//! into one binary. Two workers,
 //! logging off. With `BENCH_COUNT_ALLOCS` set, it counts heap allocations and reports the
 //! count for each line read on stdin.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+#[path = "../common.rs"]
+mod common;
+#[path = "../ours.rs"]
+mod ours;
 
+use common::*;
+use ours::Store;
 use rocket::figment::Figment;
 use rocket::{get, routes, Build, Rocket};
-
-/// The system allocator, counting allocations when `BENCH_COUNT_ALLOCS` is set. Counting is a
-/// separate pass of `scripts/bench`, never a timed one: in timed runs the only cost is one
-/// load of a flag that is never written, the same for every mode.
-struct Counting;
-
-static COUNTING: AtomicBool = AtomicBool::new(false);
-static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if COUNTING.load(Ordering::Relaxed) {
-            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        }
-        System.alloc(layout)
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        System.dealloc(ptr, layout)
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, size: usize) -> *mut u8 {
-        if COUNTING.load(Ordering::Relaxed) {
-            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        }
-        System.realloc(ptr, layout, size)
-    }
-}
-
-#[global_allocator]
-static ALLOCATOR: Counting = Counting;
-
-/// With `BENCH_COUNT_ALLOCS` set: answers each line on stdin with the number of allocations
-/// (and reallocations) so far, on stdout.
-fn count_allocations_if_asked() {
-    if std::env::var_os("BENCH_COUNT_ALLOCS").is_none() {
-        return;
-    }
-    COUNTING.store(true, Ordering::Relaxed);
-    std::thread::spawn(|| {
-        let mut line = String::new();
-        while std::io::stdin().read_line(&mut line).unwrap_or(0) > 0 {
-            println!("{}", ALLOCATIONS.load(Ordering::Relaxed));
-            line.clear();
-        }
-    });
-}
-
-const KEY: &str = "bench key, 32 bytes at the least, not secret";
-/// Rocket's own secret key (private cookies, which rocket_flex_session uses): 64 bytes, base64.
-const ROCKET_KEY: &str =
-    "hPRYyVRiMyxpw5sBB1XeCMN1kFsDCqKvBi2QJxBVHQk5xkOzFXGOyi3DQAv9h0lELVrD9FnAo3AQc0cu5HB9Sw==";
-
-fn figment(port: u16) -> Figment {
-    // Rocket's release defaults alone: no Rocket.toml, no environment, whatever the folder.
-    Figment::from(rocket::Config::release_default())
-        .merge(("port", port))
-        .merge(("address", "127.0.0.1"))
-        .merge(("workers", 2))
-        .merge(("log_level", "off"))
-        .merge(("secret_key", ROCKET_KEY))
-        .merge(("cli_colors", false))
-}
 
 /// A database of `mode`'s own on the server of `DATABASE_URL`, made if missing: its URL.
 ///
@@ -106,6 +54,22 @@ async fn database_url(mode: &str) -> String {
     with_database(&url, &name)
 }
 
+/// The Redis server of the Redis modes (`REDIS_URL`).
+fn redis_url() -> String {
+    std::env::var("REDIS_URL").expect("REDIS_URL for the Redis modes")
+}
+
+/// The key prefix of `mode`'s sessions in Redis: every mode an application of its own.
+fn prefix(mode: &str) -> String {
+    format!("bench:{mode}:")
+}
+
+/// The SQLite file of `mode` (in `BENCH_SQLITE_DIR`, one file per mode), created when missing.
+fn sqlite_url(mode: &str) -> String {
+    let dir = std::env::var("BENCH_SQLITE_DIR").expect("BENCH_SQLITE_DIR for the SQLite modes");
+    format!("sqlite://{dir}/{mode}.sqlite")
+}
+
 /// `url` naming database `db` instead of its own (the tests' `common::pg` does the same).
 fn with_database(url: &str, db: &str) -> String {
     let (base, query) = url.split_once('?').unwrap_or((url, ""));
@@ -120,12 +84,6 @@ fn with_database(url: &str, db: &str) -> String {
     }
 }
 
-/// The body every counter and read route answers: a number formatted into a `String`. The bare
-/// routes answer one too, so that the rows differ only in the session layer, not in the
-/// handler's own work (formatting, one allocation, Rocket's `String` responder).
-fn body(n: u64) -> String {
-    std::hint::black_box(n).to_string()
-}
 
 /// The cookie value the bare-cookie and floor rows hand out: as long as our signed cookie's
 /// (96 characters), so that Rocket parses as much in every row that carries a cookie.
@@ -256,43 +214,6 @@ mod floor {
     }
 }
 
-mod ours {
-    use super::*;
-    use rocket_server_sessions::{Session, SessionError, Sessions};
-
-    #[get("/counter")]
-    fn counter(session: Session<'_>) -> Result<String, SessionError> {
-        Ok(body(session.update_or("count", 0u64, |n| n + 1)?))
-    }
-
-    #[get("/read")]
-    fn read(session: Session<'_>) -> Result<String, SessionError> {
-        Ok(body(session.get_or("count", 0u64)?))
-    }
-
-    /// Where sessions live: memory, or PostgreSQL at `Some((url, n))` with a local cache of
-    /// `n` sessions (0: none).
-    pub fn rocket(figment: Figment, postgres: Option<(String, usize)>) -> Rocket<Build> {
-        let figment = figment
-            .merge(("session.secret_key", KEY))
-            .merge(("session.cookie_secure", false));
-        let figment = match postgres {
-            None => figment
-                .merge(("session.store.kind", "memory"))
-                .merge(("session.store.file_path", "")),
-            Some((url, cache)) => figment
-                .merge(("session.store.kind", "postgres"))
-                .merge(("session.store.database", "sessions"))
-                .merge(("session.store.cache", cache))
-                .merge(("databases.sessions.url", url))
-                .merge(("databases.sessions.max_connections", 16)),
-        };
-        rocket::custom(figment)
-            .attach(Sessions::fairing())
-            .mount("/", routes![counter, read])
-    }
-}
-
 /// Rocket's private cookies: the session's data in the cookie itself, encrypted and
 /// authenticated by Rocket (AES-256-GCM under its `secret_key`), the client-side alternative to
 /// a session store. A changed value is a new cookie on every response.
@@ -357,15 +278,18 @@ mod rss {
 mod flex {
     use super::*;
     use rocket_flex_session::error::SessionError;
-    use rocket_flex_session::storage::sqlx::{SessionSqlx, SqlxPostgresStorage};
+    use rocket_flex_session::storage::redis::{
+        RedisFormat, RedisFredStorage, RedisValue, SessionRedis,
+    };
+    use rocket_flex_session::storage::sqlx::{SessionSqlx, SqlxPostgresStorage, SqlxSqliteStorage};
     use rocket_flex_session::{RocketFlexSession, Session, SessionIdentifier};
 
     #[derive(Clone)]
     pub struct Counter(u64);
 
     impl SessionIdentifier for Counter {
-        type Id = i32;
-        fn identifier(&self) -> Option<i32> {
+        type Id = String;
+        fn identifier(&self) -> Option<String> {
             None
         }
     }
@@ -379,6 +303,36 @@ mod flex {
         fn from_sql(value: String) -> Result<Self, SessionError> {
             value
                 .parse()
+                .map(Counter)
+                .map_err(|e| SessionError::Parsing(Box::new(e)))
+        }
+    }
+
+    impl SessionSqlx<sqlx::Sqlite> for Counter {
+        type Error = SessionError;
+        type Data = String;
+        fn into_sql(self) -> Result<String, SessionError> {
+            Ok(self.0.to_string())
+        }
+        fn from_sql(value: String) -> Result<Self, SessionError> {
+            value
+                .parse()
+                .map(Counter)
+                .map_err(|e| SessionError::Parsing(Box::new(e)))
+        }
+    }
+
+    impl SessionRedis for Counter {
+        const REDIS_FORMAT: RedisFormat = RedisFormat::String;
+        type Error = SessionError;
+        fn into_redis(self) -> Result<RedisValue, SessionError> {
+            Ok(RedisValue::String(self.0.to_string()))
+        }
+        fn from_redis(value: RedisValue) -> Result<Self, SessionError> {
+            let text = value
+                .into_string()
+                .map_err(|v| SessionError::Parsing(format!("{v:?}").into()))?;
+            text.parse()
                 .map(Counter)
                 .map_err(|e| SessionError::Parsing(Box::new(e)))
         }
@@ -408,7 +362,7 @@ mod flex {
                     .expect("connect");
                 sqlx::query(
                     "CREATE TABLE IF NOT EXISTS flex_sessions (
-                        id text PRIMARY KEY, data text NOT NULL, user_id int,
+                        id text PRIMARY KEY, data text NOT NULL, user_id text,
                         expires timestamptz NOT NULL)",
                 )
                 .execute(&pool)
@@ -428,6 +382,67 @@ mod flex {
             .attach(fairing)
             .mount("/", routes![counter, read])
     }
+
+    /// Sessions in Redis at `url`, under `prefix`, on a fred pool of 16 connections.
+    pub async fn redis(figment: Figment, url: String, prefix: String) -> Rocket<Build> {
+        use fred::prelude::{Builder, ClientLike, Config};
+
+        let config = Config::from_url(&url).expect("a Redis URL");
+        let pool = Builder::from_config(config)
+            .build_pool(16)
+            .expect("a fred pool");
+        pool.init().await.expect("Redis answers");
+        let storage = RedisFredStorage::builder()
+            .pool(pool)
+            .prefix(prefix.clone())
+            .index_prefix(format!("{prefix}user:"))
+            .build();
+        let fairing = RocketFlexSession::<Counter>::builder()
+            .with_options(|o| o.secure = false)
+            .storage(storage)
+            .build();
+        rocket::custom(figment)
+            .attach(fairing)
+            .mount("/", routes![counter, read])
+    }
+
+    /// Sessions in SQLite at `url`, with the durability of ours by default: WAL,
+    /// `synchronous = FULL`, a 5-second busy timeout; a pool of 16 connections.
+    pub async fn sqlite(figment: Figment, url: String) -> Rocket<Build> {
+        use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
+        use std::str::FromStr;
+
+        let options = SqliteConnectOptions::from_str(&url)
+            .expect("a SQLite URL")
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(std::time::Duration::from_secs(5));
+        let pool = sqlx::sqlite::SqlitePoolOptions::new()
+            .max_connections(16)
+            .connect_with(options)
+            .await
+            .expect("open");
+        sqlx::query(
+            "CREATE TABLE IF NOT EXISTS flex_sessions (
+                id TEXT NOT NULL PRIMARY KEY, data TEXT NOT NULL, user_id TEXT,
+                expires TEXT NOT NULL)",
+        )
+        .execute(&pool)
+        .await
+        .expect("table");
+        let storage = SqlxSqliteStorage::builder()
+            .pool(pool)
+            .table_name("flex_sessions")
+            .build();
+        let fairing = RocketFlexSession::<Counter>::builder()
+            .with_options(|o| o.secure = false)
+            .storage(storage)
+            .build();
+        rocket::custom(figment)
+            .attach(fairing)
+            .mount("/", routes![counter, read])
+    }
 }
 
 #[rocket::main]
@@ -443,13 +458,18 @@ async fn main() {
         "bare" => bare::rocket(figment),
         "bare-cookie" => bare_cookie::rocket(figment),
         "floor" => floor::rocket(figment),
-        "ours-memory" => ours::rocket(figment, None),
-        "ours-postgres" => ours::rocket(figment, Some((database_url(mode).await, 0))),
-        "ours-postgres-cache" => ours::rocket(figment, Some((database_url(mode).await, 10_000))),
+        "ours-memory" => ours::rocket(figment, Store::Memory),
+        "ours-postgres" => ours::rocket(figment, Store::Postgres(database_url(mode).await, 0)),
+        "ours-postgres-cache" => {
+            ours::rocket(figment, Store::Postgres(database_url(mode).await, 10_000))
+        }
+        "ours-redis" => ours::rocket(figment, Store::Redis(redis_url(), prefix(mode))),
         "rss-memory" => rss::rocket(figment),
         "private-cookie" => private_cookie::rocket(figment),
         "flex-memory" => flex::rocket(figment, None).await,
         "flex-postgres" => flex::rocket(figment, Some(database_url(mode).await)).await,
+        "flex-redis" => flex::redis(figment, redis_url(), prefix(mode)).await,
+        "flex-sqlite" => flex::sqlite(figment, sqlite_url(mode)).await,
         other => panic!("unknown mode {other}"),
     };
     let _ = rocket.launch().await.expect("serves");
