@@ -225,6 +225,70 @@ async fn two_pools_on_one_file_share_sessions_and_merge_changes() {
     assert_eq!(two.load(&key(1), START + 1).await.unwrap(), None);
 }
 
+/// Concurrent writes share a commit, and each is answered only once it has committed: when the
+/// commit cannot happen, every write of the group fails and none of them is there.
+#[rocket::async_test]
+async fn concurrent_writes_share_one_commit_and_fail_together() {
+    let dir = TempDir::new("sqlite-group");
+    let file = dir.path("sessions.db");
+    let config = SqliteStoreConfig {
+        busy_timeout: 1,
+        ..config(&[])
+    };
+    let store = Arc::new(store_on(&file, &config).await);
+    for i in 0..32 {
+        assert!(store
+            .create(&key(i), START, &ChangeSet::new(), START)
+            .await
+            .unwrap());
+    }
+    let update = |i: u8| {
+        let store = store.clone();
+        rocket::tokio::spawn(async move {
+            let mut c = ChangeSet::new();
+            c.set("n", vec![i]);
+            store.update(&key(i), &c, START + 1).await
+        })
+    };
+    let before = store.commits();
+    let writes: Vec<_> = (0..32).map(update).collect();
+    for w in writes {
+        assert!(w.await.unwrap().unwrap());
+    }
+    let group = store.commits() - before;
+    assert!(group < 32, "32 concurrent updates took {group} commits");
+
+    // Another process holds the write lock past the busy timeout: the whole group fails.
+    let other = pool(&file, &config).await;
+    let mut conn = other.acquire().await.unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    let failed: Vec<_> = (0..8)
+        .map(|i| {
+            let store = store.clone();
+            rocket::tokio::spawn(async move {
+                let mut c = ChangeSet::new();
+                c.set("late", vec![i]);
+                store.update(&key(i), &c, START + 2).await
+            })
+        })
+        .collect();
+    for w in failed {
+        let e = w.await.unwrap().unwrap_err();
+        assert_eq!(e.kind(), StoreErrorKind::Unavailable);
+    }
+    sqlx::query("ROLLBACK").execute(&mut *conn).await.unwrap();
+    for i in 0..8 {
+        let found = store.load(&key(i), START + 2).await.unwrap().unwrap();
+        assert!(
+            found.data.iter().all(|(k, _)| k != "late"),
+            "a failed write is there"
+        );
+    }
+}
+
 /// A write that cannot get the file's write lock within the busy timeout answers 503, and the
 /// session is as it was: nothing half-written.
 #[rocket::async_test]

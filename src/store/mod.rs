@@ -135,6 +135,8 @@ use std::hash::Hasher;
 use crate::error::StoreError;
 use crate::id::StoreKey;
 
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+mod coalesce;
 pub(crate) mod memory;
 #[cfg(feature = "postgres")]
 mod postgres;

@@ -3,20 +3,31 @@
 //!
 //! Sessions live in `rocket_sessions` (one row each, filed under the SHA-256 of the id) and their
 //! data in `rocket_session_data` (one row per key), as `migrations/sqlite/` creates them. A
-//! write is one transaction whose first statement writes, so it waits for another process's
-//! write (up to the busy timeout) instead of failing. A session's data rows go with it through
-//! `ON DELETE CASCADE`, so deleting sessions is one statement.
+//! session's data rows go with it through `ON DELETE CASCADE`, so deleting sessions is one
+//! statement.
+//!
+//! Writes are committed in groups: concurrent creates, updates, cycles and destructions queue,
+//! and one task at a time applies all that is queued in one transaction, so that one commit (one
+//! `fsync` with `synchronous = FULL`) serves them all, and no two of this process's writes
+//! wait for each other in SQLite's busy handler. Each call is answered once its transaction has
+//! committed. A transaction's first statement writes, so it waits for another process's write
+//! (up to the busy timeout) instead of failing. Concurrent loads are coalesced the same way,
+//! into one query each.
 
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rocket::figment::providers::Serialized;
 use rocket::figment::Figment;
+use rocket::tokio::sync::oneshot;
 use rocket_db_pools::sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 use rocket_db_pools::sqlx::{self, ConnectOptions, Executor, Sqlite, Transaction};
 
+use super::coalesce::{Batch, Coalescer};
 use super::{ChangeSet, SessionRecord, SessionStore, SessionSummary};
 use crate::config::{SqliteStoreConfig, Synchronous};
 use crate::error::{StoreError, StoreErrorKind};
@@ -29,10 +40,17 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[(
     include_str!("../../migrations/sqlite/20261206000002_rocket_sessions.sql"),
 )];
 
-const LOAD: &str = "SELECT s.created_at, s.expires_at, d.name, d.value
-                      FROM rocket_sessions s
-                      LEFT JOIN rocket_session_data d ON d.session_id = s.id
-                     WHERE s.key = ?1 AND s.expires_at > ?2";
+/// The sessions filed under the keys `?1` (32-byte keys, one after another) that are live at
+/// `?2`, with their data: one row per key of each, or one row of NULLs for a session without
+/// data.
+const LOAD_MANY: &str = "WITH RECURSIVE k(i) AS (
+                             SELECT 0 UNION ALL SELECT i + 1 FROM k WHERE i + 1 < length(?1) / 32
+                         )
+                         SELECT s.key, s.created_at, s.expires_at, d.name, d.value
+                           FROM k
+                           JOIN rocket_sessions s ON s.key = substr(?1, k.i * 32 + 1, 32)
+                           LEFT JOIN rocket_session_data d ON d.session_id = s.id
+                          WHERE s.expires_at > ?2";
 
 const SET: &str = "INSERT INTO rocket_session_data (session_id, name, value) VALUES (?1, ?2, ?3)
                    ON CONFLICT (session_id, name) DO UPDATE SET value = excluded.value";
@@ -58,6 +76,9 @@ const LIST_WHERE: &str = "SELECT s.key, s.created_at, s.active_at, s.expires_at
 /// [`Sessions::with_database`](crate::Sessions::with_database)).
 pub struct SqliteStore {
     pool: SqlitePool,
+    loads: Arc<Coalescer<PendingLoad, Files>>,
+    writes: Arc<Coalescer<PendingWrite, Files>>,
+    commits: Arc<AtomicU64>,
     ttl: u64,
     sweep_batch: u32,
     /// For each indexed key, its `destroy_where` and `list_where` statements.
@@ -188,7 +209,11 @@ impl SqliteStore {
                 )
             })
             .collect();
+        let commits = Arc::new(AtomicU64::new(0));
         let store = SqliteStore {
+            loads: Coalescer::new(Files(pool.clone(), commits.clone()), LOAD_LEADERS),
+            writes: Coalescer::new(Files(pool.clone(), commits.clone()), 1),
+            commits,
             pool,
             ttl: config.ttl,
             sweep_batch: config.sweep_batch,
@@ -203,6 +228,12 @@ impl SqliteStore {
     /// The pool this store runs on.
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
+    }
+
+    /// How many transactions of creates, updates, cycles and destructions the store has
+    /// committed: concurrent writes share one.
+    pub fn commits(&self) -> u64 {
+        self.commits.load(Ordering::Relaxed)
     }
 
     /// SQLite's plan (`EXPLAIN QUERY PLAN`, its steps joined by `; `) of the statements with
@@ -293,12 +324,241 @@ impl SqliteStore {
     }
 }
 
-/// Applies `changes` to the data of session `id` within `tx`.
-async fn apply(
-    tx: &mut Transaction<'static, Sqlite>,
-    id: i64,
-    changes: &ChangeSet,
-) -> Result<(), sqlx::Error> {
+/// Loads in flight at once, each on a connection of its own (WAL: readers do not wait).
+const LOAD_LEADERS: usize = 2;
+/// The most calls one batch answers.
+const MAX_BATCH: usize = 256;
+
+/// The pool, as the runner of batches, and how many write transactions it has committed.
+struct Files(SqlitePool, Arc<AtomicU64>);
+
+/// A `load` waiting for its batch.
+struct PendingLoad {
+    key: StoreKey,
+    now: u64,
+    done: oneshot::Sender<Result<Option<SessionRecord>, StoreError>>,
+}
+
+/// A write waiting for its group's commit; answers whether it was made.
+struct PendingWrite {
+    write: Write,
+    done: oneshot::Sender<Result<bool, StoreError>>,
+}
+
+enum Write {
+    Create {
+        key: StoreKey,
+        created: u64,
+        changes: ChangeSet,
+        now: u64,
+        expires: u64,
+    },
+    Update {
+        key: StoreKey,
+        changes: ChangeSet,
+        now: u64,
+        expires: u64,
+    },
+    Cycle {
+        old: StoreKey,
+        new: StoreKey,
+        changes: ChangeSet,
+        now: u64,
+        expires: u64,
+    },
+    Destroy {
+        key: StoreKey,
+    },
+}
+
+fn lost() -> StoreError {
+    StoreError::new(
+        StoreErrorKind::Other,
+        "the batch that carried this call was lost",
+    )
+}
+
+impl Batch<PendingLoad> for Files {
+    type Kept = ();
+
+    fn take(&self, queue: &mut Vec<PendingLoad>) -> Vec<PendingLoad> {
+        queue.drain(..queue.len().min(MAX_BATCH)).collect()
+    }
+
+    fn may_keep(&self, _: &()) -> bool {
+        false
+    }
+
+    async fn run(&self, batch: Vec<PendingLoad>, _: &mut ()) {
+        match self.load_many(&batch).await {
+            Ok(mut found) => {
+                for (pending, found) in batch.into_iter().zip(found.drain(..)) {
+                    let _ = pending.done.send(Ok(found));
+                }
+            }
+            Err(e) => {
+                for pending in batch {
+                    let _ = pending.done.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+impl Batch<PendingWrite> for Files {
+    type Kept = ();
+
+    fn take(&self, queue: &mut Vec<PendingWrite>) -> Vec<PendingWrite> {
+        queue.drain(..queue.len().min(MAX_BATCH)).collect()
+    }
+
+    fn may_keep(&self, _: &()) -> bool {
+        false
+    }
+
+    async fn run(&self, batch: Vec<PendingWrite>, _: &mut ()) {
+        match self.write_many(&batch).await {
+            Ok(made) => {
+                for (pending, made) in batch.into_iter().zip(made) {
+                    let _ = pending.done.send(Ok(made));
+                }
+            }
+            Err(e) => {
+                let e = classify(e);
+                for pending in batch {
+                    let _ = pending.done.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+impl Files {
+    /// What one query finds for each of the batch's sessions, in the batch's order: the
+    /// record of a session live at the item's `now`, `None` for any other.
+    async fn load_many(
+        &self,
+        batch: &[PendingLoad],
+    ) -> Result<Vec<Option<SessionRecord>>, StoreError> {
+        let keys: Vec<u8> = batch.iter().flat_map(|p| p.key.0).collect();
+        let earliest = batch.iter().map(|p| p.now).min().unwrap_or(0);
+        type Row = (Vec<u8>, i64, i64, Option<String>, Option<Vec<u8>>);
+        let rows: Vec<Row> = sqlx::query_as(LOAD_MANY)
+            .bind(keys)
+            .bind(secs(earliest))
+            .fetch_all(&self.0)
+            .await
+            .map_err(classify)?;
+        let mut found: Vec<Option<SessionRecord>> = vec![None; batch.len()];
+        for (key, created, expires, name, value) in rows {
+            // A batch holds a handful of keys: a scan finds each row's faster than a map.
+            for (slot, pending) in found.iter_mut().zip(batch) {
+                if pending.key.0[..] != key[..] || unsigned(expires) <= pending.now {
+                    continue;
+                }
+                let record = slot.get_or_insert_with(|| SessionRecord {
+                    created: unsigned(created),
+                    expires: unsigned(expires),
+                    data: Vec::new(),
+                });
+                if let (Some(name), Some(value)) = (&name, &value) {
+                    record.data.push((name.clone(), value.clone()));
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// Applies the batch's writes in order in one transaction; whether each was made.
+    async fn write_many(&self, batch: &[PendingWrite]) -> Result<Vec<bool>, sqlx::Error> {
+        let mut tx = self.0.begin().await?;
+        let mut made = Vec::with_capacity(batch.len());
+        for pending in batch {
+            made.push(write(&mut tx, &pending.write).await?);
+        }
+        tx.commit().await?;
+        self.1.fetch_add(1, Ordering::Relaxed);
+        Ok(made)
+    }
+}
+
+/// One write within `tx` (whose first statement, this or an earlier write's, writes).
+async fn write(tx: &mut Transaction<'static, Sqlite>, write: &Write) -> Result<bool, sqlx::Error> {
+    let (id, changes) = match write {
+        Write::Create {
+            key,
+            created,
+            changes,
+            now,
+            expires,
+        } => {
+            // An expired session under the key gives way (its data with it).
+            sqlx::query("DELETE FROM rocket_sessions WHERE key = ?1 AND expires_at <= ?2")
+                .bind(&key.0[..])
+                .bind(secs(*now))
+                .execute(&mut **tx)
+                .await?;
+            let id: Option<i64> = sqlx::query_scalar(
+                "INSERT INTO rocket_sessions (key, created_at, active_at, expires_at)
+                 VALUES (?1, ?2, ?3, ?4) ON CONFLICT (key) DO NOTHING RETURNING id",
+            )
+            .bind(&key.0[..])
+            .bind(secs(*created))
+            .bind(secs(*now))
+            .bind(secs(*expires))
+            .fetch_optional(&mut **tx)
+            .await?;
+            (id, changes)
+        }
+        Write::Update {
+            key,
+            changes,
+            now,
+            expires,
+        } => {
+            let id: Option<i64> = sqlx::query_scalar(
+                "UPDATE rocket_sessions SET active_at = ?2, expires_at = ?3
+                  WHERE key = ?1 AND expires_at > ?2 RETURNING id",
+            )
+            .bind(&key.0[..])
+            .bind(secs(*now))
+            .bind(secs(*expires))
+            .fetch_optional(&mut **tx)
+            .await?;
+            (id, changes)
+        }
+        Write::Cycle {
+            old,
+            new,
+            changes,
+            now,
+            expires,
+        } => {
+            let id: Option<i64> = sqlx::query_scalar(
+                "UPDATE rocket_sessions SET key = ?2, active_at = ?3, expires_at = ?4
+                  WHERE key = ?1 AND expires_at > ?3
+                    AND NOT EXISTS (SELECT 1 FROM rocket_sessions WHERE key = ?2)
+                 RETURNING id",
+            )
+            .bind(&old.0[..])
+            .bind(&new.0[..])
+            .bind(secs(*now))
+            .bind(secs(*expires))
+            .fetch_optional(&mut **tx)
+            .await?;
+            (id, changes)
+        }
+        Write::Destroy { key } => {
+            sqlx::query("DELETE FROM rocket_sessions WHERE key = ?1")
+                .bind(&key.0[..])
+                .execute(&mut **tx)
+                .await?;
+            return Ok(true);
+        }
+    };
+    let Some(id) = id else {
+        return Ok(false);
+    };
     for (name, value) in changes.iter() {
         match value {
             Some(value) => {
@@ -318,30 +578,28 @@ async fn apply(
             }
         };
     }
-    Ok(())
+    Ok(true)
+}
+
+impl SqliteStore {
+    /// Queues `write` for the next group commit; its answer once committed.
+    async fn write(&self, write: Write) -> Result<bool, StoreError> {
+        let (done, answer) = oneshot::channel();
+        self.writes.submit(PendingWrite { write, done });
+        answer.await.map_err(|_| lost())?
+    }
 }
 
 #[rocket::async_trait]
 impl SessionStore for SqliteStore {
     async fn load(&self, key: &StoreKey, now: u64) -> Result<Option<SessionRecord>, StoreError> {
-        let rows: Vec<(i64, i64, Option<String>, Option<Vec<u8>>)> = sqlx::query_as(LOAD)
-            .bind(&key.0[..])
-            .bind(secs(now))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(classify)?;
-        let Some(&(created, expires, _, _)) = rows.first() else {
-            return Ok(None);
-        };
-        let data = rows
-            .into_iter()
-            .filter_map(|(_, _, name, value)| Some((name?, value?)))
-            .collect();
-        Ok(Some(SessionRecord {
-            created: unsigned(created),
-            expires: unsigned(expires),
-            data,
-        }))
+        let (done, answer) = oneshot::channel();
+        self.loads.submit(PendingLoad {
+            key: *key,
+            now,
+            done,
+        });
+        answer.await.map_err(|_| lost())?
     }
 
     async fn create(
@@ -351,36 +609,14 @@ impl SessionStore for SqliteStore {
         changes: &ChangeSet,
         now: u64,
     ) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await.map_err(classify)?;
-        let made = async {
-            // An expired session under the key gives way (its data with it).
-            sqlx::query("DELETE FROM rocket_sessions WHERE key = ?1 AND expires_at <= ?2")
-                .bind(&key.0[..])
-                .bind(secs(now))
-                .execute(&mut *tx)
-                .await?;
-            let id: Option<i64> = sqlx::query_scalar(
-                "INSERT INTO rocket_sessions (key, created_at, active_at, expires_at)
-                 VALUES (?1, ?2, ?3, ?4) ON CONFLICT (key) DO NOTHING RETURNING id",
-            )
-            .bind(&key.0[..])
-            .bind(secs(created))
-            .bind(secs(now))
-            .bind(secs(changes.expiry(now, self.ttl)))
-            .fetch_optional(&mut *tx)
-            .await?;
-            let Some(id) = id else {
-                return Ok(false);
-            };
-            apply(&mut tx, id, changes).await?;
-            Ok::<_, sqlx::Error>(true)
-        }
+        self.write(Write::Create {
+            key: *key,
+            created,
+            changes: changes.clone(),
+            now,
+            expires: changes.expiry(now, self.ttl),
+        })
         .await
-        .map_err(classify)?;
-        if made {
-            tx.commit().await.map_err(classify)?;
-        }
-        Ok(made)
     }
 
     async fn update(
@@ -389,29 +625,13 @@ impl SessionStore for SqliteStore {
         changes: &ChangeSet,
         now: u64,
     ) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await.map_err(classify)?;
-        let updated = async {
-            let id: Option<i64> = sqlx::query_scalar(
-                "UPDATE rocket_sessions SET active_at = ?2, expires_at = ?3
-                  WHERE key = ?1 AND expires_at > ?2 RETURNING id",
-            )
-            .bind(&key.0[..])
-            .bind(secs(now))
-            .bind(secs(changes.expiry(now, self.ttl)))
-            .fetch_optional(&mut *tx)
-            .await?;
-            let Some(id) = id else {
-                return Ok(false);
-            };
-            apply(&mut tx, id, changes).await?;
-            Ok::<_, sqlx::Error>(true)
-        }
+        self.write(Write::Update {
+            key: *key,
+            changes: changes.clone(),
+            now,
+            expires: changes.expiry(now, self.ttl),
+        })
         .await
-        .map_err(classify)?;
-        if updated {
-            tx.commit().await.map_err(classify)?;
-        }
-        Ok(updated)
     }
 
     async fn cycle(
@@ -421,41 +641,18 @@ impl SessionStore for SqliteStore {
         changes: &ChangeSet,
         now: u64,
     ) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await.map_err(classify)?;
-        let moved = async {
-            let id: Option<i64> = sqlx::query_scalar(
-                "UPDATE rocket_sessions SET key = ?2, active_at = ?3, expires_at = ?4
-                  WHERE key = ?1 AND expires_at > ?3
-                    AND NOT EXISTS (SELECT 1 FROM rocket_sessions WHERE key = ?2)
-                 RETURNING id",
-            )
-            .bind(&old.0[..])
-            .bind(&new.0[..])
-            .bind(secs(now))
-            .bind(secs(changes.expiry(now, self.ttl)))
-            .fetch_optional(&mut *tx)
-            .await?;
-            let Some(id) = id else {
-                return Ok(false);
-            };
-            apply(&mut tx, id, changes).await?;
-            Ok::<_, sqlx::Error>(true)
-        }
+        self.write(Write::Cycle {
+            old: *old,
+            new: *new,
+            changes: changes.clone(),
+            now,
+            expires: changes.expiry(now, self.ttl),
+        })
         .await
-        .map_err(classify)?;
-        if moved {
-            tx.commit().await.map_err(classify)?;
-        }
-        Ok(moved)
     }
 
     async fn destroy(&self, key: &StoreKey) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM rocket_sessions WHERE key = ?1")
-            .bind(&key.0[..])
-            .execute(&self.pool)
-            .await
-            .map_err(classify)?;
-        Ok(())
+        self.write(Write::Destroy { key: *key }).await.map(|_| ())
     }
 
     async fn destroy_where(&self, name: &str, value: &[u8]) -> Result<u64, StoreError> {
