@@ -322,6 +322,107 @@ async fn a_redis_that_goes_away_gets_503_and_one_that_comes_back_is_used_without
     }
 }
 
+/// How many times the server has run each command so far (`INFO commandstats`), by name.
+async fn command_calls(
+    conn: &mut redis::aio::MultiplexedConnection,
+) -> std::collections::HashMap<String, u64> {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(conn)
+        .await
+        .unwrap();
+    info.lines()
+        .filter_map(|l| {
+            let (name, stats) = l.strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = stats
+                .strip_prefix("calls=")?
+                .split(',')
+                .next()?
+                .parse()
+                .ok()?;
+            Some((name.to_string(), calls))
+        })
+        .collect()
+}
+
+/// On a server of its own, where nothing else sends commands: a load is one `HGETALL`, and
+/// each write (create, update, cycle, destroy) one `EVALSHA`, whatever its changes and indexed
+/// keys; the commands a script runs inside Redis cost no round trip. Counted by Redis, less
+/// the `INFO` calls that read the counts.
+#[rocket::async_test]
+async fn a_load_is_one_hgetall_and_a_write_one_evalsha() {
+    let server = OwnServer::new();
+    let store = RedisStore::new(
+        pool(&server.url()).await,
+        &config(&fresh_prefix(), &["user_id"]),
+    )
+    .await
+    .unwrap();
+    let mut conn = redis::Client::open(server.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let mut c = ChangeSet::new();
+    c.set("user_id", b"42".to_vec());
+    c.set("theme", b"dark".to_vec());
+    c.remove("cart");
+    // The round-trip commands: what the client sends, never what a script runs.
+    let sent = |calls: &std::collections::HashMap<String, u64>| {
+        ["hgetall", "evalsha", "eval", "script|load", "ping"]
+            .map(|name| calls.get(name).copied().unwrap_or(0))
+    };
+    let mut before = sent(&command_calls(&mut conn).await);
+    let mut deltas = Vec::new();
+    for step in 0..5 {
+        match step {
+            0 => assert!(store.create(&key(1), START, &c, START).await.unwrap()),
+            1 => assert!(store.load(&key(1), START).await.unwrap().is_some()),
+            2 => assert!(store.update(&key(1), &c, START + 1).await.unwrap()),
+            3 => assert!(store.cycle(&key(1), &key(2), &c, START + 2).await.unwrap()),
+            _ => store.destroy(&key(2)).await.unwrap(),
+        }
+        let after = sent(&command_calls(&mut conn).await);
+        deltas.push(std::array::from_fn::<u64, 5, _>(|i| after[i] - before[i]));
+        before = after;
+    }
+    let (load, write) = ([1, 0, 0, 0, 0], [0, 1, 0, 0, 0]);
+    assert_eq!(
+        deltas,
+        [write, load, write, write, write],
+        "create, load, update, cycle, destroy"
+    );
+
+    // An indexed key is found through its set, one script call and no SCAN; another key by
+    // scanning the store's sessions.
+    assert!(store.create(&key(3), START, &c, START).await.unwrap());
+    let scans =
+        |calls: &std::collections::HashMap<String, u64>| calls.get("scan").copied().unwrap_or(0);
+    let before = command_calls(&mut conn).await;
+    assert_eq!(
+        store
+            .list_where("user_id", b"42", START)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(store.destroy_where("user_id", b"42").await.unwrap(), 1);
+    let after = command_calls(&mut conn).await;
+    assert_eq!(scans(&after), scans(&before), "an indexed lookup scanned");
+    assert_eq!(sent(&after)[1] - sent(&before)[1], 2);
+    assert!(store.create(&key(4), START, &c, START).await.unwrap());
+    assert_eq!(
+        store
+            .list_where("theme", b"dark", START)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(scans(&command_calls(&mut conn).await) > scans(&after));
+}
+
 #[rocket::async_test]
 async fn a_redis_that_is_not_there_is_refused_at_launch() {
     let clock = ManualClock::new(START);
