@@ -118,7 +118,7 @@ fn postgres_store_settings_are_read() {
 }
 
 #[test]
-fn the_postgres_store_caches_unless_told_not_to() {
+fn the_postgres_store_caches_only_when_told_to() {
     let cache_of = |store: &str| {
         let toml = format!("[prod.session]\nsecret_key = \"{KEY}\"\nstore = {store}\n");
         match from_toml(&toml, "prod").unwrap().store {
@@ -126,8 +126,8 @@ fn the_postgres_store_caches_unless_told_not_to() {
             other => panic!("{other:?}"),
         }
     };
-    assert_eq!(cache_of("{ kind = \"postgres\" }"), 10_000);
-    assert_eq!(cache_of("{ kind = \"postgres\", cache = 0 }"), 0);
+    assert_eq!(cache_of("{ kind = \"postgres\" }"), 0);
+    assert_eq!(cache_of("{ kind = \"postgres\", cache = 10000 }"), 10_000);
 }
 
 #[test]

@@ -246,11 +246,13 @@ pub struct MemoryStoreConfig {
 /// | `unlogged` | bool | `false` | create the tables UNLOGGED (faster, emptied after a crash); a launch never changes existing tables, and refuses if theirs differs |
 /// | `sweep_interval` | seconds | 60 | delete expired sessions this often |
 /// | `sweep_batch` | rows | 1000 | at most this many sessions deleted per statement |
-/// | `cache` | sessions | 10000 | keep up to this many sessions in this instance's memory, served only while no other instance uses the database (see below); 0 turns it off |
+/// | `cache` | sessions | 0 (off) | keep up to this many sessions in this instance's memory, served only while no other instance uses the database (see below); `10000` suits one instance |
 /// | `indexed_keys` | list of strings | `[]` | keys whose values are indexed (a partial hash index each, made at launch with `migrate`), so that [`destroy_where`](crate::SessionManager::destroy_where) and [`list_where`](crate::SessionManager::list_where) on them are index lookups, not scans |
 ///
-/// With the cache on, a request whose session is cached makes no round trip to load it, and
-/// what the cache serves is always what the database holds. Every instance on the database
+/// The cache is off unless configured: it serves only while one instance uses the database,
+/// and it becomes the default only once several instances are shown to lose nothing by it
+/// (the README says what remains). With the cache on, a request whose session is cached makes
+/// no round trip to load it, and what the cache serves is always what the database holds. Every instance on the database
 /// says four times a second that it is alive (`rocket_sessions_instances`), and a caching
 /// instance serves from its cache only while it holds the database's cache claim
 /// (`rocket_sessions_claim`), which it may take only while no other instance is alive. Every
@@ -292,9 +294,8 @@ pub struct PostgresStoreConfig {
 
 /// A larger cache than this is a mistake (it would hold gigabytes).
 const MAX_CACHE: usize = 10_000_000;
-/// The PostgreSQL store's cache unless configured: a few megabytes for the sessions of the
-/// last active visitors.
-const DEFAULT_CACHE: usize = 10_000;
+/// The PostgreSQL store's cache unless configured: none (see [`PostgresStoreConfig`]).
+const DEFAULT_CACHE: usize = 0;
 const WEEK: u64 = 7 * 86_400;
 /// How often a session's cookie is re-issued and its stored life extended, unless configured.
 const DEFAULT_REFRESH: u64 = 60;

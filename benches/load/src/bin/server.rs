@@ -5,8 +5,8 @@
 //! `server MODE PORT` with MODE one of `bare`, `bare-cookie` (bare, with a 96-character cookie
 //! going back and forth), `floor` (that cookie, read by a guard that leaves a value in Rocket's
 //! request-local cache for a response fairing: the least a guard-and-fairing session layer
-//! does), `ours-memory`, `ours-postgres` (`cache = 0`),
-//! `ours-postgres-cache` (a local cache of 10,000 sessions, the default), `rss-memory`
+//! does), `ours-memory`, `ours-postgres` (`cache = 0`, the default),
+//! `ours-postgres-cache` (a local cache of 10,000 sessions; off by default), `rss-memory`
 //! (rocket-session-store), `flex-memory`, `flex-postgres` (rocket_flex_session),
 //! `ours-redis`, `flex-redis`, `flex-sqlite`,
 //! `private-cookie` (Rocket's private cookies, no store). The PostgreSQL modes take
