@@ -5,12 +5,15 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{app, figment, get_with, launch_error, post_with, TempDir, START};
+use common::{
+    app, assert_store_refused, figment, get_with, launch_error, post_with, store_config, TempDir,
+    START,
+};
 use rocket::local::asynchronous::Client;
 use rocket::serde::json::json;
 use rocket_db_pools::sqlx::{self, SqlitePool};
 use rocket_db_pools::Database;
-use rocket_server_sessions::config::{SessionConfig, SqliteStoreConfig, StoreConfig, Synchronous};
+use rocket_server_sessions::config::{SqliteStoreConfig, StoreConfig, Synchronous};
 use rocket_server_sessions::store::{ChangeSet, SessionStore, SqliteStore};
 use rocket_server_sessions::store_conformance;
 use rocket_server_sessions::testing::{id_of, key, TTL};
@@ -403,10 +406,8 @@ async fn a_pool_of_another_kind_than_the_store_is_refused_at_launch() {
 
 #[rocket::async_test]
 async fn the_sqlite_settings_are_read_and_checked() {
-    let read = |store: rocket::serde::json::Value| {
-        SessionConfig::from_figment(&figment(json!({ "store": store })))
-    };
-    let StoreConfig::Sqlite(sqlite) = read(json!({ "kind": "sqlite" })).unwrap().store else {
+    let StoreConfig::Sqlite(sqlite) = store_config(json!({ "kind": "sqlite" })).unwrap().store
+    else {
         panic!("not the SQLite store");
     };
     assert_eq!(
@@ -416,7 +417,7 @@ async fn the_sqlite_settings_are_read_and_checked() {
             ..config(&[])
         }
     );
-    let StoreConfig::Sqlite(sqlite) = read(json!({
+    let StoreConfig::Sqlite(sqlite) = store_config(json!({
         "kind": "sqlite", "synchronous": "normal", "busy_timeout": 2, "indexed_keys": ["user_id"]
     }))
     .unwrap()
@@ -451,9 +452,6 @@ async fn the_sqlite_settings_are_read_and_checked() {
             "store.synchronous",
         ),
     ] {
-        let e = read(store.clone())
-            .expect_err(&store.to_string())
-            .to_string();
-        assert!(e.contains(key) && e.contains("test"), "{store}: {e}");
+        assert_store_refused(store, key);
     }
 }

@@ -153,6 +153,33 @@ pub use redis::RedisStore;
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStore;
 
+/// `[<profile>.databases.<name>]` of `figment`, with `rocket_db_pools`' defaults
+/// (`max_connections`: 4 per worker, `connect_timeout`: 5 s), as the stores' own pools read it.
+#[cfg(any(feature = "postgres", feature = "redis", feature = "sqlite"))]
+pub(crate) fn database_figment(
+    figment: &rocket::figment::Figment,
+    name: &str,
+) -> rocket::figment::Figment {
+    use rocket::figment::providers::Serialized;
+
+    let workers: usize = figment.extract_inner("workers").unwrap_or(2);
+    figment
+        .focus(&format!("databases.{name}"))
+        .join(Serialized::default("max_connections", workers * 4))
+        .join(Serialized::default("connect_timeout", 5))
+}
+
+/// [`database_figment`] read, or an error naming the table.
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub(crate) fn database_config(
+    figment: &rocket::figment::Figment,
+    name: &str,
+) -> Result<rocket_db_pools::Config, StoreError> {
+    database_figment(figment, name).extract().map_err(|e| {
+        StoreError::new(crate::StoreErrorKind::Other, format!("databases.{name}")).with_source(e)
+    })
+}
+
 /// Store keys are SHA-256 digests, uniformly distributed already: hashing them again is waste.
 #[derive(Default)]
 pub(crate) struct DigestHasher(u64);

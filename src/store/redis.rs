@@ -23,7 +23,6 @@
 use std::sync::RwLock;
 use std::time::Duration;
 
-use rocket::figment::providers::Serialized;
 use rocket::figment::Figment;
 use rocket::tokio::sync::Mutex as AsyncMutex;
 use rocket::tokio::time::timeout;
@@ -123,66 +122,63 @@ redis.call('DEL', KEYS[1])
 return 1
 "#;
 
-/// The sessions whose key (the argument after the indexed keys' names) holds the value (the
-/// next), through that value's index set: with the mode (the next) `destroy` deleted (returns how many), else listed (returns `member, created,
-/// active, expires` for each session live at `now`). Members whose session is gone or holds
-/// another value now leave the set.
-const BY_INDEX: &str = r#"
+/// What both lookups share. The arguments after the indexed keys' names: the session key
+/// `name`, the `value` it must hold, and the `mode`: `list` answers `member, created, active,
+/// expires` for each session live at `now` that holds it, `destroy` deletes them and answers
+/// how many, `sweep` (by scan only) deletes the sessions expired at `now`.
+const FIND: &str = r#"
 local name, value, mode = ARGV[7 + nindexed], ARGV[8 + nindexed], ARGV[9 + nindexed]
-local set = ix(name, value)
 local found, out = 0, {}
-for _, member in ipairs(redis.call('ZRANGE', set, 0, -1)) do
-  local key = prefix .. 's:' .. member
+local function delete(key, member)
+  unindex(key, member)
+  redis.call('DEL', key)
+  found = found + 1
+end
+-- Lists or deletes the session `key` if its `name` holds `value`; whether it does.
+local function visit(key, member)
   local h = redis.call('HMGET', key, '=' .. name, 'created', 'active', 'expires')
-  if h[1] ~= value then
-    redis.call('ZREM', set, member)
-  elseif mode == 'destroy' then
-    unindex(key, member)
-    redis.call('DEL', key)
-    found = found + 1
+  if h[1] ~= value then return false end
+  if mode == 'destroy' then
+    delete(key, member)
   elseif h[4] and tonumber(h[4]) > now then
     table.insert(out, member)
     table.insert(out, h[2])
     table.insert(out, h[3])
     table.insert(out, h[4])
   end
+  return true
 end
-if mode == 'destroy' then return found end
-return out
+local function answer()
+  if mode == 'list' then return out end
+  return found
+end
 "#;
 
-/// [`BY_INDEX`] for a key that is not indexed, on the sessions `KEYS` (one `SCAN` step), and
-/// with the mode `sweep` the deletion of those expired at `now`.
-const BY_SCAN: &str = r#"
-local name, value, mode = ARGV[7 + nindexed], ARGV[8 + nindexed], ARGV[9 + nindexed]
-local found, out = 0, {}
-for _, key in ipairs(KEYS) do
-  local member = string.sub(key, #prefix + 3)
-  if mode == 'sweep' then
-    local at = redis.call('HGET', key, 'expires')
-    if at and tonumber(at) <= now then
-      unindex(key, member)
-      redis.call('DEL', key)
-      found = found + 1
-    end
-  else
-    local h = redis.call('HMGET', key, '=' .. name, 'created', 'active', 'expires')
-    if h[1] == value then
-      if mode == 'destroy' then
-        unindex(key, member)
-        redis.call('DEL', key)
-        found = found + 1
-      elseif h[4] and tonumber(h[4]) > now then
-        table.insert(out, member)
-        table.insert(out, h[2])
-        table.insert(out, h[3])
-        table.insert(out, h[4])
-      end
-    end
+/// [`FIND`] through the index set of `name`'s `value`. Members whose session is gone or holds
+/// another value now leave the set.
+const BY_INDEX: &str = r#"
+local set = ix(name, value)
+for _, member in ipairs(redis.call('ZRANGE', set, 0, -1)) do
+  if not visit(prefix .. 's:' .. member, member) then
+    redis.call('ZREM', set, member)
   end
 end
-if mode == 'list' then return out end
-return found
+return answer()
+"#;
+
+/// [`FIND`] on the sessions `KEYS` (one `SCAN` step), for a key that is not indexed and for
+/// sweeps.
+const BY_SCAN: &str = r#"
+for _, key in ipairs(KEYS) do
+  local member = string.sub(key, #prefix + 3)
+  if mode ~= 'sweep' then
+    visit(key, member)
+  else
+    local at = redis.call('HGET', key, 'expires')
+    if at and tonumber(at) <= now then delete(key, member) end
+  end
+end
+return answer()
 "#;
 
 /// Sessions in Redis (the `redis` feature).
@@ -290,11 +286,7 @@ impl RedisStore {
     /// A pool initialised from `[<profile>.databases.<name>]` of `figment`, as `rocket_db_pools`
     /// initialises it (`url`, `max_connections`, `connect_timeout`, `idle_timeout`).
     pub async fn pool_from_figment(figment: &Figment, name: &str) -> Result<Pool, StoreError> {
-        let workers: usize = figment.extract_inner("workers").unwrap_or(2);
-        let figment = figment
-            .focus(&format!("databases.{name}"))
-            .join(Serialized::default("max_connections", workers * 4))
-            .join(Serialized::default("connect_timeout", 5));
+        let figment = super::database_figment(figment, name);
         <Pool as rocket_db_pools::Pool>::init(&figment)
             .await
             .map_err(|e| {
@@ -320,8 +312,8 @@ impl RedisStore {
                 update: script(UPDATE),
                 cycle: script(CYCLE),
                 destroy: script(DESTROY),
-                by_index: script(BY_INDEX),
-                by_scan: script(BY_SCAN),
+                by_index: script(&format!("{FIND}{BY_INDEX}")),
+                by_scan: script(&format!("{FIND}{BY_SCAN}")),
             },
         };
         let mut conn = store.connection().await?;

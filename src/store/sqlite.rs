@@ -19,7 +19,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rocket::figment::providers::Serialized;
 use rocket::figment::Figment;
 use rocket::tokio::sync::oneshot;
 use rocket_db_pools::sqlx::sqlite::{
@@ -140,15 +139,7 @@ impl SqliteStore {
         config: &SqliteStoreConfig,
     ) -> Result<SqlitePool, StoreError> {
         let name = &config.database;
-        let workers: usize = figment.extract_inner("workers").unwrap_or(2);
-        let db: rocket_db_pools::Config = figment
-            .focus(&format!("databases.{name}"))
-            .join(Serialized::default("max_connections", workers * 4))
-            .join(Serialized::default("connect_timeout", 5))
-            .extract()
-            .map_err(|e| {
-                StoreError::new(StoreErrorKind::Other, format!("databases.{name}")).with_source(e)
-            })?;
+        let db = super::database_config(figment, name)?;
         let options = SqliteConnectOptions::from_str(&db.url)
             .map_err(|e| {
                 StoreError::new(StoreErrorKind::Other, format!("databases.{name}.url"))

@@ -157,6 +157,21 @@ fn app_of(figment: Figment, sessions: Sessions) -> Rocket<Build> {
     )
 }
 
+/// The session settings of the test configuration with `store` as its store table.
+pub fn store_config(
+    store: Value,
+) -> Result<rocket_server_sessions::SessionConfig, rocket_server_sessions::ConfigError> {
+    rocket_server_sessions::SessionConfig::from_figment(&figment(json!({ "store": store })))
+}
+
+/// Asserts that `store` is refused, the message naming `key` and the profile (`test`).
+pub fn assert_store_refused(store: Value, key: &str) {
+    let e = store_config(store.clone())
+        .expect_err(&store.to_string())
+        .to_string();
+    assert!(e.contains(key) && e.contains("test"), "{store}: {e}");
+}
+
 /// A client for `app` with the default test configuration and a fresh clock.
 pub async fn client_with(store: impl SessionStore, session: Value) -> (Client, ManualClock) {
     let clock = ManualClock::new(START);

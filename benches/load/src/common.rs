@@ -67,11 +67,9 @@ pub fn figment(port: u16) -> Figment {
         .merge(("cli_colors", false))
 }
 
-
 /// The body every counter and read route answers: a number formatted into a `String`. The bare
 /// routes answer one too, so that the rows differ only in the session layer, not in the
 /// handler's own work (formatting, one allocation, Rocket's `String` responder).
 pub fn body(n: u64) -> String {
     std::hint::black_box(n).to_string()
 }
-

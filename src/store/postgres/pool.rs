@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use rocket::figment::providers::Serialized;
 use rocket::figment::Figment;
 use rocket_db_pools::sqlx::pool::PoolConnection;
 use rocket_db_pools::sqlx::postgres::{
@@ -100,15 +99,7 @@ impl PostgresStore {
     ///   again on a checked one;
     /// - statement logging off, as `rocket_db_pools` has it at the usual log levels.
     pub async fn pool_from_figment(figment: &Figment, name: &str) -> Result<PgPool, StoreError> {
-        let workers: usize = figment.extract_inner("workers").unwrap_or(2);
-        let config: rocket_db_pools::Config = figment
-            .focus(&format!("databases.{name}"))
-            .join(Serialized::default("max_connections", workers * 4))
-            .join(Serialized::default("connect_timeout", 5))
-            .extract()
-            .map_err(|e| {
-                StoreError::new(StoreErrorKind::Other, format!("databases.{name}")).with_source(e)
-            })?;
+        let config = crate::store::database_config(figment, name)?;
         let options = config
             .url
             .parse::<PgConnectOptions>()

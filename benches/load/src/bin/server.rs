@@ -84,7 +84,6 @@ fn with_database(url: &str, db: &str) -> String {
     }
 }
 
-
 /// The cookie value the bare-cookie and floor rows hand out: as long as our signed cookie's
 /// (96 characters), so that Rocket parses as much in every row that carries a cookie.
 fn stand_in_cookie() -> String {
@@ -294,33 +293,26 @@ mod flex {
         }
     }
 
-    impl SessionSqlx<sqlx::Postgres> for Counter {
-        type Error = SessionError;
-        type Data = String;
-        fn into_sql(self) -> Result<String, SessionError> {
-            Ok(self.0.to_string())
-        }
-        fn from_sql(value: String) -> Result<Self, SessionError> {
-            value
-                .parse()
-                .map(Counter)
-                .map_err(|e| SessionError::Parsing(Box::new(e)))
-        }
+    /// The count as text in a SQL column, on either database.
+    macro_rules! counter_in_sql {
+        ($($db:ty),*) => {$(
+            impl SessionSqlx<$db> for Counter {
+                type Error = SessionError;
+                type Data = String;
+                fn into_sql(self) -> Result<String, SessionError> {
+                    Ok(self.0.to_string())
+                }
+                fn from_sql(value: String) -> Result<Self, SessionError> {
+                    value
+                        .parse()
+                        .map(Counter)
+                        .map_err(|e| SessionError::Parsing(Box::new(e)))
+                }
+            }
+        )*};
     }
 
-    impl SessionSqlx<sqlx::Sqlite> for Counter {
-        type Error = SessionError;
-        type Data = String;
-        fn into_sql(self) -> Result<String, SessionError> {
-            Ok(self.0.to_string())
-        }
-        fn from_sql(value: String) -> Result<Self, SessionError> {
-            value
-                .parse()
-                .map(Counter)
-                .map_err(|e| SessionError::Parsing(Box::new(e)))
-        }
-    }
+    counter_in_sql!(sqlx::Postgres, sqlx::Sqlite);
 
     impl SessionRedis for Counter {
         const REDIS_FORMAT: RedisFormat = RedisFormat::String;
