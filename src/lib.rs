@@ -1,7 +1,8 @@
 //! Server-side sessions for Rocket 0.5, after the session module of koyo (Racket).
 //!
 //! The cookie carries only a signed session id; the data stays on the server, in memory
-//! (durable in a snapshot file) or in PostgreSQL, chosen per configuration profile.
+//! (durable in a snapshot file), in PostgreSQL, in Redis or in SQLite, chosen per configuration
+//! profile.
 //!
 //! # Quick start
 //!
@@ -12,8 +13,9 @@
 //!    rocket_server_sessions = "0.1"
 //!    ```
 //!
-//!    Features: `postgres` (default) is the PostgreSQL store; `testing` exports the store
-//!    conformance suite. A memory-only app sets `default-features = false`.
+//!    Features: `postgres` (default) is the PostgreSQL store, `redis` the Redis store and
+//!    `sqlite` the SQLite store; `testing` exports the store conformance suite. A memory-only
+//!    app sets `default-features = false`.
 //!
 //! 2. Configure it in `Rocket.toml` (every key has a default; only non-debug profiles need a
 //!    `secret_key`, see [`SessionConfig`] for all keys):
@@ -75,7 +77,8 @@
 //!    neither stored nor sent. `in_flight.rs` counts the requests not flushed yet, for shutdown.
 //!
 //! Outside requests, the [`SessionManager`] in managed state reaches any session by id.
-//! The stores are `store/memory/` and `store/postgres/`; `error.rs` holds the errors and
+//! The stores are `store/memory/`, `store/postgres/`, `store/redis.rs` and `store/sqlite.rs`
+//! (`store/coalesce.rs` batches the concurrent calls of the SQL ones); `error.rs` holds the errors and
 //! `clock.rs` where "now" comes from. With the `testing` feature, `testing/` exports the
 //! store conformance suite.
 //!
@@ -94,6 +97,7 @@
 //! | `session-manager-ref`, `-set!`, `-update!`, `-remove!` | [`SessionManager::get`], [`set`](SessionManager::set), [`update`](SessionManager::update), [`remove`](SessionManager::remove) |
 //! | `make-memory-session-store` | [`store::MemoryStore`] (`store = { kind = "memory" }`) |
 //! | `make-postgres-session-store` | [`store::PostgresStore`] (`store = { kind = "postgres" }`) |
+//! | — | `store::RedisStore` (`store = { kind = "redis" }`), `store::SqliteStore` (`store = { kind = "sqlite" }`) |
 //! | — | [`Session::cycle_id`], [`Session::destroy`], [`SessionManager::destroy_where`] |
 #![deny(missing_docs)]
 

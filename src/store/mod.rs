@@ -6,7 +6,8 @@
 //! other; when they change the same key, the request that flushes last wins.
 //!
 //! The crate ships [`MemoryStore`] and, with the `postgres` feature (on by default),
-//! `PostgresStore`; anything implementing
+//! `PostgresStore`, with the `redis` feature `RedisStore` and with the `sqlite` feature
+//! `SqliteStore`; anything implementing
 //! [`SessionStore`] can be plugged in with [`Sessions::with_store`](crate::Sessions::with_store).
 //!
 //! # A complete store
