@@ -175,7 +175,9 @@ impl Sessions {
     /// [`SqliteStore::pool_from_figment`](crate::store::SqliteStore::pool_from_figment) for the
     /// store's).
     ///
-    /// ```no_run
+    #[cfg_attr(feature = "postgres", doc = "```no_run")]
+    // The example's pool is PostgreSQL's: a build without that store cannot compile it.
+    #[cfg_attr(not(feature = "postgres"), doc = "```ignore")]
     /// use rocket_db_pools::{sqlx, Database};
     /// use rocket_server_sessions::Sessions;
     ///
