@@ -424,6 +424,25 @@ async fn a_load_is_one_hgetall_and_a_write_one_evalsha() {
         1
     );
     assert!(scans(&command_calls(&mut conn).await) > scans(&after));
+
+    // Concurrent calls share the store's one connection (pipelined on it): the server sees
+    // two clients, the store and this test.
+    let store = Arc::new(store);
+    let loads: Vec<_> = (0..64)
+        .map(|_| {
+            let store = store.clone();
+            rocket::tokio::spawn(async move { store.load(&key(4), START).await })
+        })
+        .collect();
+    for load in loads {
+        assert!(load.await.unwrap().unwrap().is_some());
+    }
+    let clients: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(clients.lines().count(), 2, "{clients}");
 }
 
 #[rocket::async_test]
