@@ -11,10 +11,42 @@ use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use rocket::tokio::sync::{Notify, Semaphore};
+use rocket::tokio::sync::{oneshot, Notify, Semaphore};
+
+use crate::error::{StoreError, StoreErrorKind};
 
 /// How long a leader whose queue ran dry waits for more work, keeping what it holds.
 const LINGER: Duration = Duration::from_millis(100);
+
+/// The most items one batch takes.
+pub(crate) const MAX_BATCH: usize = 256;
+
+/// The first [`MAX_BATCH`] items of `queue`, in order; the rest stay queued.
+pub(crate) fn take_front<T>(queue: &mut Vec<T>) -> Vec<T> {
+    queue.drain(..queue.len().min(MAX_BATCH)).collect()
+}
+
+/// Where a queued item's answer goes.
+pub(crate) type Answer<R> = oneshot::Sender<Result<R, StoreError>>;
+
+/// Answers each item of a batch, in order: its own result, or the whole batch's error.
+pub(crate) fn answer_each<R>(
+    answers: impl IntoIterator<Item = Answer<R>>,
+    results: Result<Vec<R>, StoreError>,
+) {
+    match results {
+        Ok(results) => {
+            for (done, result) in answers.into_iter().zip(results) {
+                let _ = done.send(Ok(result));
+            }
+        }
+        Err(e) => {
+            for done in answers {
+                let _ = done.send(Err(e.clone()));
+            }
+        }
+    }
+}
 
 /// How a kind of queued work is batched and run.
 pub(crate) trait Batch<T>: Send + Sync + 'static {
@@ -56,8 +88,24 @@ impl<T: Send + 'static, B: Batch<T>> Coalescer<T, B> {
         self.queue.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Queues the item `make` builds around its answer slot, and waits for some leader to run
+    /// it and answer.
+    pub async fn call<R>(
+        self: &Arc<Self>,
+        make: impl FnOnce(Answer<R>) -> T,
+    ) -> Result<R, StoreError> {
+        let (done, answer) = oneshot::channel();
+        self.submit(make(done));
+        answer.await.map_err(|_| {
+            StoreError::new(
+                StoreErrorKind::Other,
+                "the batch that carried this call was lost",
+            )
+        })?
+    }
+
     /// Queues `item`; some leader runs it soon. The item carries its own way to answer.
-    pub fn submit(self: &Arc<Self>, item: T) {
+    fn submit(self: &Arc<Self>, item: T) {
         self.queue().push(item);
         // Wakes a waiting leader; with none waiting, the next one to wait returns at once.
         self.more.notify_one();

@@ -20,13 +20,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rocket::figment::Figment;
-use rocket::tokio::sync::oneshot;
 use rocket_db_pools::sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 use rocket_db_pools::sqlx::{self, ConnectOptions, Executor, Sqlite, Transaction};
 
-use super::coalesce::{Batch, Coalescer};
+use super::coalesce::{answer_each, take_front, Answer, Batch, Coalescer};
+use super::sql::{literal, secs, unsigned, WhereStatements};
 use super::{ChangeSet, SessionRecord, SessionStore, SessionSummary};
 use crate::config::{SqliteStoreConfig, Synchronous};
 use crate::error::{StoreError, StoreErrorKind};
@@ -80,8 +80,7 @@ pub struct SqliteStore {
     commits: Arc<AtomicU64>,
     ttl: u64,
     sweep_batch: u32,
-    /// For each indexed key, its `destroy_where` and `list_where` statements.
-    indexed: Vec<(String, String, String)>,
+    indexed: WhereStatements,
 }
 
 /// What a sqlx error means for the caller.
@@ -112,19 +111,6 @@ fn classify_kind(e: &sqlx::Error) -> StoreErrorKind {
         E::ColumnDecode { .. } | E::Decode(_) => StoreErrorKind::Corrupt,
         _ => StoreErrorKind::Other,
     }
-}
-
-fn secs(t: u64) -> i64 {
-    t.min(i64::MAX as u64) as i64
-}
-
-fn unsigned(t: i64) -> u64 {
-    t.max(0) as u64
-}
-
-/// `key` as an SQL string literal.
-fn literal(key: &str) -> String {
-    format!("'{}'", key.replace('\'', "''"))
 }
 
 impl SqliteStore {
@@ -188,18 +174,6 @@ impl SqliteStore {
             ));
         }
         drop(conn);
-        let indexed = config
-            .indexed_keys
-            .iter()
-            .map(|key| {
-                let narrowed = format!("d.name = ?1 AND d.name = {}", literal(key));
-                (
-                    key.clone(),
-                    DESTROY_WHERE.replace("d.name = ?1", &narrowed),
-                    LIST_WHERE.replace("d.name = ?1", &narrowed),
-                )
-            })
-            .collect();
         let commits = Arc::new(AtomicU64::new(0));
         let store = SqliteStore {
             loads: Coalescer::new(Files(pool.clone(), commits.clone()), LOAD_LEADERS),
@@ -208,7 +182,12 @@ impl SqliteStore {
             pool,
             ttl: config.ttl,
             sweep_batch: config.sweep_batch,
-            indexed,
+            indexed: WhereStatements::new(
+                &config.indexed_keys,
+                DESTROY_WHERE,
+                LIST_WHERE,
+                "d.name = ?1",
+            ),
         };
         if config.migrate {
             store.migrate().await?;
@@ -235,8 +214,8 @@ impl SqliteStore {
     pub async fn plans_of_where(&self, name: &str) -> Result<Vec<String>, StoreError> {
         let mut plans = Vec::new();
         for (sql, params) in [
-            (self.statement(name, |s| &s.2, LIST_WHERE), 3),
-            (self.statement(name, |s| &s.1, DESTROY_WHERE), 2),
+            (self.indexed.list_where(name), 3),
+            (self.indexed.destroy_where(name), 2),
         ] {
             let explain = format!("EXPLAIN QUERY PLAN {sql}");
             let mut query = sqlx::query_as(&explain).bind(name).bind(&b""[..]);
@@ -282,7 +261,7 @@ impl SqliteStore {
                 .execute(&mut *conn)
                 .await?;
             }
-            for (key, _, _) in &self.indexed {
+            for key in self.indexed.keys() {
                 let index = format!(
                     "CREATE INDEX IF NOT EXISTS rocket_session_data_by_{} \
                      ON rocket_session_data (value) WHERE name = {}",
@@ -301,24 +280,10 @@ impl SqliteStore {
         }
         Ok(())
     }
-
-    fn statement<'a>(
-        &'a self,
-        name: &str,
-        pick: fn(&'a (String, String, String)) -> &'a str,
-        general: &'static str,
-    ) -> &'a str {
-        self.indexed
-            .iter()
-            .find(|(key, _, _)| key == name)
-            .map_or(general, pick)
-    }
 }
 
 /// Loads in flight at once, each on a connection of its own (WAL: readers do not wait).
 const LOAD_LEADERS: usize = 2;
-/// The most calls one batch answers.
-const MAX_BATCH: usize = 256;
 
 /// The pool, as the runner of batches, and how many write transactions it has committed.
 struct Files(SqlitePool, Arc<AtomicU64>);
@@ -327,13 +292,13 @@ struct Files(SqlitePool, Arc<AtomicU64>);
 struct PendingLoad {
     key: StoreKey,
     now: u64,
-    done: oneshot::Sender<Result<Option<SessionRecord>, StoreError>>,
+    done: Answer<Option<SessionRecord>>,
 }
 
 /// A write waiting for its group's commit; answers whether it was made.
 struct PendingWrite {
     write: Write,
-    done: oneshot::Sender<Result<bool, StoreError>>,
+    done: Answer<bool>,
 }
 
 enum Write {
@@ -362,18 +327,11 @@ enum Write {
     },
 }
 
-fn lost() -> StoreError {
-    StoreError::new(
-        StoreErrorKind::Other,
-        "the batch that carried this call was lost",
-    )
-}
-
 impl Batch<PendingLoad> for Files {
     type Kept = ();
 
     fn take(&self, queue: &mut Vec<PendingLoad>) -> Vec<PendingLoad> {
-        queue.drain(..queue.len().min(MAX_BATCH)).collect()
+        take_front(queue)
     }
 
     fn may_keep(&self, _: &()) -> bool {
@@ -381,18 +339,8 @@ impl Batch<PendingLoad> for Files {
     }
 
     async fn run(&self, batch: Vec<PendingLoad>, _: &mut ()) {
-        match self.load_many(&batch).await {
-            Ok(mut found) => {
-                for (pending, found) in batch.into_iter().zip(found.drain(..)) {
-                    let _ = pending.done.send(Ok(found));
-                }
-            }
-            Err(e) => {
-                for pending in batch {
-                    let _ = pending.done.send(Err(e.clone()));
-                }
-            }
-        }
+        let found = self.load_many(&batch).await;
+        answer_each(batch.into_iter().map(|p| p.done), found);
     }
 }
 
@@ -400,7 +348,7 @@ impl Batch<PendingWrite> for Files {
     type Kept = ();
 
     fn take(&self, queue: &mut Vec<PendingWrite>) -> Vec<PendingWrite> {
-        queue.drain(..queue.len().min(MAX_BATCH)).collect()
+        take_front(queue)
     }
 
     fn may_keep(&self, _: &()) -> bool {
@@ -408,19 +356,8 @@ impl Batch<PendingWrite> for Files {
     }
 
     async fn run(&self, batch: Vec<PendingWrite>, _: &mut ()) {
-        match self.write_many(&batch).await {
-            Ok(made) => {
-                for (pending, made) in batch.into_iter().zip(made) {
-                    let _ = pending.done.send(Ok(made));
-                }
-            }
-            Err(e) => {
-                let e = classify(e);
-                for pending in batch {
-                    let _ = pending.done.send(Err(e.clone()));
-                }
-            }
-        }
+        let made = self.write_many(&batch).await.map_err(classify);
+        answer_each(batch.into_iter().map(|p| p.done), made);
     }
 }
 
@@ -575,22 +512,20 @@ async fn write(tx: &mut Transaction<'static, Sqlite>, write: &Write) -> Result<b
 impl SqliteStore {
     /// Queues `write` for the next group commit; its answer once committed.
     async fn write(&self, write: Write) -> Result<bool, StoreError> {
-        let (done, answer) = oneshot::channel();
-        self.writes.submit(PendingWrite { write, done });
-        answer.await.map_err(|_| lost())?
+        self.writes.call(|done| PendingWrite { write, done }).await
     }
 }
 
 #[rocket::async_trait]
 impl SessionStore for SqliteStore {
     async fn load(&self, key: &StoreKey, now: u64) -> Result<Option<SessionRecord>, StoreError> {
-        let (done, answer) = oneshot::channel();
-        self.loads.submit(PendingLoad {
-            key: *key,
-            now,
-            done,
-        });
-        answer.await.map_err(|_| lost())?
+        self.loads
+            .call(|done| PendingLoad {
+                key: *key,
+                now,
+                done,
+            })
+            .await
     }
 
     async fn create(
@@ -647,7 +582,7 @@ impl SessionStore for SqliteStore {
     }
 
     async fn destroy_where(&self, name: &str, value: &[u8]) -> Result<u64, StoreError> {
-        let sql = self.statement(name, |s| &s.1, DESTROY_WHERE);
+        let sql = self.indexed.destroy_where(name);
         let done = sqlx::query(sql)
             .bind(name)
             .bind(value)
@@ -663,7 +598,7 @@ impl SessionStore for SqliteStore {
         value: &[u8],
         now: u64,
     ) -> Result<Vec<SessionSummary>, StoreError> {
-        let sql = self.statement(name, |s| &s.2, LIST_WHERE);
+        let sql = self.indexed.list_where(name);
         let rows: Vec<(Vec<u8>, i64, i64, i64)> = sqlx::query_as(sql)
             .bind(name)
             .bind(value)

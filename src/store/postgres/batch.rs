@@ -1,15 +1,15 @@
 //! PostgreSQL's batches: concurrent loads run as one statement, and concurrent updates as one
 //! statement (one round trip, one commit), through the store module's coalescer.
 
-use rocket::tokio::sync::oneshot;
 use rocket_db_pools::sqlx::{self, Row};
 
 use super::pool::{after_failed_read, classify, failed, Kept};
-use super::{secs, split, Db};
+use super::{split, Db};
 use crate::error::{StoreError, StoreErrorKind};
 use crate::id::StoreKey;
-use crate::store::coalesce::Batch;
 pub(super) use crate::store::coalesce::Coalescer;
+use crate::store::coalesce::{answer_each, take_front, Answer, Batch};
+use crate::store::sql::{secs, unsigned};
 use crate::store::{ChangeSet, SessionRecord};
 
 /// A live session as a load finds it (its record carries its expiry).
@@ -19,7 +19,7 @@ pub(super) type Found = Option<SessionRecord>;
 pub(super) struct PendingLoad {
     pub key: StoreKey,
     pub now: u64,
-    pub done: oneshot::Sender<Result<Found, StoreError>>,
+    pub done: Answer<Found>,
 }
 
 /// An `update` waiting for its batch.
@@ -28,21 +28,20 @@ pub(super) struct PendingUpdate {
     pub changes: ChangeSet,
     pub now: u64,
     pub expires: u64,
-    pub done: oneshot::Sender<Result<bool, StoreError>>,
+    pub done: Answer<bool>,
 }
 
 /// Batches in flight at once: loads do not conflict; updates of two batches could lock the
 /// same sessions, so fewer of them.
 pub(super) const LOAD_LEADERS: usize = 1;
 pub(super) const UPDATE_LEADERS: usize = 1;
-const MAX_BATCH: usize = 256;
 
 /// Up to `MAX_BATCH` items, each session at most once, sorted by session; the rest stay
 /// queued, in order. A session's later items go back to the head of the queue, so its items
 /// still run in the order they came. The queue keeps its memory, so that the items queued
 /// while this batch runs need no allocation.
 fn take_distinct<T>(queue: &mut Vec<T>, key: impl Fn(&T) -> StoreKey) -> Vec<T> {
-    let mut batch: Vec<T> = queue.drain(..queue.len().min(MAX_BATCH)).collect();
+    let mut batch = take_front(queue);
     // Sessions in one order in every batch: batches that lock them do not deadlock. The sort
     // is stable: a session's items stay in the order they came.
     batch.sort_by_key(|item| key(item));
@@ -87,18 +86,8 @@ impl Batch<PendingLoad> for Db {
     }
 
     async fn run(&self, batch: Vec<PendingLoad>, kept: &mut Kept) {
-        match self.load_many(&batch, kept).await {
-            Ok(found) => {
-                for (pending, found) in batch.into_iter().zip(found) {
-                    let _ = pending.done.send(Ok(found));
-                }
-            }
-            Err(e) => {
-                for pending in batch {
-                    let _ = pending.done.send(Err(e.clone()));
-                }
-            }
-        }
+        let found = self.load_many(&batch, kept).await;
+        answer_each(batch.into_iter().map(|p| p.done), found);
     }
 }
 
@@ -211,8 +200,8 @@ impl Db {
                     let created: i64 = row.try_get(1).map_err(classify)?;
                     let expires: i64 = row.try_get(2).map_err(classify)?;
                     slot.insert(SessionRecord {
-                        created: created.max(0) as u64,
-                        expires: expires.max(0) as u64,
+                        created: unsigned(created),
+                        expires: unsigned(expires),
                         data: Vec::new(),
                     })
                 }
@@ -281,6 +270,7 @@ impl Db {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::coalesce::MAX_BATCH;
 
     fn key(i: u8) -> StoreKey {
         StoreKey([i; 32])

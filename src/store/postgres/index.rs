@@ -4,13 +4,12 @@
 //! 4-byte hash code per value, whatever the value's size, and only rows of that key enter it;
 //! other keys' writes pay nothing for it.
 
-use std::collections::HashMap;
-
 use rocket_db_pools::sqlx::{self, Executor, PgPool};
 use sha2::{Digest, Sha256};
 
 use super::pool::classify;
 use crate::error::{StoreError, StoreErrorKind};
+use crate::store::sql::{literal, WhereStatements};
 
 /// Finds the sessions whose key `$1` holds the value `$2`, and deletes them when the claim's
 /// fence lets the statement through (`$3` is this instance); the deleted sessions' keys and
@@ -32,99 +31,73 @@ pub(super) const LIST_WHERE: &str =
        FROM rocket_sessions s JOIN rocket_session_data d ON d.session_id = s.id
       WHERE d.name = $1 AND d.value = $2 AND s.expires_at > $3";
 
-/// The statements of the configured indexed keys, by key. Each is the general one with the key
-/// also written as a literal (`d.name = $1 AND d.name = 'user_id'`): a prepared statement's
-/// generic plan can then use that key's partial index, which it cannot prove usable from `$1`.
-#[derive(Default)]
-pub(super) struct IndexedKeys {
-    statements: HashMap<String, (String, String)>,
+/// The statements that find sessions by a key's value, narrowed for each configured indexed
+/// key (see [`WhereStatements`]).
+pub(super) fn statements(keys: &[String]) -> WhereStatements {
+    WhereStatements::new(keys, DESTROY_WHERE, LIST_WHERE, "d.name = $1")
 }
 
-impl IndexedKeys {
-    pub(super) fn new(keys: &[String]) -> IndexedKeys {
-        let statements = keys
-            .iter()
-            .map(|key| {
-                let narrowed = format!("d.name = $1 AND d.name = {}", literal(key));
-                let statements = (
-                    DESTROY_WHERE.replace("d.name = $1", &narrowed),
-                    LIST_WHERE.replace("d.name = $1", &narrowed),
-                );
-                (key.clone(), statements)
-            })
-            .collect();
-        IndexedKeys { statements }
+/// Creates the index of every indexed key of `statements` that has none (or whose build a crash
+/// left invalid), without blocking writes (`CREATE INDEX CONCURRENTLY`), one instance at a
+/// time. An index of a key no longer configured is left in place.
+pub(super) async fn create_indexes(
+    statements: &WhereStatements,
+    pool: &PgPool,
+    lock: i64,
+) -> Result<(), StoreError> {
+    let keys: Vec<&str> = statements.keys().collect();
+    if keys.is_empty() {
+        return Ok(());
     }
-
-    /// The statement deleting the sessions where `key` holds a value.
-    pub(super) fn destroy_where(&self, key: &str) -> &str {
-        self.statements.get(key).map_or(DESTROY_WHERE, |s| &s.0)
-    }
-
-    /// The statement listing the sessions where `key` holds a value.
-    pub(super) fn list_where(&self, key: &str) -> &str {
-        self.statements.get(key).map_or(LIST_WHERE, |s| &s.1)
-    }
-
-    /// Creates the index of every configured key that has none (or whose build a crash left
-    /// invalid), without blocking writes (`CREATE INDEX CONCURRENTLY`), one instance at a time.
-    /// An index of a key no longer configured is left in place.
-    pub(super) async fn create_indexes(&self, pool: &PgPool, lock: i64) -> Result<(), StoreError> {
-        if self.statements.is_empty() {
-            return Ok(());
-        }
-        // A connection of its own: CONCURRENTLY runs outside any transaction, and the advisory
-        // lock is the session's until released.
-        let mut conn = pool.acquire().await.map_err(classify)?;
-        sqlx::query("SELECT pg_advisory_lock($1)")
-            .bind(lock)
-            .execute(&mut *conn)
+    // A connection of its own: CONCURRENTLY runs outside any transaction, and the advisory
+    // lock is the session's until released.
+    let mut conn = pool.acquire().await.map_err(classify)?;
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(lock)
+        .execute(&mut *conn)
+        .await
+        .map_err(classify)?;
+    let created = async {
+        for key in keys {
+            let name = index_name(key);
+            let valid: Option<bool> = sqlx::query_scalar(
+                "SELECT i.indisvalid FROM pg_index i WHERE i.indexrelid = to_regclass($1)",
+            )
+            .bind(&name)
+            .fetch_optional(&mut *conn)
             .await
             .map_err(classify)?;
-        let created = async {
-            for key in self.statements.keys() {
-                let name = index_name(key);
-                let valid: Option<bool> = sqlx::query_scalar(
-                    "SELECT i.indisvalid FROM pg_index i WHERE i.indexrelid = to_regclass($1)",
-                )
-                .bind(&name)
-                .fetch_optional(&mut *conn)
-                .await
-                .map_err(classify)?;
-                let mut ddl = Vec::new();
-                if valid == Some(false) {
-                    ddl.push(format!("DROP INDEX CONCURRENTLY IF EXISTS {name}"));
-                }
-                if valid != Some(true) {
-                    ddl.push(format!(
-                        "CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} ON rocket_session_data \
-                         USING hash (value) WHERE name = {}",
-                        literal(key)
-                    ));
-                }
-                for sql in ddl {
-                    conn.execute(sql.as_str()).await.map_err(|e| {
-                        StoreError::new(
-                            StoreErrorKind::Other,
-                            format!(
-                                "creating the index of `store.indexed_keys` key `{key}` ({name})"
-                            ),
-                        )
-                        .with_source(e)
-                    })?;
-                }
+            let mut ddl = Vec::new();
+            if valid == Some(false) {
+                ddl.push(format!("DROP INDEX CONCURRENTLY IF EXISTS {name}"));
             }
-            Ok::<_, StoreError>(())
+            if valid != Some(true) {
+                ddl.push(format!(
+                    "CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} ON rocket_session_data \
+                         USING hash (value) WHERE name = {}",
+                    literal(key)
+                ));
+            }
+            for sql in ddl {
+                conn.execute(sql.as_str()).await.map_err(|e| {
+                    StoreError::new(
+                        StoreErrorKind::Other,
+                        format!("creating the index of `store.indexed_keys` key `{key}` ({name})"),
+                    )
+                    .with_source(e)
+                })?;
+            }
         }
-        .await;
-        // Unlocked whether or not the indexes were made.
-        let unlocked = sqlx::query("SELECT pg_advisory_unlock($1)")
-            .bind(lock)
-            .execute(&mut *conn)
-            .await;
-        created?;
-        unlocked.map(|_| ()).map_err(classify)
+        Ok::<_, StoreError>(())
     }
+    .await;
+    // Unlocked whether or not the indexes were made.
+    let unlocked = sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(lock)
+        .execute(&mut *conn)
+        .await;
+    created?;
+    unlocked.map(|_| ()).map_err(classify)
 }
 
 /// The index of `key`'s values: named by a digest of the key, which may hold any character.
@@ -133,19 +106,13 @@ pub(super) fn index_name(key: &str) -> String {
     format!("rocket_session_data_key_{}", hex::encode(&digest[..8]))
 }
 
-/// `key` as an SQL string literal (standard-conforming strings, PostgreSQL's default since 9.1:
-/// only a quote needs doubling).
-fn literal(key: &str) -> String {
-    format!("'{}'", key.replace('\'', "''"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn an_indexed_key_narrows_the_statements_by_a_literal_and_others_keep_the_general_ones() {
-        let keys = IndexedKeys::new(&["user_id".into(), "it's".into()]);
+        let keys = statements(&["user_id".into(), "it's".into()]);
         assert!(keys
             .destroy_where("user_id")
             .contains("d.name = $1 AND d.name = 'user_id' AND d.value = $2"));

@@ -17,10 +17,11 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use rocket::tokio::sync::{oneshot, watch, Mutex as AsyncMutex, Notify};
+use rocket::tokio::sync::{watch, Mutex as AsyncMutex, Notify};
 use rocket_db_pools::sqlx;
 use rocket_db_pools::sqlx::postgres::PgPool;
 
+use super::sql::{secs, unsigned, WhereStatements};
 use super::{ChangeSet, SessionRecord, SessionStore, SessionSummary};
 use crate::config::PostgresStoreConfig;
 use crate::error::{StoreError, StoreErrorKind};
@@ -40,7 +41,6 @@ use self::batch::{Coalescer, PendingLoad, PendingUpdate, LOAD_LEADERS, UPDATE_LE
 pub use self::cache::CacheStats;
 use self::cache::{Cache, Ticket};
 use self::claim::{claim_ticks, ClaimState, CLOSE_WAIT};
-use self::index::IndexedKeys;
 use self::listen::listen;
 use self::pool::classify;
 use self::skew::Skew;
@@ -62,7 +62,7 @@ pub struct PostgresStore {
     db: Db,
     ttl: u64,
     sweep_batch: u32,
-    indexed: IndexedKeys,
+    indexed: WhereStatements,
     loads: Arc<Coalescer<PendingLoad, Db>>,
     updates: Arc<Coalescer<PendingUpdate, Db>>,
     /// Stops the store's tasks (the listener, the claim's ticks) when it is dropped or closed.
@@ -107,10 +107,6 @@ fn split(changes: &ChangeSet) -> (Vec<&str>, Vec<&[u8]>, Vec<&str>) {
         }
     }
     (names, values, removed)
-}
-
-fn secs(t: u64) -> i64 {
-    t.min(i64::MAX as u64) as i64
 }
 
 impl PostgresStore {
@@ -164,7 +160,7 @@ impl PostgresStore {
             db,
             ttl: config.ttl,
             sweep_batch: config.sweep_batch,
-            indexed: IndexedKeys::new(&config.indexed_keys),
+            indexed: index::statements(&config.indexed_keys),
             stop,
             tick_now: Arc::new(Notify::new()),
         };
@@ -176,10 +172,7 @@ impl PostgresStore {
         }
         if config.migrate {
             store.migrate(config.unlogged).await?;
-            store
-                .indexed
-                .create_indexes(&store.db.pool, schema::MIGRATION_LOCK)
-                .await?;
+            index::create_indexes(&store.indexed, &store.db.pool, schema::MIGRATION_LOCK).await?;
         }
         // Alive (and, with a cache, holding the claim if no other instance is) before it
         // serves anything.
@@ -267,13 +260,6 @@ impl Drop for PostgresStore {
     }
 }
 
-fn lost() -> StoreError {
-    StoreError::new(
-        StoreErrorKind::Other,
-        "the batch that carried this call was lost",
-    )
-}
-
 #[rocket::async_trait]
 impl SessionStore for PostgresStore {
     async fn load(&self, key: &StoreKey, now: u64) -> Result<Option<SessionRecord>, StoreError> {
@@ -285,13 +271,14 @@ impl SessionStore for PostgresStore {
             }
             ticket = cache.ticket(key);
         }
-        let (done, answer) = oneshot::channel();
-        self.loads.submit(PendingLoad {
-            key: *key,
-            now,
-            done,
-        });
-        let found = answer.await.map_err(|_| lost())??;
+        let found = self
+            .loads
+            .call(|done| PendingLoad {
+                key: *key,
+                now,
+                done,
+            })
+            .await?;
         if let (Some(cache), Some(ticket), Some(record)) = (self.cache(), ticket, &found) {
             cache.fill(ticket, key, record);
         }
@@ -371,15 +358,15 @@ impl SessionStore for PostgresStore {
         now: u64,
     ) -> Result<bool, StoreError> {
         let now = self.db.skew.db_time(now);
-        let (done, answer) = oneshot::channel();
-        self.updates.submit(PendingUpdate {
-            key: *key,
-            changes: changes.clone(),
-            now,
-            expires: changes.expiry(now, self.ttl),
-            done,
-        });
-        answer.await.map_err(|_| lost())?
+        self.updates
+            .call(|done| PendingUpdate {
+                key: *key,
+                changes: changes.clone(),
+                now,
+                expires: changes.expiry(now, self.ttl),
+                done,
+            })
+            .await
     }
 
     async fn cycle(
@@ -510,7 +497,7 @@ impl SessionStore for PostgresStore {
                         "a stored session key is not 32 bytes",
                     )
                 })?;
-                let at = |t: i64| self.db.skew.caller_time(t.max(0) as u64);
+                let at = |t: i64| self.db.skew.caller_time(unsigned(t));
                 Ok(SessionSummary {
                     key: StoreKey(key),
                     created: at(created),
