@@ -20,7 +20,7 @@ use rocket_server_sessions::config::{RedisStoreConfig, StoreConfig};
 use rocket_server_sessions::store::{ChangeSet, RedisStore, SessionStore};
 use rocket_server_sessions::store_conformance;
 use rocket_server_sessions::testing::{id_of, key, TTL};
-use rocket_server_sessions::{ManualClock, Sessions, StoreErrorKind};
+use rocket_server_sessions::{ManualClock, StoreErrorKind};
 
 /// The server the tests use. Without one, the tests fail and say how to get one.
 fn server_url() -> String {
@@ -464,16 +464,7 @@ async fn the_store_can_run_on_the_apps_own_redis_pool() {
         "kind": "redis", "database": "unused", "ttl": TTL, "key_prefix": prefix
     } }))
     .merge(("databases.app.url", server_url()));
-    let rocket = rocket::custom(figment)
-        .attach(AppRedis::init())
-        .attach(
-            Sessions::fairing()
-                .with_clock(clock)
-                .with_database::<AppRedis>(),
-        )
-        .manage(Arc::new(rocket::tokio::sync::Barrier::new(2)))
-        .mount("/", rocket_server_sessions::testing::routes());
-    let client = Client::untracked(rocket)
+    let client = Client::untracked(common::app_on_database::<AppRedis>(figment, &clock))
         .await
         .expect("launches on the app's pool");
     let cookie = get_with(&client, "/count", None).await.cookie.unwrap();

@@ -374,16 +374,7 @@ async fn the_store_can_run_on_the_apps_own_sqlite_pool() {
     let figment =
         figment(json!({ "store": { "kind": "sqlite", "database": "unused", "ttl": TTL } }))
             .merge(("databases.app.url", &url));
-    let rocket = rocket::custom(figment)
-        .attach(AppDb::init())
-        .attach(
-            Sessions::fairing()
-                .with_clock(clock)
-                .with_database::<AppDb>(),
-        )
-        .manage(Arc::new(rocket::tokio::sync::Barrier::new(2)))
-        .mount("/", rocket_server_sessions::testing::routes());
-    let client = Client::untracked(rocket)
+    let client = Client::untracked(common::app_on_database::<AppDb>(figment, &clock))
         .await
         .expect("launches on the app's pool");
     let cookie = get_with(&client, "/count", None).await.cookie.unwrap();

@@ -172,6 +172,24 @@ pub fn assert_store_refused(store: Value, key: &str) {
     assert!(e.contains(key) && e.contains("test"), "{store}: {e}");
 }
 
+/// The conformance suite's routes and the sessions fairing with `clock`, on the app's own
+/// `#[derive(Database)]` pool `D` (attached first) instead of the store's own pool.
+pub fn app_on_database<D>(figment: Figment, clock: &ManualClock) -> Rocket<Build>
+where
+    D: rocket_db_pools::Database,
+    D::Pool: rocket_server_sessions::StorePool,
+{
+    rocket::custom(figment)
+        .attach(D::init())
+        .attach(
+            Sessions::fairing()
+                .with_clock(clock.clone())
+                .with_database::<D>(),
+        )
+        .manage(Arc::new(rocket::tokio::sync::Barrier::new(2)))
+        .mount("/", rocket_server_sessions::testing::routes())
+}
+
 /// A client for `app` with the default test configuration and a fresh clock.
 pub async fn client_with(store: impl SessionStore, session: Value) -> (Client, ManualClock) {
     let clock = ManualClock::new(START);
