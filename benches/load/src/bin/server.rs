@@ -281,6 +281,7 @@ mod flex {
         RedisFormat, RedisFredStorage, RedisValue, SessionRedis,
     };
     use rocket_flex_session::storage::sqlx::{SessionSqlx, SqlxPostgresStorage, SqlxSqliteStorage};
+    use rocket_flex_session::storage::SessionStorage;
     use rocket_flex_session::{RocketFlexSession, Session, SessionIdentifier};
 
     #[derive(Clone)]
@@ -364,12 +365,21 @@ mod flex {
                     .pool(pool)
                     .table_name("flex_sessions")
                     .build();
-                RocketFlexSession::<Counter>::builder()
-                    .with_options(|o| o.secure = false)
-                    .storage(storage)
-                    .build()
+                on(storage)
             }
         };
+        serve(figment, fairing)
+    }
+
+    /// The fairing on `storage`, the cookie allowed over plain HTTP (as ours in this bench).
+    fn on<S: SessionStorage<Counter> + 'static>(storage: S) -> RocketFlexSession<Counter> {
+        RocketFlexSession::<Counter>::builder()
+            .with_options(|o| o.secure = false)
+            .storage(storage)
+            .build()
+    }
+
+    fn serve(figment: Figment, fairing: RocketFlexSession<Counter>) -> Rocket<Build> {
         rocket::custom(figment)
             .attach(fairing)
             .mount("/", routes![counter, read])
@@ -389,13 +399,7 @@ mod flex {
             .prefix(prefix.clone())
             .index_prefix(format!("{prefix}user:"))
             .build();
-        let fairing = RocketFlexSession::<Counter>::builder()
-            .with_options(|o| o.secure = false)
-            .storage(storage)
-            .build();
-        rocket::custom(figment)
-            .attach(fairing)
-            .mount("/", routes![counter, read])
+        serve(figment, on(storage))
     }
 
     /// Sessions in SQLite at `url`, with the durability of ours by default: WAL,
@@ -427,13 +431,7 @@ mod flex {
             .pool(pool)
             .table_name("flex_sessions")
             .build();
-        let fairing = RocketFlexSession::<Counter>::builder()
-            .with_options(|o| o.secure = false)
-            .storage(storage)
-            .build();
-        rocket::custom(figment)
-            .attach(fairing)
-            .mount("/", routes![counter, read])
+        serve(figment, on(storage))
     }
 }
 
