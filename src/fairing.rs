@@ -264,16 +264,8 @@ impl Sessions {
         if let Some(store) = self.store.lock().unwrap_or_else(|p| p.into_inner()).take() {
             return Ok(store);
         }
-        let missing = |kind: &str| -> Result<Arc<dyn SessionStore>, StoreError> {
-            Err(StoreError::new(
-                StoreErrorKind::Other,
-                format!(
-                    "store.kind = \"{kind}\" needs this crate's `{kind}` feature, which this \
-                     build leaves out"
-                ),
-            ))
-        };
-        let _ = (rocket, &missing);
+        // A build with no store on a pool never reads `rocket`.
+        let _ = rocket;
         match &config.store {
             StoreConfig::Memory(memory) => {
                 let memory = memory.clone();
@@ -285,7 +277,7 @@ impl Sessions {
                 Ok(Arc::new(store))
             }
             #[cfg(not(feature = "postgres"))]
-            StoreConfig::Postgres(_) => missing("postgres"),
+            StoreConfig::Postgres(_) => left_out("postgres"),
             #[cfg(feature = "postgres")]
             StoreConfig::Postgres(postgres) => {
                 use crate::store::PostgresStore;
@@ -300,7 +292,7 @@ impl Sessions {
                 Ok(Arc::new(PostgresStore::new(pool, postgres).await?))
             }
             #[cfg(not(feature = "redis"))]
-            StoreConfig::Redis(_) => missing("redis"),
+            StoreConfig::Redis(_) => left_out("redis"),
             #[cfg(feature = "redis")]
             StoreConfig::Redis(redis) => {
                 use crate::store::RedisStore;
@@ -315,7 +307,7 @@ impl Sessions {
                 Ok(Arc::new(RedisStore::new(pool, redis).await?))
             }
             #[cfg(not(feature = "sqlite"))]
-            StoreConfig::Sqlite(_) => missing("sqlite"),
+            StoreConfig::Sqlite(_) => left_out("sqlite"),
             #[cfg(feature = "sqlite")]
             StoreConfig::Sqlite(sqlite) => {
                 use crate::store::SqliteStore;
@@ -331,6 +323,15 @@ impl Sessions {
             }
         }
     }
+}
+
+/// The answer for a configured store whose cargo feature this build leaves out.
+#[cfg(not(all(feature = "postgres", feature = "redis", feature = "sqlite")))]
+fn left_out(kind: &str) -> Result<Arc<dyn SessionStore>, StoreError> {
+    Err(StoreError::new(
+        StoreErrorKind::Other,
+        format!("store.kind = \"{kind}\" needs this crate's `{kind}` feature, which this build leaves out"),
+    ))
 }
 
 /// The `Set-Cookie` header for `value`; `max_age` `None` makes a browser-session cookie.
