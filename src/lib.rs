@@ -78,7 +78,8 @@
 //!
 //! Outside requests, the [`SessionManager`] in managed state reaches any session by id.
 //! The stores are `store/memory/`, `store/postgres/`, `store/redis.rs` and `store/sqlite.rs`
-//! (`store/coalesce.rs` batches the concurrent calls of the SQL ones); `error.rs` holds the errors and
+//! (`store/coalesce.rs` batches the concurrent calls of the SQL ones, and `store/sql.rs` holds what
+//! they share); `error.rs` holds the errors and
 //! `clock.rs` where "now" comes from. With the `testing` feature, `testing/` exports the
 //! store conformance suite.
 //!
