@@ -124,6 +124,9 @@ impl<T: Send + 'static, B: Batch<T>> Coalescer<T, B> {
         rocket::tokio::spawn(async move {
             let mut kept = B::Kept::default();
             loop {
+                // Lets the tasks that are ready (requests whose bytes arrived) run first, so
+                // that what they queue joins this batch rather than the next.
+                rocket::tokio::task::yield_now().await;
                 let batch = this.runner.take(&mut this.queue());
                 if !batch.is_empty() {
                     this.runner.run(batch, &mut kept).await;

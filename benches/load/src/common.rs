@@ -57,11 +57,17 @@ pub const ROCKET_KEY: &str =
     "hPRYyVRiMyxpw5sBB1XeCMN1kFsDCqKvBi2QJxBVHQk5xkOzFXGOyi3DQAv9h0lELVrD9FnAo3AQc0cu5HB9Sw==";
 
 pub fn figment(port: u16) -> Figment {
+    // BENCH_WORKERS: the bench runs several instances of one app with the workers of one
+    // divided among them, so that the rows compare the same total worker count.
+    let workers = std::env::var("BENCH_WORKERS")
+        .ok()
+        .and_then(|w| w.parse::<usize>().ok())
+        .unwrap_or(2);
     // Rocket's release defaults alone: no Rocket.toml, no environment, whatever the folder.
     Figment::from(rocket::Config::release_default())
         .merge(("port", port))
         .merge(("address", "127.0.0.1"))
-        .merge(("workers", 2))
+        .merge(("workers", workers))
         .merge(("log_level", "off"))
         .merge(("secret_key", ROCKET_KEY))
         .merge(("cli_colors", false))
