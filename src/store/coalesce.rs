@@ -60,8 +60,8 @@ pub(crate) trait Batch<T>: Send + Sync + 'static {
     /// Runs one batch, answering each of its items.
     fn run(&self, batch: Vec<T>, kept: &mut Self::Kept) -> impl Future<Output = ()> + Send;
 
-    /// Whether a leader whose queue ran dry may keep `kept` for up to [`LINGER`] more,
-    /// waiting for work: only while that deprives nobody else of it.
+    /// Whether a leader may keep `kept` into its next batch, or, when its queue ran dry, for up
+    /// to [`LINGER`] more, waiting for work: only while that deprives nobody else of it.
     fn may_keep(&self, kept: &Self::Kept) -> bool;
 }
 
@@ -129,6 +129,11 @@ impl<T: Send + 'static, B: Batch<T>> Coalescer<T, B> {
                 rocket::tokio::task::yield_now().await;
                 let batch = this.runner.take(&mut this.queue());
                 if !batch.is_empty() {
+                    // Work that keeps coming never holds what others wait for: a leader lets
+                    // go of it between batches too, once the pool has none to spare.
+                    if !this.runner.may_keep(&kept) {
+                        kept = B::Kept::default();
+                    }
                     this.runner.run(batch, &mut kept).await;
                     continue;
                 }

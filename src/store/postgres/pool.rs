@@ -199,11 +199,11 @@ impl Db {
         Ok(kept.insert(conn))
     }
 
-    /// Whether a batch leader may keep its connection while it waits for more work: when it
-    /// has one, and the pool can still hand out another at once (an idle one, or room for a
-    /// new one), so that the app and the store's other calls never wait for it. A kept
-    /// connection skips the round trips sqlx spends checking a connection when it is handed
-    /// out and when it is given back.
+    /// Whether a batch leader may keep its connection into its next batch, or while it waits
+    /// for more work: when it has one, and the pool can still hand out another at once (an
+    /// idle one, or room for a new one), so that the app and the store's other calls never
+    /// wait for it. A kept connection skips the round trips sqlx spends checking a connection
+    /// when it is handed out and when it is given back.
     pub(super) fn may_keep(&self, kept: &Kept) -> bool {
         kept.is_some()
             && (self.pool.num_idle() > 0
