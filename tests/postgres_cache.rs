@@ -438,8 +438,11 @@ async fn over_http_a_session_changed_through_begin_edit_by_hand_is_never_served_
         .store_as::<PostgresStore>()
         .expect("the configured store is PostgreSQL");
     for n in [100u8, 110, 120] {
-        eventually("the claim is held", || async {
-            store.cache_stats().unwrap().holding
+        // Serving takes both: the claim, and the listener's connection (which the app's launch
+        // does not wait for).
+        eventually("the cache serves", || async {
+            let stats = store.cache_stats().unwrap();
+            stats.holding && stats.listening
         })
         .await;
         get_with(&client, "/peek", Some(&cookie)).await;
