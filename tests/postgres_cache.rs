@@ -438,11 +438,8 @@ async fn over_http_a_session_changed_through_begin_edit_by_hand_is_never_served_
         .store_as::<PostgresStore>()
         .expect("the configured store is PostgreSQL");
     for n in [100u8, 110, 120] {
-        // Serving takes both: the claim, and the listener's connection (which the app's launch
-        // does not wait for).
-        eventually("the cache serves", || async {
-            let stats = store.cache_stats().unwrap();
-            stats.holding && stats.listening
+        eventually("the claim is held", || async {
+            store.cache_stats().unwrap().holding
         })
         .await;
         get_with(&client, "/peek", Some(&cookie)).await;
@@ -552,7 +549,8 @@ async fn over_http_a_cached_read_costs_no_statement_and_a_write_one() {
     assert_eq!(store.statements() - before, 0, "read from the cache");
 }
 
-/// The test app on `url`, its store configured as PostgreSQL with `cache = 100`.
+/// The test app on `url`, its store configured as PostgreSQL with `cache = 100`, listening once
+/// it returns.
 async fn cached_client(
     url: &str,
     clock: &rocket_server_sessions::ManualClock,
@@ -561,9 +559,21 @@ async fn cached_client(
         "kind": "postgres", "database": "sessions", "ttl": TTL, "cache": 100
     } }))
     .merge(("databases.sessions.url", url));
-    rocket::local::asynchronous::Client::untracked(app(figment, clock))
+    let client = rocket::local::asynchronous::Client::untracked(app(figment, clock))
         .await
-        .expect("launches with a cache")
+        .expect("launches with a cache");
+    // The launch does not wait for the listener's connection, without which the cache serves
+    // nothing: wait for it here, as `store_on` does.
+    let store = client
+        .rocket()
+        .state::<rocket_server_sessions::SessionManager>()
+        .and_then(|manager| manager.store_as::<PostgresStore>())
+        .expect("the configured store is PostgreSQL");
+    eventually("the cache listens", || async {
+        store.cache_stats().unwrap().listening
+    })
+    .await;
+    client
 }
 
 #[rocket::async_test]
