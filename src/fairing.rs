@@ -167,8 +167,10 @@ impl Sessions {
     /// pool (see [`StorePool`]), which must be the configured store's kind. Attach `D::init()`
     /// before this fairing. Rocket closes that pool at shutdown on its own schedule, so
     /// requests still in flight then may answer 503. For PostgreSQL, add
-    /// `?options[plan_cache_mode]=force_generic_plan` to the database's `url` to plan the
-    /// store's statements once, as its own pool does (see
+    /// `?options[plan_cache_mode]=force_generic_plan&options[random_page_cost]=1.1` to the
+    /// database's `url` to plan the store's statements once, and to find sessions by index
+    /// while the sessions table is small, as its own pool does (these apply to the app's own
+    /// queries on that pool too; see
     /// [`PostgresStore::pool_from_figment`](crate::store::PostgresStore::pool_from_figment)).
     /// For SQLite, the app's pool keeps its own settings: its journal mode, `synchronous` and
     /// busy timeout are the app's to choose (see

@@ -653,6 +653,50 @@ async fn the_stores_own_pool_plans_its_statements_once_not_on_every_call() {
     }
 }
 
+/// While the sessions table is small (here 1,000 sessions), PostgreSQL's default cost of a
+/// random page would have it scan the whole table and hash it in every batched load and
+/// update; the store's own pool finds each session of a batch by its key's index instead.
+#[rocket::async_test]
+async fn batches_on_the_stores_own_pool_find_sessions_by_key_even_in_a_small_table() {
+    let (store, pool) = store_on_its_own_pool_of_one_connection().await;
+    sqlx::query(
+        "WITH s AS (
+            INSERT INTO rocket_sessions (key, created_at, expires_at)
+            SELECT sha256(g::text::bytea), 0, $1 FROM generate_series(1, 1000) g
+            RETURNING id
+         ) INSERT INTO rocket_session_data (session_id, name, value) SELECT id, 'n', '\\x01' FROM s",
+    )
+    .bind((START + TTL) as i64)
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query("ANALYZE rocket_sessions, rocket_session_data")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let (key, changes) = created(&store, 7).await;
+    assert!(store.load(&key, START).await.unwrap().is_some());
+    assert!(store.update(&key, &changes, START).await.unwrap());
+    let one = "ARRAY['\\x07'::bytea], ARRAY[1::bigint]";
+    for (statement, args) in [
+        ("%FROM unnest($1::bytea[], $2::bigint[])%", one.to_string()),
+        (
+            "%UPDATE rocket_sessions t%",
+            format!("{one}, ARRAY[1::bigint], '{{}}', '{{}}', '{{}}', '{{}}', '{{}}', 1"),
+        ),
+    ] {
+        let plan = prepared_plan(&pool, statement, &args).await;
+        assert!(
+            plan.contains("Index Scan using rocket_sessions_key_key"),
+            "{statement}: {plan}"
+        );
+        assert!(
+            !plan.contains("Seq Scan on rocket_sessions "),
+            "{statement}: {plan}"
+        );
+    }
+}
+
 #[rocket::async_test]
 async fn a_sweep_on_the_stores_own_pool_reaches_expired_sessions_by_index_not_by_a_table_scan() {
     let (store, pool) = store_on_its_own_pool_of_one_connection().await;
