@@ -111,9 +111,7 @@ impl PostgresStore {
                 StoreError::new(StoreErrorKind::Other, format!("databases.{name}.url"))
                     .with_source(e)
             })?
-            .disable_statement_logging()
-            // Sent with the connection's start-up packet: no round trip.
-            .options([("random_page_cost", "1.1")]);
+            .disable_statement_logging();
         let pool = PgPoolOptions::new()
             // A connection used a moment ago is handed out as it is; one idle for longer is
             // checked with a round trip first, as sqlx checks every one by default.
@@ -132,10 +130,14 @@ impl PostgresStore {
             .min_connections(config.min_connections.unwrap_or_default())
             .after_connect(|conn, _| {
                 Box::pin(async move {
-                    if conn.server_version_num().unwrap_or(0) >= 120000 {
-                        conn.execute("SET plan_cache_mode = force_generic_plan")
-                            .await?;
-                    }
+                    // One round trip. Not start-up `options`: PgBouncer refuses start-up
+                    // parameters it was not told to ignore, and would refuse the connection.
+                    let settings = if conn.server_version_num().unwrap_or(0) >= 120000 {
+                        "SET plan_cache_mode = force_generic_plan; SET random_page_cost = 1.1"
+                    } else {
+                        "SET random_page_cost = 1.1"
+                    };
+                    conn.execute(settings).await?;
                     Ok(())
                 })
             })
