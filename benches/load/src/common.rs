@@ -57,11 +57,11 @@ pub const ROCKET_KEY: &str =
     "hPRYyVRiMyxpw5sBB1XeCMN1kFsDCqKvBi2QJxBVHQk5xkOzFXGOyi3DQAv9h0lELVrD9FnAo3AQc0cu5HB9Sw==";
 
 pub fn figment(port: u16) -> Figment {
-    // BENCH_WORKERS: the bench runs several instances of one app with the workers of one
-    // divided among them, so that the rows compare the same total worker count.
-    let workers = std::env::var("BENCH_WORKERS")
-        .ok()
-        .and_then(|w| w.parse::<usize>().ok())
+    // The worker count is the runtime's, and `#[rocket::main]` sizes the runtime from Rocket's
+    // own configuration (ROCKET_WORKERS) before this figment exists: take it from there, so
+    // that the figment (which sizes rocket_db_pools' default pool) agrees with the threads.
+    let workers: usize = rocket::Config::figment()
+        .extract_inner("workers")
         .unwrap_or(2);
     // Rocket's release defaults alone: no Rocket.toml, no environment, whatever the folder.
     Figment::from(rocket::Config::release_default())
