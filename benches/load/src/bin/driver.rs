@@ -142,7 +142,9 @@ fn main() {
     let until = started + Duration::from_secs_f64(seconds);
     let tallies = runtime.block_on(async {
         let tasks: Vec<_> = (0..connections)
-            .map(|_| rocket::tokio::spawn(client(ports.clone(), path.clone(), setup.clone(), until)))
+            .map(|_| {
+                rocket::tokio::spawn(client(ports.clone(), path.clone(), setup.clone(), until))
+            })
             .collect();
         let mut out = Vec::new();
         for t in tasks {
