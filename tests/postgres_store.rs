@@ -604,6 +604,20 @@ async fn store_on_its_own_pool_of_one_connection() -> (PostgresStore, sqlx::PgPo
     (store, pool)
 }
 
+/// Runs `sql` (rows made in bulk, its parameters `args` as bigints) on `pool`, then `ANALYZE`s
+/// the store's tables, so that the planner plans for the rows as they now are.
+async fn seed(pool: &sqlx::PgPool, sql: &str, args: &[u64]) {
+    let mut query = sqlx::query(sql);
+    for &arg in args {
+        query = query.bind(arg as i64);
+    }
+    query.execute(pool).await.unwrap();
+    sqlx::query("ANALYZE rocket_sessions, rocket_session_data")
+        .execute(pool)
+        .await
+        .unwrap();
+}
+
 /// The plan of the statement prepared on the one connection of `pool` whose text is `LIKE`
 /// `text`, as it runs with `args` (SQL literals): the generic plan, as for any arguments.
 async fn prepared_plan(pool: &sqlx::PgPool, text: &str, args: &str) -> String {
@@ -659,21 +673,16 @@ async fn the_stores_own_pool_plans_its_statements_once_not_on_every_call() {
 #[rocket::async_test]
 async fn batches_on_the_stores_own_pool_find_sessions_by_key_even_in_a_small_table() {
     let (store, pool) = store_on_its_own_pool_of_one_connection().await;
-    sqlx::query(
+    seed(
+        &pool,
         "WITH s AS (
             INSERT INTO rocket_sessions (key, created_at, expires_at)
             SELECT sha256(g::text::bytea), 0, $1 FROM generate_series(1, 1000) g
             RETURNING id
          ) INSERT INTO rocket_session_data (session_id, name, value) SELECT id, 'n', '\\x01' FROM s",
+        &[START + TTL],
     )
-    .bind((START + TTL) as i64)
-    .execute(&pool)
-    .await
-    .unwrap();
-    sqlx::query("ANALYZE rocket_sessions, rocket_session_data")
-        .execute(&pool)
-        .await
-        .unwrap();
+    .await;
     let (key, changes) = created(&store, 7).await;
     assert!(store.load(&key, START).await.unwrap().is_some());
     assert!(store.update(&key, &changes, START).await.unwrap());
@@ -701,20 +710,14 @@ async fn batches_on_the_stores_own_pool_find_sessions_by_key_even_in_a_small_tab
 async fn a_sweep_on_the_stores_own_pool_reaches_expired_sessions_by_index_not_by_a_table_scan() {
     let (store, pool) = store_on_its_own_pool_of_one_connection().await;
     // 20,000 live sessions and 100 expired ones.
-    sqlx::query(
+    seed(
+        &pool,
         "INSERT INTO rocket_sessions (key, created_at, expires_at)
          SELECT sha256(g::text::bytea), 0, CASE WHEN g <= 100 THEN $1 ELSE $2 END
            FROM generate_series(1, 20100) g",
+        &[START - 1, START + TTL],
     )
-    .bind((START - 1) as i64)
-    .bind((START + TTL) as i64)
-    .execute(&pool)
-    .await
-    .unwrap();
-    sqlx::query("ANALYZE rocket_sessions")
-        .execute(&pool)
-        .await
-        .unwrap();
+    .await;
     assert_eq!(store.sweep(START).await.unwrap(), 100);
     // The plan the store's connection holds for the sweep, as it runs for any arguments.
     let plan = prepared_plan(
@@ -741,7 +744,8 @@ async fn an_indexed_key_finds_a_users_sessions_by_index_not_by_a_scan() {
     config.indexed_keys = vec!["user_id".into()];
     let store = PostgresStore::new(pool.clone(), &config).await.unwrap();
     // 20,000 sessions, session g with user g and theme g.
-    sqlx::query(
+    seed(
+        &pool,
         "WITH s AS (
             INSERT INTO rocket_sessions (key, created_at, expires_at)
             SELECT sha256(g::text::bytea), 0, $1 FROM generate_series(1, 20000) g
@@ -750,15 +754,9 @@ async fn an_indexed_key_finds_a_users_sessions_by_index_not_by_a_scan() {
            SELECT s.id, n, convert_to(g::text, 'UTF8')
              FROM generate_series(1, 20000) g JOIN s ON s.key = sha256(g::text::bytea),
                   unnest(ARRAY['user_id', 'theme']) n",
+        &[START + TTL],
     )
-    .bind((START + TTL) as i64)
-    .execute(&pool)
-    .await
-    .unwrap();
-    sqlx::query("ANALYZE rocket_session_data")
-        .execute(&pool)
-        .await
-        .unwrap();
+    .await;
     assert_eq!(
         store
             .list_where("user_id", b"7", START)

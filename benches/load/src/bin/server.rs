@@ -15,8 +15,8 @@
 //! `BENCH_SQLITE_DIR` (a file each). Ours on SQLite is `../load-sqlite`'s server: sqlx 0.7's
 //! SQLite (ours, through rocket_db_pools) and sqlx 0.8's (rocket_flex_session's) cannot link
 //! into one binary. Rocket's runtime has `ROCKET_WORKERS` workers (scripts/bench sets two, or
-//! two divided among several instances), logging off. With `BENCH_COUNT_ALLOCS` set, it counts heap allocations and reports the
-//! count for each line read on stdin.
+//! two divided among several instances), logging off. With `BENCH_COUNT_ALLOCS` set, it counts
+//! heap allocations and reports the count for each line read on stdin.
 
 #[path = "../common.rs"]
 mod common;
