@@ -6,7 +6,8 @@
 //! instances of one app), each client keeps a connection to each and sends its requests to
 //! them in turn, with its one cookie, as a load balancer's round robin would:
 //! `requests=N ok=N errors=N seconds=S rps=R p50_us=A p99_us=B`.
-//! Traffic goes to 127.0.0.1 only, and stops after SECONDS.
+//! Traffic goes to 127.0.0.1 only, and stops after SECONDS. The clients run on two tokio worker
+//! threads, or on `BENCH_DRIVER_THREADS` of them.
 
 use std::time::{Duration, Instant};
 
@@ -134,7 +135,12 @@ fn main() {
     let connections: usize = connections.parse().unwrap();
     let seconds: f64 = seconds.parse().unwrap();
     let runtime = rocket::tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(
+            std::env::var("BENCH_DRIVER_THREADS")
+                .ok()
+                .and_then(|t| t.parse().ok())
+                .unwrap_or(2),
+        )
         .enable_all()
         .build()
         .unwrap();
