@@ -18,6 +18,9 @@ use crate::error::{StoreError, StoreErrorKind};
 /// How long a leader whose queue ran dry waits for more work, keeping what it holds.
 const LINGER: Duration = Duration::from_millis(100);
 
+/// How many more times a leader yields while each yield still brings more work.
+const MORE_YIELDS: usize = 4;
+
 /// The most items one batch takes.
 pub(crate) const MAX_BATCH: usize = 256;
 
@@ -127,6 +130,19 @@ impl<T: Send + 'static, B: Batch<T>> Coalescer<T, B> {
                 // Lets the tasks that are ready (requests whose bytes arrived) run first, so
                 // that what they queue joins this batch rather than the next.
                 rocket::tokio::task::yield_now().await;
+                // While yielding still brings more work, yield again (a few times at most).
+                let mut queued = this.queue().len();
+                for _ in 0..MORE_YIELDS {
+                    if queued == 0 || queued >= MAX_BATCH {
+                        break;
+                    }
+                    rocket::tokio::task::yield_now().await;
+                    let now = this.queue().len();
+                    if now == queued {
+                        break;
+                    }
+                    queued = now;
+                }
                 let batch = this.runner.take(&mut this.queue());
                 if !batch.is_empty() {
                     // Work that keeps coming never holds what others wait for: a leader lets
