@@ -18,7 +18,8 @@ use crate::error::{StoreError, StoreErrorKind};
 /// How long a leader whose queue ran dry waits for more work, keeping what it holds.
 const LINGER: Duration = Duration::from_millis(100);
 
-/// How many more times a leader yields while each yield still brings more work.
+/// How many more times a leader yields, after its first, while each yield still brings more
+/// work.
 const MORE_YIELDS: usize = 4;
 
 /// The most items one batch takes.
@@ -128,17 +129,13 @@ impl<T: Send + 'static, B: Batch<T>> Coalescer<T, B> {
             let mut kept = B::Kept::default();
             loop {
                 // Lets the tasks that are ready (requests whose bytes arrived) run first, so
-                // that what they queue joins this batch rather than the next.
-                rocket::tokio::task::yield_now().await;
-                // While yielding still brings more work, yield again (a few times at most).
-                let mut queued = this.queue().len();
-                for _ in 0..MORE_YIELDS {
-                    if queued == 0 || queued >= MAX_BATCH {
-                        break;
-                    }
+                // that what they queue joins this batch rather than the next; and again, a few
+                // times at most, while each yield still brings more work.
+                let mut queued = 0;
+                for _ in 0..=MORE_YIELDS {
                     rocket::tokio::task::yield_now().await;
                     let now = this.queue().len();
-                    if now == queued {
+                    if now == 0 || now == queued || now >= MAX_BATCH {
                         break;
                     }
                     queued = now;
