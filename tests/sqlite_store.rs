@@ -49,11 +49,9 @@ async fn store_on(file: &std::path::Path, config: &SqliteStoreConfig) -> SqliteS
         .expect("the store opens")
 }
 
-/// A store on a new file, whose folder lives as long as the test process.
+/// A store on a new file, whose folder lasts as long as the test.
 async fn fresh(indexed_keys: &[&str]) -> SqliteStore {
-    let dir = TempDir::new("sqlite");
-    let file = dir.path("sessions.db");
-    std::mem::forget(dir);
+    let file = TempDir::for_this_test("sqlite").join("sessions.db");
     store_on(&file, &config(indexed_keys)).await
 }
 

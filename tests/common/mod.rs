@@ -6,6 +6,7 @@
 #[cfg(feature = "postgres")]
 pub mod pg;
 
+use std::cell::RefCell;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -45,6 +46,23 @@ impl TempDir {
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+thread_local! {
+    /// The folders of [`TempDir::for_this_test`], removed as the test's thread ends.
+    static KEPT: RefCell<Vec<TempDir>> = const { RefCell::new(Vec::new()) };
+}
+
+impl TempDir {
+    /// A new folder that lasts until the calling test ends (its thread, which libtest gives each
+    /// test): for a file under a value the test hands on, such as a store given to the
+    /// conformance suite.
+    pub fn for_this_test(name: &str) -> PathBuf {
+        let dir = TempDir::new(name);
+        let path = dir.0.clone();
+        KEPT.with(|kept| kept.borrow_mut().push(dir));
+        path
     }
 }
 
