@@ -1,9 +1,11 @@
 //! PostgreSQL for the tests: a real server, from `DATABASE_URL` (scripts/test starts one).
 
+use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 
 use rocket_db_pools::sqlx::{self, Connection, Executor, PgConnection, PgPool};
 use rocket_server_sessions::config::PostgresStoreConfig;
@@ -45,6 +47,7 @@ pub async fn fresh_database() -> String {
         std::process::id(),
         N.fetch_add(1, Ordering::SeqCst)
     );
+    start_janitor(url.clone());
     let mut conn = PgConnection::connect(&url)
         .await
         .unwrap_or_else(|e| panic!("cannot connect to DATABASE_URL ({url}): {e}"));
@@ -54,7 +57,103 @@ pub async fn fresh_database() -> String {
     conn.execute(format!("CREATE DATABASE {name}").as_str())
         .await
         .unwrap();
+    MADE.with(|made| made.borrow_mut().0.push(name.clone()));
     with_database(&url, &name)
+}
+
+thread_local! {
+    /// The databases [`fresh_database`] made for the test on this thread.
+    static MADE: RefCell<Made> = const { RefCell::new(Made(Vec::new())) };
+}
+
+/// Drops its databases as the test's thread ends (libtest gives each test one, and joins it),
+/// so that a run leaves none behind on a server of the developer's (`DATABASE_URL`). A test
+/// hands its stores on (to the conformance suite, to Rocket), so no value of its own lives as
+/// long as they do; its thread does.
+struct Made(Vec<String>);
+
+impl Drop for Made {
+    fn drop(&mut self) {
+        if self.0.is_empty() {
+            return;
+        }
+        // A thread-local's destructor must not start threads or runtimes (they use
+        // thread-locals that may be gone): the janitor, started with the first database, drops
+        // them, and this thread waits for it.
+        let janitor = JANITOR.get().expect("started with the first database");
+        let mut queue = janitor.queue.lock().unwrap();
+        queue.push_back(std::mem::take(&mut self.0));
+        janitor.changed.notify_all();
+        let mine = janitor.queued.fetch_add(1, Ordering::SeqCst) + 1;
+        while janitor.done.load(Ordering::SeqCst) < mine {
+            queue = janitor.changed.wait(queue).unwrap();
+        }
+    }
+}
+
+/// A thread with a runtime of its own that drops the databases of tests that have ended.
+struct Janitor {
+    queue: Mutex<VecDeque<Vec<String>>>,
+    changed: Condvar,
+    queued: AtomicUsize,
+    done: AtomicUsize,
+}
+
+static JANITOR: OnceLock<Janitor> = OnceLock::new();
+
+fn start_janitor(server: String) {
+    let mut started = false;
+    JANITOR.get_or_init(|| {
+        started = true;
+        Janitor {
+            queue: Mutex::new(VecDeque::new()),
+            changed: Condvar::new(),
+            queued: AtomicUsize::new(0),
+            done: AtomicUsize::new(0),
+        }
+    });
+    if !started {
+        return;
+    }
+    std::thread::spawn(move || {
+        let runtime = rocket::tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime for the janitor");
+        let janitor = JANITOR.get().unwrap();
+        loop {
+            let names = {
+                let mut queue = janitor.queue.lock().unwrap();
+                loop {
+                    match queue.pop_front() {
+                        Some(names) => break names,
+                        None => queue = janitor.changed.wait(queue).unwrap(),
+                    }
+                }
+            };
+            for name in names {
+                if let Err(e) = runtime.block_on(drop_database(&server, &name)) {
+                    eprintln!("could not drop the test database {name}: {e}");
+                }
+            }
+            let _queue = janitor.queue.lock().unwrap();
+            janitor.done.fetch_add(1, Ordering::SeqCst);
+            janitor.changed.notify_all();
+        }
+    });
+}
+
+async fn drop_database(server: &str, name: &str) -> Result<(), sqlx::Error> {
+    let mut conn = PgConnection::connect(server).await?;
+    // FORCE (PostgreSQL 13 and later) ends connections the test's pools left behind.
+    let forced = conn
+        .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
+        .await;
+    if forced.is_err() {
+        conn.execute(format!("DROP DATABASE IF EXISTS {name}").as_str())
+            .await?;
+    }
+    Ok(())
 }
 
 pub fn config(ttl: u64) -> PostgresStoreConfig {
