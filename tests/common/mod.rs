@@ -55,9 +55,9 @@ thread_local! {
 }
 
 impl TempDir {
-    /// A new folder that lasts until the calling test ends (its thread, which libtest gives each
-    /// test): for a file under a value the test hands on, such as a store given to the
-    /// conformance suite.
+    /// A new folder that lasts until the calling test's thread ends (libtest gives each test one;
+    /// with `--test-threads=1`, the main thread, at exit): for a file under a value the test
+    /// hands on, such as a store given to the conformance suite.
     pub fn for_this_test(name: &str) -> PathBuf {
         let dir = TempDir::new(name);
         let path = dir.0.clone();

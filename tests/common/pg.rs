@@ -66,10 +66,11 @@ thread_local! {
     static MADE: RefCell<Made> = const { RefCell::new(Made(Vec::new())) };
 }
 
-/// Drops its databases as the test's thread ends (libtest gives each test one, and joins it),
-/// so that a run leaves none behind on a server of the developer's (`DATABASE_URL`). A test
-/// hands its stores on (to the conformance suite, to Rocket), so no value of its own lives as
-/// long as they do; its thread does.
+/// Drops its databases as the test's thread ends, so that a run leaves none behind on a server
+/// of the developer's (`DATABASE_URL`). libtest gives each test a thread and joins it before it
+/// reports the test; with `--test-threads=1` the tests share the main thread, whose thread-locals
+/// go at exit. A test hands its stores on (to the conformance suite, to Rocket), so no value of
+/// its own lives as long as they do; its thread does.
 struct Made(Vec<String>);
 
 impl Drop for Made {
