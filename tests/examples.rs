@@ -19,15 +19,17 @@ use common::*;
 use rocket::http::{ContentType, Status};
 use rocket::local::asynchronous::Client;
 
-/// The example's Rocket, keeping its snapshot and its debug key in `dir`, never in the
-/// repository.
+/// The example's Rocket on the debug profile (also in a release build of the tests, whose
+/// default profile is `release`, where the examples need a secret key of the deployer's),
+/// keeping its snapshot and its debug key in `dir`, never in the repository.
 async fn launch(rocket: rocket::Rocket<rocket::Build>, dir: &TempDir) -> Client {
     let figment = rocket
         .figment()
         .clone()
         .merge(("session.store.file_path", dir.path("sessions.snapshot")))
         .merge(("session.secret_key_file", dir.path("session_secret.key")))
-        .merge(("log_level", "off"));
+        .merge(("log_level", "off"))
+        .select(rocket::Config::DEBUG_PROFILE);
     let client = Client::untracked(rocket.configure(figment)).await.unwrap();
     assert!(
         dir.path("session_secret.key").exists(),
