@@ -82,22 +82,28 @@ impl Drop for Made {
         // thread-locals that may be gone): the janitor, started with the first database, drops
         // them, and this thread waits for it.
         let janitor = JANITOR.get().expect("started with the first database");
-        let mut queue = janitor.queue.lock().unwrap();
-        queue.push_back(std::mem::take(&mut self.0));
+        let mut state = janitor.state.lock().unwrap();
+        state.queue.push_back(std::mem::take(&mut self.0));
+        state.queued += 1;
+        let mine = state.queued;
         janitor.changed.notify_all();
-        let mine = janitor.queued.fetch_add(1, Ordering::SeqCst) + 1;
-        while janitor.done.load(Ordering::SeqCst) < mine {
-            queue = janitor.changed.wait(queue).unwrap();
+        while state.done < mine {
+            state = janitor.changed.wait(state).unwrap();
         }
     }
 }
 
 /// A thread with a runtime of its own that drops the databases of tests that have ended.
 struct Janitor {
-    queue: Mutex<VecDeque<Vec<String>>>,
+    state: Mutex<JanitorState>,
     changed: Condvar,
-    queued: AtomicUsize,
-    done: AtomicUsize,
+}
+
+/// What the janitor has been given and how far it has got, counted in tests' lists.
+struct JanitorState {
+    queue: VecDeque<Vec<String>>,
+    queued: usize,
+    done: usize,
 }
 
 static JANITOR: OnceLock<Janitor> = OnceLock::new();
@@ -107,10 +113,12 @@ fn start_janitor(server: String) {
     JANITOR.get_or_init(|| {
         started = true;
         Janitor {
-            queue: Mutex::new(VecDeque::new()),
+            state: Mutex::new(JanitorState {
+                queue: VecDeque::new(),
+                queued: 0,
+                done: 0,
+            }),
             changed: Condvar::new(),
-            queued: AtomicUsize::new(0),
-            done: AtomicUsize::new(0),
         }
     });
     if !started {
@@ -124,11 +132,11 @@ fn start_janitor(server: String) {
         let janitor = JANITOR.get().unwrap();
         loop {
             let names = {
-                let mut queue = janitor.queue.lock().unwrap();
+                let mut state = janitor.state.lock().unwrap();
                 loop {
-                    match queue.pop_front() {
+                    match state.queue.pop_front() {
                         Some(names) => break names,
-                        None => queue = janitor.changed.wait(queue).unwrap(),
+                        None => state = janitor.changed.wait(state).unwrap(),
                     }
                 }
             };
@@ -137,8 +145,7 @@ fn start_janitor(server: String) {
                     eprintln!("could not drop the test database {name}: {e}");
                 }
             }
-            let _queue = janitor.queue.lock().unwrap();
-            janitor.done.fetch_add(1, Ordering::SeqCst);
+            janitor.state.lock().unwrap().done += 1;
             janitor.changed.notify_all();
         }
     });
