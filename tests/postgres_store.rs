@@ -818,7 +818,12 @@ async fn back_to_back_batches_spend_no_round_trip_checking_their_connection() {
     rocket::tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
     let checks_before = checks.load(SeqCst);
     assert!(store.load(&key, START + 11).await.unwrap().is_some());
-    rocket::tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    // Given back once the leader has lingered: wait for the second check, however busy the
+    // machine, then make sure there were no more.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while checks.load(SeqCst) - checks_before < 2 && std::time::Instant::now() < deadline {
+        rocket::tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
     assert_eq!(
         checks.load(SeqCst) - checks_before,
         2,
@@ -836,13 +841,19 @@ async fn a_batch_leader_never_keeps_the_last_connection_others_wait_for() {
     // Loads one after another for two seconds: a leader that kept its connection while it
     // waited for the next would hold the only one all along.
     let loading = store.clone();
+    let (started, running) = rocket::tokio::sync::oneshot::channel();
     let loads = rocket::tokio::spawn(async move {
         let until = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        let mut started = Some(started);
         while std::time::Instant::now() < until {
             assert!(loading.load(&loaded, START).await.unwrap().is_some());
+            if let Some(started) = started.take() {
+                let _ = started.send(());
+            }
         }
     });
-    rocket::tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    // The creates start while the loads run.
+    running.await.unwrap();
     for n in 0..3u8 {
         let other = key(6 + n);
         assert!(store.create(&other, START, &changes, START).await.unwrap());
