@@ -50,19 +50,6 @@ async fn cached() -> Arc<dyn SessionStore> {
 
 store_conformance!(cached);
 
-/// Waits up to 10 s for `check` to hold; fails the test naming `what` if it never does.
-async fn eventually<F, Fut>(what: &str, check: F)
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !check().await {
-        assert!(Instant::now() < deadline, "never happened: {what}");
-        rocket::tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 /// Asserts that what began at `since` took less than 3 s: room for a loaded machine, and still
 /// below the waits the tests tell it from (a claim held 30 s, a statement's 5-s timeout).
 fn assert_no_wait(since: Instant) {

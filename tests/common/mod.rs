@@ -66,6 +66,23 @@ impl TempDir {
     }
 }
 
+/// Waits up to 10 s for `check` to hold, asking every 10 ms; fails the test naming `what` if it
+/// never does.
+pub async fn eventually<F, Fut>(what: &str, check: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !check().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never happened: {what}"
+        );
+        rocket::tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
 /// Rocket's configuration for tests (quiet, in profile `test`) with `session` on top of a
 /// valid default (a secret key and a memory store without a file).
 pub fn figment(session: Value) -> Figment {
