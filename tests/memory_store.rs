@@ -193,14 +193,12 @@ async fn snapshots_are_also_written_periodically() {
     let client = client_on(&file, json!({ "store": { "snapshot_interval": 1 } })).await;
     post_with(&client, "/set/a/1", None).await;
     // The interval runs on the real clock: wait for the file, up to a generous bound.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while !file.exists() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no snapshot after 20 s"
-        );
-        rocket::tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    eventually_within(
+        "a periodic snapshot",
+        std::time::Duration::from_secs(20),
+        || async { file.exists() },
+    )
+    .await;
     let loaded = open_snapshot(&file);
     assert_eq!(loaded.len(), 1);
     drop(client);

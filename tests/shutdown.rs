@@ -56,18 +56,6 @@ impl Fairing for ShutdownBegun {
     }
 }
 
-/// Waits until `done` holds, looking every 10 ms; fails the test naming `what` after 30 s.
-async fn wait_until(what: &str, done: impl Fn() -> bool) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !done() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{what}: not after 30 s"
-        );
-        rocket::tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 /// Launches `rocket` on a real socket at `port` and returns once it accepts connections,
 /// with its shutdown handle and the task running it.
 async fn serve(
@@ -174,7 +162,12 @@ async fn a_request_that_outlives_the_shutdown_wait_is_persisted_when_it_ends() {
     .await;
 
     // The wait is over when the shutdown's snapshot appears, without the request's change.
-    wait_until("the shutdown's snapshot", || run.file.exists()).await;
+    eventually_within(
+        "the shutdown's snapshot",
+        Duration::from_secs(30),
+        || async { run.file.exists() },
+    )
+    .await;
     let (client, _) = client_with(Arc::new(open_snapshot(&run.file)), json!({})).await;
     assert_eq!(
         get_with(&client, "/get/before", Some(&run.cookie))

@@ -73,11 +73,20 @@ where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    eventually_within(what, std::time::Duration::from_secs(10), check).await
+}
+
+/// [`eventually`] with a bound of its own, for what runs on a slower schedule.
+pub async fn eventually_within<F, Fut>(what: &str, bound: std::time::Duration, check: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + bound;
     while !check().await {
         assert!(
             std::time::Instant::now() < deadline,
-            "never happened: {what}"
+            "never happened within {bound:?}: {what}"
         );
         rocket::tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }

@@ -109,9 +109,8 @@ struct JanitorState {
 static JANITOR: OnceLock<Janitor> = OnceLock::new();
 
 fn start_janitor(server: String) {
-    let mut started = false;
     JANITOR.get_or_init(|| {
-        started = true;
+        std::thread::spawn(move || clean_up(&server));
         Janitor {
             state: Mutex::new(JanitorState {
                 queue: VecDeque::new(),
@@ -121,34 +120,33 @@ fn start_janitor(server: String) {
             changed: Condvar::new(),
         }
     });
-    if !started {
-        return;
-    }
-    std::thread::spawn(move || {
-        let runtime = rocket::tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("a runtime for the janitor");
-        let janitor = JANITOR.get().unwrap();
-        loop {
-            let names = {
-                let mut state = janitor.state.lock().unwrap();
-                loop {
-                    match state.queue.pop_front() {
-                        Some(names) => break names,
-                        None => state = janitor.changed.wait(state).unwrap(),
-                    }
-                }
-            };
-            for name in names {
-                if let Err(e) = runtime.block_on(drop_database(&server, &name)) {
-                    eprintln!("could not drop the test database {name}: {e}");
+}
+
+/// The janitor's thread: drops each list of databases queued, in order, on `server`.
+fn clean_up(server: &str) {
+    let janitor = JANITOR.wait();
+    let runtime = rocket::tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime for the janitor");
+    loop {
+        let names = {
+            let mut state = janitor.state.lock().unwrap();
+            loop {
+                match state.queue.pop_front() {
+                    Some(names) => break names,
+                    None => state = janitor.changed.wait(state).unwrap(),
                 }
             }
-            janitor.state.lock().unwrap().done += 1;
-            janitor.changed.notify_all();
+        };
+        for name in names {
+            if let Err(e) = runtime.block_on(drop_database(server, &name)) {
+                eprintln!("could not drop the test database {name}: {e}");
+            }
         }
-    });
+        janitor.state.lock().unwrap().done += 1;
+        janitor.changed.notify_all();
+    }
 }
 
 async fn drop_database(server: &str, name: &str) -> Result<(), sqlx::Error> {
